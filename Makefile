@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine (Python 3.10+ with pip and venv):
+#   make demo   - create .venv, install, and run the main job on the bundled default
+#   make test   - create .venv, install, and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+export OMP_NUM_THREADS ?= 1
+export NUMBA_THREADING_LAYER ?= threadsafe
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch 2.13.0 CPU wheel (pinned in pyproject); MPI comes from the mpich wheel on PyPI
+	$(BIN)/python -m pip install --quiet -e '.[mpi,test,rl]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m benchmarks.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[mpi,test,rl,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.dc_asgd
+	$(BIN)/python -m benchmarks.ps_throughput
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,144 @@
+"""Run configuration of the framework, validated before any MPI work starts."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+from .rules import RuleConfig
+
+SCHEDULES = ("constant", "power", "linear")
+LOCAL_OPTIMIZERS = ("sgd", "rmsprop", "adam")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: reported as one line, exit code 2."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything the framework needs to run an algorithm."""
+
+    #: server update rule (sgd, asgd, ssgd, dc-asgd-c, dc-asgd-a) and its parameters
+    rule: RuleConfig = field(default_factory=RuleConfig)
+    #: base step size
+    lr: float = 0.01
+    #: step-size schedule: constant lr; power lr*(tau0 + t)^-kappa; linear decay to 0 at the end
+    schedule: str = "constant"
+    tau0: float = 1.0
+    kappa: float = 0.0
+    #: rule applied by each thread to the rank's local buffer: sgd, or rmsprop/adam with
+    #: statistics shared lock-free by the rank's threads (the A3C "shared RMSprop")
+    local_optimizer: str = "sgd"
+    rms_alpha: float = 0.99
+    adam_betas: tuple = (0.9, 0.999)
+    opt_eps: float = 1e-5
+    #: local updates (summed over a rank's threads) between two pushes
+    local_steps: int = 1
+    #: threads per rank (None: cores // ranks on this machine, at least 1)
+    threads: int | None = None
+    #: stop after this many updates in total (all workers, all threads)
+    total_updates: int = 1000
+    #: stop after this many seconds (None: no limit)
+    max_seconds: float | None = None
+    #: drop pushes whose staleness exceeds this bound (None: no bound)
+    max_staleness: int | None = None
+    #: number of server ranks that each own a slice of the parameters
+    n_servers: int = 1
+    #: consecutive rejected (NaN/Inf, wrong size or dtype) pushes from one worker that stop the run
+    max_bad_pushes: int = 10
+    #: seconds between checkpoints (None: only at the end when checkpoint_dir is set)
+    checkpoint_every: float | None = None
+    checkpoint_dir: str | None = None
+    #: directory of a checkpoint to continue from
+    resume: str | None = None
+    #: seconds between evaluations of the server's model with Algorithm.evaluate (None: never)
+    eval_every: float | None = None
+    seed: int = 0
+    #: show a progress bar on the root rank
+    progress: bool = True
+
+    def validate(self, n_ranks: int = 1) -> "TrainConfig":
+        """Raise ConfigError (one line) when the configuration cannot run on ``n_ranks``."""
+        try:
+            self.rule.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+        def positive(name, value, integer=False):
+            ok = value is not None and (not integer or float(value).is_integer())
+            if not ok or not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
+                kind = "a positive integer" if integer else "a positive finite number"
+                raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+        positive("lr", self.lr)
+        positive("local_steps", self.local_steps, integer=True)
+        positive("total_updates", self.total_updates, integer=True)
+        positive("n_servers", self.n_servers, integer=True)
+        positive("max_bad_pushes", self.max_bad_pushes, integer=True)
+        if self.threads is not None:
+            positive("threads", self.threads, integer=True)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.local_optimizer not in LOCAL_OPTIMIZERS:
+            raise ConfigError(
+                f"unknown local optimizer {self.local_optimizer!r}; choose one of {', '.join(LOCAL_OPTIMIZERS)}"
+            )
+        if self.schedule == "power":
+            if not self.tau0 > 0 or not self.kappa >= 0:
+                raise ConfigError(f"power schedule needs tau0 > 0 and kappa >= 0, got {self.tau0}, {self.kappa}")
+        for name in ("max_seconds", "checkpoint_every", "eval_every"):
+            v = getattr(self, name)
+            if v is not None:
+                positive(name, v)
+        if self.max_staleness is not None and not (int(self.max_staleness) == self.max_staleness and self.max_staleness >= 0):
+            raise ConfigError(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        if n_ranks > 1:
+            n_workers = n_ranks - self.n_servers
+            if n_workers < 1:
+                raise ConfigError(
+                    f"{n_ranks} MPI ranks with {self.n_servers} server rank(s) leave no worker; "
+                    f"run with at least {self.n_servers + 1} ranks"
+                )
+        elif self.n_servers > 1:
+            raise ConfigError(
+                f"n_servers={self.n_servers} needs an MPI run with at least {self.n_servers + 1} ranks "
+                "(mpiexec -n N); one process has one in-process server"
+            )
+        n_workers = max(1, n_ranks - self.n_servers) if n_ranks > 1 else 1
+        try:
+            self.rule.validate(n_workers)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.resume is not None and not os.path.isdir(self.resume):
+            raise ConfigError(f"--resume {self.resume}: no such directory")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["rule"] = RuleConfig(**d.get("rule", {}))
+        if "adam_betas" in d:
+            d["adam_betas"] = tuple(d["adam_betas"])
+        return cls(**d)
+
+
+def default_threads(n_ranks_on_node: int = 1) -> int:
+    """Threads per rank so that ranks x threads <= cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, n_ranks_on_node))
+
+
+def lr_at(config: TrainConfig, t: int) -> float:
+    """Step size after ``t`` updates in total."""
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "power":
+        return config.lr * (config.tau0 + t) ** (-config.kappa)
+    return config.lr * max(0.0, 1.0 - t / config.total_updates)

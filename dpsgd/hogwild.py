@@ -1,0 +1,86 @@
+"""Lock-free kernels applied by a rank's threads to the rank's one flat float32 buffer.
+
+Every kernel is compiled with ``nogil=True``: the threads of a rank run them at the same
+time and write to the shared buffer without locks (Hogwild, Niu et al. 2011). None of them
+uses ``parallel=True``, so no Numba threading layer is involved and the ``workqueue``
+layer's abort when two Python threads enter parallel code cannot happen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def sgd_step(w, g, lr):
+    """w -= lr * g"""
+    for i in range(w.shape[0]):
+        w[i] -= lr * g[i]
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def rmsprop_step(w, g, sq, lr, alpha, eps):
+    """RMSprop with the square statistics ``sq`` shared by all threads (A3C's shared RMSprop)."""
+    one_m = 1.0 - alpha
+    for i in range(w.shape[0]):
+        gi = g[i]
+        s = alpha * sq[i] + one_m * gi * gi
+        sq[i] = s
+        w[i] -= lr * gi / (np.sqrt(s) + eps)
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def adam_step(w, g, m, v, lr, b1, b2, eps, t):
+    """Adam with shared moments; ``t`` (>= 1) is the rank's update count for bias correction."""
+    c1 = 1.0 - b1 ** t
+    c2 = 1.0 - b2 ** t
+    for i in range(w.shape[0]):
+        gi = g[i]
+        mi = b1 * m[i] + (1.0 - b1) * gi
+        vi = b2 * v[i] + (1.0 - b2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        w[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def snapshot_delta(out, w_start, w, snap, inv_lr):
+    """snap = w (a copy taken now); out = (w_start - snap) * inv_lr: the pushed pseudo-gradient."""
+    for i in range(w.shape[0]):
+        s = w[i]
+        snap[i] = s
+        out[i] = (w_start[i] - s) * inv_lr
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def merge_pull(w, w_start, w_new, snap):
+    """After a pull: keep the updates made since the snapshot, on top of the new model.
+
+    w += w_new - snap; w_start = w_new. Threads may be writing to ``w`` meanwhile (Hogwild).
+    """
+    for i in range(w.shape[0]):
+        wn = w_new[i]
+        w[i] += wn - snap[i]
+        w_start[i] = wn
+
+
+class LocalOptimizer:
+    """The rule each thread applies to the rank's buffer: sgd, or rmsprop/adam with shared state."""
+
+    def __init__(self, name: str, n_params: int, alpha=0.99, betas=(0.9, 0.999), eps=1e-5):
+        self.name = name
+        self.alpha = np.float32(alpha)
+        self.b1, self.b2 = np.float32(betas[0]), np.float32(betas[1])
+        self.eps = np.float32(eps)
+        self.sq = np.zeros(n_params if name in ("rmsprop", "adam") else 0, np.float32)
+        self.m = np.zeros(n_params if name == "adam" else 0, np.float32)
+
+    def step(self, w: np.ndarray, g: np.ndarray, lr: float, t: int) -> None:
+        lr = np.float32(lr)
+        if self.name == "sgd":
+            sgd_step(w, g, lr)
+        elif self.name == "rmsprop":
+            rmsprop_step(w, g, self.sq, lr, self.alpha, self.eps)
+        else:
+            adam_step(w, g, self.m, self.sq, lr, self.b1, self.b2, self.eps, np.float32(max(t, 1)))

@@ -1,0 +1,106 @@
+"""The one interface between the framework and an algorithm.
+
+An algorithm is any object with these methods (duck typing; subclass :class:`Algorithm`
+for the defaults)::
+
+    init_params(rng)                  -> 1-D float32 array: the initial flat parameters
+    make_thread_state(ctx)            -> anything: this thread's data shard, buffers, model objects
+    compute_update(params, state, ctx)-> 1-D float32 array g, same length as params
+
+The framework owns everything else: the step-size schedule ``lr_t``, the lock-free
+application ``params -= lr_t * g`` (or a shared RMSprop/Adam step) by every thread of a
+rank into the rank's one flat buffer, pushing the accumulated change every ``local_steps``
+updates, pulling, the server's update rule, logging and checkpoints.
+
+``params`` handed to ``compute_update`` is the rank's live shared buffer: other threads
+write to it while you read it (Hogwild). Copy what must stay consistent for one update.
+
+Worked example (least squares, see :mod:`dpsgd.problems` for more)::
+
+    import numpy as np, dpsgd
+
+    class LeastSquares(dpsgd.Algorithm):
+        def __init__(self, X, y, batch=32):
+            self.X, self.y, self.batch = X.astype(np.float32), y.astype(np.float32), batch
+
+        def init_params(self, rng):
+            return np.zeros(self.X.shape[1], np.float32)
+
+        def make_thread_state(self, ctx):
+            # each thread of each worker reads only its own shard of the rows
+            return ctx.shard(len(self.X))
+
+        def compute_update(self, params, rows, ctx):
+            i = ctx.rng.choice(rows, self.batch)
+            X, y = self.X[i], self.y[i]
+            return X.T @ (X @ params - y) / self.batch
+
+        def evaluate(self, params):           # optional: run on the server's model
+            return {"mse": float(np.mean((self.X @ params - self.y) ** 2))}
+
+    result = dpsgd.train(LeastSquares(X, y), dpsgd.TrainConfig(lr=0.05, total_updates=2000))
+    result.params      # the final global parameters (on the root rank; None elsewhere)
+
+The same script runs in one process (threads only) or under ``mpiexec -n N python -m mpi4py
+script.py`` (rank 0 serves, ranks 1..N-1 work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ThreadContext:
+    """Who a thread is, and its private random stream."""
+
+    worker: int  # 0-based worker index (ranks 1..N-1 map to 0..N-2; 0 in one process)
+    n_workers: int
+    thread: int  # 0-based thread index inside the worker
+    n_threads: int
+    seed: int
+    rng: np.random.Generator = field(repr=False, default=None)
+    #: number of updates this thread has computed so far (set by the framework)
+    step: int = 0
+    #: the step size the framework will use for this thread's next update
+    lr: float = 0.0
+
+    def __post_init__(self):
+        if self.rng is None:
+            self.rng = np.random.default_rng([self.seed, self.worker, self.thread])
+
+    @property
+    def global_thread(self) -> int:
+        return self.worker * self.n_threads + self.thread
+
+    @property
+    def n_global_threads(self) -> int:
+        return self.n_workers * self.n_threads
+
+    def shard(self, n_items: int) -> np.ndarray:
+        """Indices ``0..n_items-1`` that belong to this thread (a contiguous, balanced split)."""
+        bounds = np.linspace(0, n_items, self.n_global_threads + 1).astype(np.int64)
+        g = self.global_thread
+        return np.arange(bounds[g], bounds[g + 1])
+
+
+class Algorithm:
+    """Base class with the optional hooks' defaults."""
+
+    def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def make_thread_state(self, ctx: ThreadContext):
+        return None
+
+    def compute_update(self, params: np.ndarray, state, ctx: ThreadContext) -> np.ndarray:
+        raise NotImplementedError
+
+    def evaluate(self, params: np.ndarray) -> dict:
+        """Metrics of a parameter vector (called on the server's model); optional."""
+        return {}
+
+    #: samples (documents, env steps, examples) one compute_update consumes, for throughput
+    samples_per_update: int = 1

@@ -1,0 +1,229 @@
+"""Server-side update rules: sequential SGD, ASGD, SSGD, DC-ASGD-c and DC-ASGD-a.
+
+Pure functions on numpy arrays, no MPI. The maths follows Zheng et al. (DC-ASGD):
+with ``g`` the gradient a worker ``m`` computed at its backup ``w_bak[m]`` (the model it
+pulled), the server applies
+
+    w <- w - lr * (g + lam_m * g * g * (w - w_bak[m]))          (elementwise)
+
+and then sets ``w_bak[m] <- w`` because the worker pulls the new model right away.
+
+* ``asgd``       lam = 0 (no backups kept).
+* ``sgd``        sequential SGD: exactly one worker, lam = 0.
+* ``ssgd``       synchronous: the server averages one push from every worker, applies once.
+* ``dc-asgd-c``  constant lam.
+* ``dc-asgd-a``  adaptive lam: ``lam_m = lam / (sqrt(MeanSquare_m) + eps)`` with
+                 ``MeanSquare_m <- ms_decay * MeanSquare_m + (1 - ms_decay) * g * g`` kept per worker.
+
+Optional heavy-ball momentum is applied to the compensated gradient on the server:
+``v <- momentum * v + g_dc; w <- w - lr * v``.
+
+The hot path is a single fused Numba pass over the parameters (``_dc_kernel``); the
+``reference_*`` functions are the plain-numpy definitions used by the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numba import njit
+
+RULES = ("sgd", "asgd", "ssgd", "dc-asgd-c", "dc-asgd-a")
+
+#: Default lambda per rule (MXNet's dcasgd uses 0.04 for the constant rule; ports of the
+#: adaptive rule use lam = 2 with MeanSquare decay 0.95).
+DEFAULT_LAM = {"dc-asgd-c": 0.04, "dc-asgd-a": 2.0}
+
+
+@dataclass
+class RuleConfig:
+    """Configuration of the server's update rule."""
+
+    name: str = "dc-asgd-a"
+    #: variance-control parameter lambda of DC-ASGD (None: the rule's default; ignored by
+    #: sgd/asgd/ssgd).
+    lam: float | None = None
+    #: decay of the per-worker MeanSquare of DC-ASGD-a.
+    ms_decay: float = 0.95
+    #: added to sqrt(MeanSquare) in DC-ASGD-a.
+    eps: float = 1e-7
+    #: server-side heavy-ball momentum on the compensated gradient (0 disables).
+    momentum: float = 0.0
+
+    def validate(self, n_workers: int | None = None) -> "RuleConfig":
+        if self.name not in RULES:
+            raise ValueError(f"unknown rule {self.name!r}; choose one of {', '.join(RULES)}")
+        if self.lam is not None and not (self.lam >= 0 and np.isfinite(self.lam)):
+            raise ValueError(f"lambda must be a finite number >= 0, got {self.lam}")
+        if not 0.0 <= self.ms_decay < 1.0:
+            raise ValueError(f"ms_decay must be in [0, 1), got {self.ms_decay}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.name == "sgd" and n_workers is not None and n_workers != 1:
+            raise ValueError(
+                f"rule 'sgd' is sequential SGD and needs exactly one worker, got {n_workers}; "
+                "use 'asgd' or a DC-ASGD rule for several workers"
+            )
+        return self
+
+    @property
+    def effective_lam(self) -> float:
+        if self.name in DEFAULT_LAM:
+            return DEFAULT_LAM[self.name] if self.lam is None else float(self.lam)
+        return 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@njit(nogil=True, cache=True)  # no fastmath: it would assume away the NaNs we look for
+def all_finite(x):
+    """True when every element of ``x`` is finite (one pass, no temporaries)."""
+    for i in range(x.shape[0]):
+        if not np.isfinite(x[i]):
+            return False
+    return True
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _dc_kernel(w, g, scale, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu):
+    """One fused pass: w -= lr * v(g*scale + lam_i * g^2 * (w - wbak)); wbak = w.
+
+    mode 0: plain (no backup read/written); 1: constant lam; 2: adaptive lam with ``ms``.
+    ``mu > 0`` enables momentum with buffer ``mom``. ``scale`` multiplies ``g`` (1/n for SSGD).
+    """
+    n = w.shape[0]
+    one_m = 1.0 - ms_decay
+    for i in range(n):
+        gi = g[i] * scale
+        wi = w[i]
+        if mode == 1:
+            gi = gi + lam * gi * gi * (wi - wbak[i])
+        elif mode == 2:
+            msi = ms_decay * ms[i] + one_m * gi * gi
+            ms[i] = msi
+            gi = gi + (lam / (np.sqrt(msi) + eps)) * gi * gi * (wi - wbak[i])
+        if mu > 0.0:
+            gi = mu * mom[i] + gi
+            mom[i] = gi
+        wi = wi - lr * gi
+        w[i] = wi
+        if mode != 0:
+            wbak[i] = wi
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _accumulate(acc, g):
+    for i in range(acc.shape[0]):
+        acc[i] += g[i]
+
+
+# --------------------------------------------------------------------------- state
+
+
+class UpdateRule:
+    """State of one server (or one shard of it) for a rule: backups, MeanSquares, momentum.
+
+    Parameters are 1-D float32 arrays of length ``n_params``; worker indices are 0-based.
+    """
+
+    def __init__(self, config: RuleConfig, n_params: int, n_workers: int):
+        self.config = config.validate(n_workers)
+        self.n_params = int(n_params)
+        self.n_workers = int(n_workers)
+        name = config.name
+        self.mode = {"dc-asgd-c": 1, "dc-asgd-a": 2}.get(name, 0)
+        self.lam = np.float32(config.effective_lam)
+        self.w_bak = np.zeros((n_workers, n_params) if self.mode else (0, 0), np.float32)
+        self.mean_square = np.zeros((n_workers, n_params) if self.mode == 2 else (0, 0), np.float32)
+        self.momentum_buf = np.zeros(n_params if config.momentum > 0 else 0, np.float32)
+        self._empty = np.zeros(0, np.float32)
+        # SSGD round accumulator
+        self.sync_acc = np.zeros(n_params if name == "ssgd" else 0, np.float32)
+        self.sync_count = 0
+
+    @property
+    def synchronous(self) -> bool:
+        return self.config.name == "ssgd"
+
+    def reset_worker(self, m: int, w: np.ndarray) -> None:
+        """Record that worker ``m`` now holds ``w`` (it pulled it)."""
+        if self.mode:
+            self.w_bak[m, :] = w
+
+    def apply(self, w: np.ndarray, g: np.ndarray, m: int, lr: float) -> None:
+        """Apply worker ``m``'s gradient ``g`` to ``w`` in place (asynchronous rules)."""
+        if self.synchronous:
+            raise RuntimeError("ssgd applies rounds: use add_to_round/apply_round")
+        wbak = self.w_bak[m] if self.mode else self._empty
+        ms = self.mean_square[m] if self.mode == 2 else self._empty
+        mom = self.momentum_buf if self.momentum_buf.size else self._empty
+        _dc_kernel(w, g, np.float32(1.0), np.float32(lr), wbak, ms, self.lam,
+                   np.float32(self.config.ms_decay), np.float32(self.config.eps),
+                   self.mode, mom, np.float32(self.config.momentum))
+
+    # SSGD ------------------------------------------------------------------
+    def add_to_round(self, g: np.ndarray) -> None:
+        _accumulate(self.sync_acc, g)
+        self.sync_count += 1
+
+    def apply_round(self, w: np.ndarray, lr: float) -> None:
+        """Apply the average of the round's gradients and start a new round."""
+        if self.sync_count == 0:
+            return
+        mom = self.momentum_buf if self.momentum_buf.size else self._empty
+        _dc_kernel(w, self.sync_acc, np.float32(1.0 / self.sync_count), np.float32(lr),
+                   self._empty, self._empty, np.float32(0), np.float32(0), np.float32(1),
+                   0, mom, np.float32(self.config.momentum))
+        self.sync_acc[:] = 0
+        self.sync_count = 0
+
+    # checkpoints -----------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "w_bak": self.w_bak,
+            "mean_square": self.mean_square,
+            "momentum_buf": self.momentum_buf,
+        }
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for key, dst in self.state_arrays().items():
+            src = arrays[key]
+            if src.shape != dst.shape:
+                raise ValueError(
+                    f"checkpoint {key} has shape {src.shape}, this run expects {dst.shape} "
+                    "(different rule, number of workers or parameters)"
+                )
+            dst[...] = src
+
+
+# --------------------------------------------------------------------------- references
+
+
+def reference_dc_update(w, g, w_bak, lr, lam=0.0, mean_square=None, ms_decay=0.95, eps=1e-7):
+    """Plain numpy DC-ASGD step (float64). Returns (new_w, new_mean_square).
+
+    ``mean_square`` None: constant lam (DC-ASGD-c; lam=0 is ASGD/SGD). Otherwise the
+    adaptive rule with that worker's MeanSquare.
+    """
+    w = np.asarray(w, np.float64)
+    g = np.asarray(g, np.float64)
+    w_bak = np.asarray(w_bak, np.float64)
+    if mean_square is None:
+        lam_i = lam
+        new_ms = None
+    else:
+        new_ms = ms_decay * np.asarray(mean_square, np.float64) + (1 - ms_decay) * g * g
+        lam_i = lam / (np.sqrt(new_ms) + eps)
+    return w - lr * (g + lam_i * g * g * (w - w_bak)), new_ms
+
+
+def reference_ssgd_update(w, grads, lr):
+    """Synchronous SGD: one step along the average of every worker's gradient."""
+    return np.asarray(w, np.float64) - lr * np.mean(np.asarray(grads, np.float64), axis=0)

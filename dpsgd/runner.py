@@ -1,0 +1,259 @@
+"""``dpsgd.train``: run an algorithm in one process (threads only) or over MPI.
+
+Roles under ``mpiexec -n N``: ranks 0..S-1 are server shards (``config.n_servers = S``),
+ranks S..N-1 workers. Without mpiexec (or with one rank) the one process runs one worker
+whose pushes go to an in-process server with the same update rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import transport as T
+from .config import ConfigError, TrainConfig, default_threads
+from .server import FatalRunError, ServerCore, serve
+from .worker import LocalChannel, MPIChannel, Worker
+
+
+def mpi_world_size_from_env() -> int:
+    """World size announced by the MPI launcher, without initialising MPI (1 when none)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE"):
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return 1
+
+
+def get_comm():
+    """COMM_WORLD when launched by mpiexec with more than one rank, else None."""
+    if mpi_world_size_from_env() <= 1:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+@dataclass
+class TrainResult:
+    params: np.ndarray | None  # the final global parameters (every rank)
+    metrics: dict = field(default_factory=dict)  # filled on the root rank
+    rank: int = 0
+    is_root: bool = True
+
+
+def convergence_warnings(config: TrainConfig, n_workers: int, threads: int) -> list[str]:
+    """The DPSGD guarantee (Mohamad et al.) needs threads <= T^(1/4) and workers <= T^(1/2)."""
+    t = config.total_updates
+    out = []
+    if threads > t ** 0.25:
+        out.append(f"{threads} threads per rank exceed T^(1/4) = {t ** 0.25:.1f} for T = {t} updates: "
+                   "outside the DPSGD convergence guarantee")
+    if n_workers > t ** 0.5:
+        out.append(f"{n_workers} workers exceed T^(1/2) = {t ** 0.5:.1f} for T = {t} updates: "
+                   "outside the DPSGD convergence guarantee")
+    return out
+
+
+def _initial_params(algorithm, config) -> np.ndarray:
+    w0 = algorithm.init_params(np.random.default_rng(config.seed))
+    w0 = np.asarray(w0)
+    if w0.ndim != 1 or w0.dtype != np.float32 or w0.size == 0:
+        raise ConfigError(f"{type(algorithm).__name__}.init_params must return a non-empty 1-D float32 array, "
+                          f"got {w0.dtype} {w0.shape}")
+    return w0
+
+
+class Housekeeper:
+    """Periodic work of a server shard: checkpoints, evaluation, progress bar."""
+
+    def __init__(self, core: ServerCore, algorithm, config: TrainConfig, evaluate: bool, show_progress: bool,
+                 meta: dict):
+        self.core, self.alg, self.config = core, algorithm, config
+        self.evaluate = evaluate and config.eval_every is not None
+        self.history: list[dict] = []
+        self.meta = meta
+        now = time.perf_counter()
+        self.next_ckpt = now + (config.checkpoint_every or float("inf"))
+        self.next_eval = now
+        self.checkpoints_written = 0
+        self.eval_seconds = 0.0
+        self.bar = None
+        if show_progress:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=config.total_updates, unit="upd", dynamic_ncols=True,
+                                initial=min(core.total_updates, config.total_updates))
+            except ImportError:
+                pass
+
+    def __call__(self):
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(min(self.core.total_updates, self.config.total_updates) - self.bar.n)
+        if self.evaluate and now >= self.next_eval:
+            self.record_eval()
+            self.next_eval = time.perf_counter() + self.config.eval_every
+        if self.config.checkpoint_dir and now >= self.next_ckpt:
+            self.write_checkpoint()
+            self.next_ckpt = time.perf_counter() + self.config.checkpoint_every
+
+    def record_eval(self):
+        t0 = time.perf_counter()
+        m = self.alg.evaluate(self.core.w.copy())
+        self.eval_seconds += time.perf_counter() - t0
+        row = {"seconds": self.core.elapsed, "version": self.core.version,
+               "updates": self.core.total_updates}
+        row.update({k: float(v) for k, v in m.items()})
+        self.history.append(row)
+
+    def write_checkpoint(self):
+        meta = dict(self.meta, **self.core.state_scalars())
+        ckpt.save_npz(ckpt.shard_path(self.config.checkpoint_dir, self.core.shard), self.core.state_arrays(), meta)
+        self.checkpoints_written += 1
+
+    def close(self):
+        if self.bar is not None:
+            self(), self.bar.close()
+
+
+def _resume(core: ServerCore, config: TrainConfig, meta: dict, warn) -> None:
+    arrays, saved = ckpt.load_latest(config.resume, core.shard, warn=warn)
+    for key in ("n_params", "n_servers"):
+        if saved.get(key) != meta[key]:
+            raise ckpt.CheckpointError(
+                f"{ckpt.shard_path(config.resume, core.shard)}: saved with {key}={saved.get(key)}, "
+                f"this run has {key}={meta[key]}"
+            )
+    try:
+        core.load_state(arrays, saved)
+    except (ValueError, KeyError) as e:
+        raise ckpt.CheckpointError(f"{ckpt.shard_path(config.resume, core.shard)}: {e}") from None
+
+
+def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
+    """Train ``algorithm`` (see :mod:`dpsgd.plugin`) with ``config``; returns the final model."""
+    config = config or TrainConfig()
+    comm = get_comm()
+    size = comm.Get_size() if comm is not None else 1
+    rank = comm.Get_rank() if comm is not None else 0
+    config.validate(size)
+    n_servers = config.n_servers if comm is not None else 1
+    n_workers = size - n_servers if comm is not None else 1
+    if config.threads is None:
+        local = int(os.environ.get("MPI_LOCALNRANKS", size))
+        config.threads = default_threads(max(1, min(local, size)))
+    is_root = rank == 0
+    if is_root:
+        for msg in convergence_warnings(config, n_workers, config.threads):
+            warnings.warn(msg, stacklevel=2)
+    w0 = _initial_params(algorithm, config)
+    n = w0.size
+    meta = {"n_params": n, "n_servers": n_servers, "config": config.to_dict(),
+            "algorithm": type(algorithm).__name__, "seed": config.seed}
+    t_start = time.perf_counter()
+
+    if comm is None:
+        core = ServerCore(w0, config, 1)
+        if config.resume:
+            _resume(core, config, meta, warn=print)
+        hk = Housekeeper(core, algorithm, config, evaluate=True, show_progress=config.progress, meta=meta)
+        channel = LocalChannel(core)
+        exchange = channel.exchange
+
+        def exchange_and_housekeep(*a):  # the one process does the server's periodic work too
+            out = exchange(*a)
+            hk()
+            return out
+
+        channel.exchange = exchange_and_housekeep
+        worker = Worker(algorithm, config, channel, 0, 1, core.w)
+        try:
+            wstats = worker.run()
+        finally:
+            hk.close()
+        if config.checkpoint_dir:
+            hk.write_checkpoint()
+        params = core.w.copy()
+        metrics = _root_metrics(core, hk, [wstats], config, n_workers, t_start, algorithm, params)
+        if core.fatal or worker.fatal:
+            raise FatalRunError(core.fatal or "stopped by the server")
+        return TrainResult(params, metrics, 0, True)
+
+    # ------------------------------------------------------------------ MPI
+    bounds = T.shard_bounds(n, n_servers)
+    stats = np.zeros(4, np.float64)
+    if rank < n_servers:
+        lo, hi = bounds[rank], bounds[rank + 1]
+        core = ServerCore(w0[lo:hi], config, n_workers, shard=rank)
+        if config.resume:
+            _resume(core, config, meta, warn=print if is_root else (lambda *_: None))
+        hk = Housekeeper(core, algorithm, config, evaluate=(n_servers == 1),
+                         show_progress=config.progress and is_root, meta=meta)
+        try:
+            serve(comm, core, list(range(n_servers, size)), housekeeping=hk)
+        finally:
+            hk.close()
+        if config.checkpoint_dir:
+            hk.write_checkpoint()
+        fatal = core.fatal
+    else:
+        worker = Worker(algorithm, config, MPIChannel(comm, n_servers, n), rank - n_servers, n_workers, w0)
+        ws = worker.run()
+        stats[:] = [ws["local_updates"], ws["seconds"], ws["rejected_seen"], ws["threads"]]
+        fatal = "stopped by the server (see the root rank's message)" if worker.fatal else None
+
+    # assemble the final model on rank 0, then give it to every rank
+    params = np.empty(n, np.float32)
+    if rank == 0:
+        params[bounds[0]:bounds[1]] = core.w
+        for s in range(1, n_servers):
+            comm.Recv(params[bounds[s]:bounds[s + 1]], source=s, tag=T.TAG_FINAL)
+    elif rank < n_servers:
+        comm.Send(core.w, dest=0, tag=T.TAG_FINAL)
+    comm.Bcast(params, root=0)
+    all_stats = np.zeros((size, 4), np.float64) if is_root else None
+    comm.Gather(stats, all_stats, root=0)
+    metrics = {}
+    if is_root:
+        wstats = [{"local_updates": int(r[0]), "seconds": float(r[1]), "rejected_seen": int(r[2]),
+                   "threads": int(r[3])} for r in all_stats[n_servers:]]
+        metrics = _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params)
+        metrics["n_servers"] = n_servers
+    if fatal:
+        raise FatalRunError(fatal)
+    return TrainResult(params, metrics, rank, is_root)
+
+
+def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params) -> dict:
+    wall = time.perf_counter() - t_start
+    m = core.metrics()
+    m.update({
+        "wall_seconds": wall,
+        "n_workers": n_workers,
+        "threads_per_worker": config.threads,
+        "rule": config.rule.name,
+        "local_updates_per_worker": [w["local_updates"] for w in wstats],
+        "updates_per_second": sum(w["local_updates"] for w in wstats) / max(wall, 1e-9),
+        "samples_per_second": sum(w["local_updates"] for w in wstats)
+        * getattr(algorithm, "samples_per_update", 1) / max(wall, 1e-9),
+        "history": hk.history,
+        "checkpoints_written": hk.checkpoints_written,
+        "eval_seconds": hk.eval_seconds,
+    })
+    if config.eval_every is not None or hasattr(algorithm, "evaluate"):
+        final = algorithm.evaluate(params) if hasattr(algorithm, "evaluate") else {}
+        m["final"] = {k: float(v) for k, v in (final or {}).items()}
+    return m
+
+
+def write_metrics(path: str, metrics: dict) -> None:
+    """metrics.json, written atomically."""
+    ckpt.atomic_write_text(path, json.dumps(metrics, indent=1, default=float))

@@ -1,0 +1,285 @@
+"""The parameter server: the rule's state and bookkeeping (``ServerCore``) and its MPI loop.
+
+``ServerCore`` knows nothing of MPI: the single-process mode calls it directly and the MPI
+loop (``serve``) feeds it the pushes it receives. One core per server shard.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+
+import numpy as np
+
+from . import transport as T
+from .config import TrainConfig
+from .rules import UpdateRule, all_finite
+
+STALENESS_BINS = 1024  # the last bin counts everything >= STALENESS_BINS - 1
+PUSH_LOG_LIMIT = 1_000_000
+
+
+class FatalRunError(RuntimeError):
+    """The run cannot go on (e.g. a worker keeps sending bad pushes)."""
+
+
+class ServerCore:
+    """Global parameters of one shard, the update rule, staleness and bad-push accounting."""
+
+    def __init__(self, w0: np.ndarray, config: TrainConfig, n_workers: int, shard: int = 0):
+        self.config = config
+        self.shard = shard
+        self.n_workers = n_workers
+        self.w = np.array(w0, dtype=np.float32, copy=True)
+        self.rule = UpdateRule(config.rule, self.w.size, n_workers)
+        for m in range(n_workers):
+            self.rule.reset_worker(m, self.w)
+        self.version = 0  # updates applied to w (pushes, or rounds for SSGD)
+        self.total_updates = 0  # local updates incorporated (sum of the pushes' nsteps)
+        self.staleness_hist = np.zeros(STALENESS_BINS, np.int64)
+        self.push_workers = array("i")
+        self.pushes = np.zeros(n_workers, np.int64)
+        self.rejected = np.zeros(n_workers, np.int64)
+        self.dropped_stale = np.zeros(n_workers, np.int64)
+        self.consecutive_bad = np.zeros(n_workers, np.int64)
+        self.reject_reasons: dict[str, int] = {}
+        self.last_push_time = np.zeros(n_workers)
+        self.active = np.ones(n_workers, bool)
+        self.pending: list[int] = []  # SSGD: workers waiting for the round to close
+        self.fatal: str | None = None
+        self.t0 = time.perf_counter()
+        self.elapsed_offset = 0.0  # seconds of earlier runs when resumed
+
+    # ------------------------------------------------------------------ decisions
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_offset + time.perf_counter() - self.t0
+
+    def should_stop(self) -> bool:
+        if self.fatal is not None or self.total_updates >= self.config.total_updates:
+            return True
+        return self.config.max_seconds is not None and self.elapsed >= self.config.max_seconds
+
+    def flags_for(self, m: int, extra: int = 0) -> int:
+        flags = extra
+        if self.should_stop():
+            flags |= T.FLAG_STOP
+        if self.fatal is not None:
+            flags |= T.FLAG_FATAL
+        return flags
+
+    # ------------------------------------------------------------------ messages
+    def hello(self, m: int) -> list[tuple[int, int]]:
+        """Worker ``m`` pulls for the first time. Returns [(worker, flags)] to answer now."""
+        self.rule.reset_worker(m, self.w)
+        self.last_push_time[m] = time.perf_counter()
+        return [(m, self.flags_for(m))]
+
+    def check_push(self, g: np.ndarray | None, dtype_code: float, n_declared: float, n_received: int) -> str | None:
+        """Why a push is malformed, or None when it is fine."""
+        if dtype_code != T.DTYPE_FLOAT32:
+            return "dtype"
+        if n_declared != self.w.size or n_received != self.w.size:
+            return "size"
+        if not all_finite(g):
+            return "non-finite"
+        return None
+
+    def push(self, m: int, g: np.ndarray, base_version: int, nsteps: int, lr: float,
+             problem: str | None = None) -> list[tuple[int, int]]:
+        """Apply worker ``m``'s push (``problem``: why it is malformed, from check_push).
+
+        Returns the [(worker, flags)] to answer now (SSGD defers answers to the round's end).
+        """
+        self.pushes[m] += 1
+        self.last_push_time[m] = time.perf_counter()
+        if problem is not None:
+            self.rejected[m] += 1
+            self.consecutive_bad[m] += 1
+            self.reject_reasons[problem] = self.reject_reasons.get(problem, 0) + 1
+            if self.consecutive_bad[m] >= self.config.max_bad_pushes and self.fatal is None:
+                self.fatal = (
+                    f"worker {m} sent {self.consecutive_bad[m]} bad pushes in a row "
+                    f"(last: {problem}); stopping (max_bad_pushes={self.config.max_bad_pushes})"
+                )
+            self.rule.reset_worker(m, self.w)
+            return self._answer(m, T.FLAG_REJECTED)
+        self.consecutive_bad[m] = 0
+        stale = max(0, self.version - int(base_version))
+        self.staleness_hist[min(stale, STALENESS_BINS - 1)] += 1
+        if len(self.push_workers) < PUSH_LOG_LIMIT:
+            self.push_workers.append(m)
+        bound = self.config.max_staleness
+        if bound is not None and stale > bound:
+            self.dropped_stale[m] += 1
+            self.rule.reset_worker(m, self.w)
+            return self._answer(m, T.FLAG_DROPPED_STALE)
+        self.total_updates += int(nsteps)
+        if self.rule.synchronous:
+            self.rule.add_to_round(g)
+            self.pending.append(m)
+            self._last_lr = lr
+            return self._maybe_close_round()
+        self.rule.apply(self.w, g, m, lr)
+        self.version += 1
+        return [(m, self.flags_for(m))]
+
+    def leave(self, m: int) -> list[tuple[int, int]]:
+        """Worker ``m`` is gone (done, or told to stop). May close an SSGD round."""
+        self.active[m] = False
+        return self._maybe_close_round() if self.rule.synchronous else []
+
+    def _answer(self, m, flag):
+        if self.rule.synchronous and self.pending:
+            # a rejected worker still takes part in the round: it waits with the others
+            self.pending.append(m)
+            return self._maybe_close_round(extra={m: flag})
+        return [(m, self.flags_for(m, flag))]
+
+    def _maybe_close_round(self, extra=None):
+        waiting = set(self.pending)
+        if not self.pending or any(self.active[k] and k not in waiting for k in range(self.n_workers)):
+            return []
+        if self.rule.sync_count:
+            self.rule.apply_round(self.w, self._last_lr)
+            self.version += 1
+        out = [(k, self.flags_for(k, (extra or {}).get(k, 0))) for k in self.pending]
+        self.pending = []
+        return out
+
+    # ------------------------------------------------------------------ reporting
+    def staleness_stats(self) -> dict:
+        h = self.staleness_hist
+        n = int(h.sum())
+        values = np.arange(h.size)
+        nz = np.nonzero(h)[0]
+        return {
+            "staleness_mean": float((h * values).sum() / n) if n else 0.0,
+            "staleness_max": int(nz[-1]) if nz.size else 0,
+            "staleness_hist": {int(k): int(h[k]) for k in nz},
+        }
+
+    def metrics(self) -> dict:
+        out = {
+            "version": self.version,
+            "total_updates": self.total_updates,
+            "pushes": int(self.pushes.sum()),
+            "pushes_per_worker": self.pushes.tolist(),
+            "rejected_pushes": int(self.rejected.sum()),
+            "reject_reasons": dict(self.reject_reasons),
+            "dropped_stale_pushes": int(self.dropped_stale.sum()),
+            "server_seconds": self.elapsed,
+            "push_workers": list(self.push_workers),
+        }
+        out.update(self.staleness_stats())
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"w": self.w, "staleness_hist": self.staleness_hist}
+        arrays.update(self.rule.state_arrays())
+        return arrays
+
+    def state_scalars(self) -> dict:
+        return {"version": self.version, "total_updates": self.total_updates,
+                "elapsed": self.elapsed, "shard": self.shard, "n_workers": self.n_workers}
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict) -> None:
+        if arrays["w"].shape != self.w.shape:
+            raise ValueError(
+                f"checkpoint holds {arrays['w'].size} parameters for shard {self.shard}, "
+                f"this run has {self.w.size} (another model or number of server shards)"
+            )
+        self.w[...] = arrays["w"]
+        self.staleness_hist[...] = arrays["staleness_hist"]
+        self.rule.load_state_arrays(arrays)
+        self.version = int(scalars["version"])
+        self.total_updates = int(scalars["total_updates"])
+        self.elapsed_offset = float(scalars["elapsed"])
+
+
+# ---------------------------------------------------------------------- MPI loop
+
+
+def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) -> None:
+    """Serve pushes from ``worker_ranks`` until every worker has left.
+
+    One persistent receive per worker, polled with ``Testsome`` and a backing-off sleep
+    (never a blocking receive, which spins a core, and never ``Waitany``, which can starve
+    all workers but one). Answers are two sends (header, then the parameters straight from
+    ``core.w``: no copy) into receives the worker posted before it pushed.
+    """
+    from mpi4py import MPI
+
+    n = core.w.size
+    msgs = [T.Message(n) for _ in worker_ranks]
+    reqs = [comm.Recv_init(m.buf, source=r, tag=T.TAG_PUSH) for m, r in zip(msgs, worker_ranks)]
+    for r in reqs:
+        r.Start()
+    started = [True] * len(reqs)
+    statuses = [MPI.Status() for _ in reqs]
+    reply = np.zeros(T.HEADER_FIELDS, np.float64)
+    open_ = [True] * len(reqs)
+    backoff = T.Backoff()
+    stop_sent = [False] * len(reqs)
+
+    def answer(m, flags):
+        reply[:] = 0
+        reply[T.H_KIND] = T.KIND_PARAMS
+        reply[T.H_VERSION] = core.version
+        reply[T.H_FLAGS] = flags
+        reply[T.H_TOTAL] = core.total_updates
+        reply[T.H_N] = n
+        comm.Send(reply, dest=worker_ranks[m], tag=T.TAG_REPLY)
+        comm.Send(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY + 100)
+        if flags & T.FLAG_STOP:
+            stop_sent[m] = True
+
+    while any(open_):
+        done = MPI.Request.Testsome(reqs, statuses)
+        if not done:
+            backoff.idle()
+            if housekeeping is not None:
+                housekeeping()
+            continue
+        backoff.reset()
+        for k, i in enumerate(done):
+            started[i] = False
+            msg, st = msgs[i], statuses[k]  # statuses are in completion order
+            h = msg.header
+            kind = h[T.H_KIND]
+            nbytes = st.Get_count(MPI.BYTE)
+            if kind == T.KIND_DONE:
+                answers = core.leave(i)
+                open_[i] = False
+            elif kind == T.KIND_HELLO:
+                answers = core.hello(i)
+            else:
+                n_recv = (nbytes - T.HEADER_BYTES) // 4 if nbytes >= T.HEADER_BYTES else -1
+                problem = None
+                if kind != T.KIND_PUSH or nbytes < T.HEADER_BYTES or (nbytes - T.HEADER_BYTES) % 4:
+                    problem = "malformed"
+                else:
+                    problem = core.check_push(msg.payload[:n_recv] if n_recv == n else None,
+                                              h[T.H_DTYPE], h[T.H_N], n_recv)
+                lr = float(h[T.H_LR])
+                if problem is None and not (lr > 0 and np.isfinite(lr)):
+                    problem = "step size"
+                answers = core.push(i, msg.payload, int(h[T.H_VERSION]), int(h[T.H_NSTEPS]), lr, problem)
+            for m, flags in answers:
+                answer(m, flags)
+                if flags & T.FLAG_STOP:
+                    # this worker is told to stop: it sends nothing more to this shard
+                    open_[m] = False
+                    for mm, ff in core.leave(m):
+                        answer(mm, ff)
+            if open_[i]:
+                reqs[i].Start()
+                started[i] = True
+        if housekeeping is not None:
+            housekeeping()
+    for r, active in zip(reqs, started):
+        if active:  # a worker told to stop: its receive will never match
+            r.Cancel()
+            r.Wait()
+        r.Free()

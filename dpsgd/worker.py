@@ -1,0 +1,229 @@
+"""A worker: T threads update the rank's flat buffer lock-free and push/pull every k updates.
+
+The thread that completes the k-th local update since the last push does the push itself
+(pushes never overlap: a non-blocking try-lock skips the push when one is under way), so one
+thread in one process is fully deterministic for a seed. While it waits for the server's
+answer it sleeps between polls, releasing the GIL: the other threads keep computing.
+
+Push: ``g = (w_start - snap) / lr`` where ``snap`` is a copy of the buffer taken now and
+``w_start`` the model last pulled; the server applies ``w -= lr * rule(g)``. Pull:
+``w += w_new - snap`` keeps the updates the other threads made meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+
+import numpy as np
+
+from . import transport as T
+from .config import TrainConfig, lr_at
+from .hogwild import LocalOptimizer, merge_pull, snapshot_delta
+from .plugin import ThreadContext
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class LocalChannel:
+    """The in-process server of a one-process run (same ServerCore as the MPI server)."""
+
+    def __init__(self, core):
+        self.core = core
+        self.bounds = np.array([0, core.w.size], np.int64)
+        self.push_buffers = [np.zeros(core.w.size, np.float32)]
+
+    def exchange(self, kind, base_version, nsteps, lr, w_new):
+        core = self.core
+        if kind == T.KIND_HELLO:
+            answers = core.hello(0)
+        else:
+            g = self.push_buffers[0]
+            answers = core.push(0, g, base_version, nsteps, lr, core.check_push(g, T.DTYPE_FLOAT32, g.size, g.size))
+        flags = dict(answers).get(0, 0)
+        w_new[:] = core.w
+        return flags, core.version, core.total_updates
+
+    def done(self):
+        self.core.leave(0)
+
+
+class MPIChannel:
+    """Pushes to and pulls from every server shard over MPI buffers."""
+
+    def __init__(self, comm, n_servers, n_params):
+        self.comm = comm
+        self.bounds = T.shard_bounds(n_params, n_servers)
+        sizes = np.diff(self.bounds)
+        self.msgs = [T.Message(int(n)) for n in sizes]
+        self.push_buffers = [m.payload for m in self.msgs]
+        self.reply_headers = [np.zeros(T.HEADER_FIELDS, np.float64) for _ in sizes]
+        self.stopped_by: set[int] = set()  # shards that told us to stop
+
+    def exchange(self, kind, base_version, nsteps, lr, w_new):
+        comm = self.comm
+        reqs = []
+        for s, (lo, hi) in enumerate(zip(self.bounds[:-1], self.bounds[1:])):
+            # post the receives of the answer before pushing: the server's Send completes at once
+            reqs.append(comm.Irecv(self.reply_headers[s], source=s, tag=T.TAG_REPLY))
+            reqs.append(comm.Irecv(w_new[lo:hi], source=s, tag=T.TAG_REPLY + 100))
+        for s, msg in enumerate(self.msgs):
+            h = msg.header
+            n = msg.payload.size if kind == T.KIND_PUSH else 0
+            h[:] = 0
+            h[T.H_KIND], h[T.H_VERSION], h[T.H_NSTEPS] = kind, base_version, nsteps
+            h[T.H_DTYPE], h[T.H_N], h[T.H_LR] = T.DTYPE_FLOAT32, n, lr
+            comm.Send(msg.view_bytes(n), dest=s, tag=T.TAG_PUSH)
+        for r in reqs:
+            T.wait(r)
+        flags = 0
+        for s, h in enumerate(self.reply_headers):
+            flags |= int(h[T.H_FLAGS])
+            if int(h[T.H_FLAGS]) & T.FLAG_STOP:
+                self.stopped_by.add(s)
+        h0 = self.reply_headers[0]
+        return flags, int(h0[T.H_VERSION]), int(h0[T.H_TOTAL])
+
+    def done(self):
+        """Tell every shard that has not told us to stop that we leave."""
+        for s, msg in enumerate(self.msgs):
+            if s in self.stopped_by:
+                continue
+            h = msg.header
+            h[:] = 0
+            h[T.H_KIND], h[T.H_DTYPE] = T.KIND_DONE, T.DTYPE_FLOAT32
+            self.comm.Send(msg.view_bytes(0), dest=s, tag=T.TAG_PUSH)
+
+
+class Worker:
+    """Runs ``config.threads`` threads of an algorithm against a channel to the server."""
+
+    def __init__(self, algorithm, config: TrainConfig, channel, worker: int, n_workers: int,
+                 w0: np.ndarray, progress=None):
+        self.alg = algorithm
+        self.config = config
+        self.channel = channel
+        self.worker = worker
+        self.n_workers = n_workers
+        self.n_threads = int(config.threads or 1)
+        n = w0.size
+        self.w = np.array(w0, np.float32, copy=True)  # the rank's shared Hogwild buffer
+        self.w_start = self.w.copy()
+        self.w_new = np.empty(n, np.float32)
+        self.snap = np.empty(n, np.float32)
+        self.opt = LocalOptimizer(config.local_optimizer, n, config.rms_alpha, config.adam_betas, config.opt_eps)
+        self.seed_offset = 0
+        self.progress = progress
+        self.version = 0
+        self.server_total = 0
+        self.since_push = 0
+        self.last_lr = config.lr
+        self.local_updates = 0
+        self.rejected_seen = 0
+        self.stop = threading.Event()
+        self.count_lock = threading.Lock()
+        self.push_lock = threading.Lock()
+        self.errors: list[BaseException] = []
+        self.fatal = False
+
+    # ------------------------------------------------------------------ schedule
+    def lr_now(self) -> float:
+        return lr_at(self.config, self.server_total + self.since_push)
+
+    # ------------------------------------------------------------------ push/pull
+    def _exchange(self, kind):
+        nsteps = self.since_push
+        # the step size of the latest local update: g = delta / lr, and the server applies lr * rule(g)
+        lr = self.last_lr if kind == T.KIND_PUSH else 0.0
+        if kind == T.KIND_PUSH:
+            inv = np.float32(1.0 / lr)
+            for s, (lo, hi) in enumerate(zip(self.channel.bounds[:-1], self.channel.bounds[1:])):
+                snapshot_delta(self.channel.push_buffers[s][: hi - lo], self.w_start[lo:hi],
+                               self.w[lo:hi], self.snap[lo:hi], inv)
+            with self.count_lock:
+                self.since_push -= nsteps
+        flags, version, total = self.channel.exchange(kind, self.version, nsteps, lr, self.w_new)
+        if kind == T.KIND_HELLO or flags & (T.FLAG_REJECTED | T.FLAG_DROPPED_STALE):
+            if flags & T.FLAG_REJECTED:
+                self.rejected_seen += 1
+            # start over from the server's model: the local updates are discarded
+            self.w[:] = self.w_new
+            self.w_start[:] = self.w_new
+        else:
+            merge_pull(self.w, self.w_start, self.w_new, self.snap)
+        self.version, self.server_total = version, total
+        if flags & T.FLAG_STOP:
+            self.fatal = bool(flags & T.FLAG_FATAL)
+            self.stop.set()
+
+    def _maybe_push(self):
+        if self.since_push < self.config.local_steps or self.stop.is_set():
+            return
+        if not self.push_lock.acquire(blocking=False):
+            return
+        try:
+            if self.since_push >= self.config.local_steps and not self.stop.is_set():
+                self._exchange(T.KIND_PUSH)
+        finally:
+            self.push_lock.release()
+
+    # ------------------------------------------------------------------ threads
+    def _thread_main(self, t: int):
+        ctx = ThreadContext(worker=self.worker, n_workers=self.n_workers, thread=t,
+                            n_threads=self.n_threads, seed=self.config.seed,
+                            rng=np.random.default_rng([self.config.seed, self.worker, t, self.seed_offset]))
+        try:
+            state = self.alg.make_thread_state(ctx)
+            n = self.w.size
+            while not self.stop.is_set():
+                ctx.lr = self.lr_now()
+                g = self.alg.compute_update(self.w, state, ctx)
+                if not isinstance(g, np.ndarray) or g.dtype != np.float32 or g.shape != (n,):
+                    raise WorkerError(
+                        f"{type(self.alg).__name__}.compute_update must return a float32 array of "
+                        f"shape ({n},), got {getattr(g, 'dtype', type(g))} {getattr(g, 'shape', '')}"
+                    )
+                self.opt.step(self.w, g, ctx.lr, self.local_updates + 1)
+                if ctx.lr > 0:
+                    self.last_lr = ctx.lr
+                ctx.step += 1
+                with self.count_lock:
+                    self.since_push += 1
+                    self.local_updates += 1
+                if self.progress is not None:
+                    self.progress(1)
+                self._maybe_push()
+        except BaseException as e:  # surfaced by run(); the other threads stop
+            e.thread_traceback = traceback.format_exc()
+            self.errors.append(e)
+            self.stop.set()
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        self._exchange(T.KIND_HELLO)
+        # a resumed run continues with fresh random streams, not the first run's again
+        self.seed_offset = self.version
+        if not self.stop.is_set():
+            if self.n_threads == 1:
+                self._thread_main(0)
+            else:
+                threads = [threading.Thread(target=self._thread_main, args=(t,), daemon=True,
+                                            name=f"dpsgd-w{self.worker}-t{t}")
+                           for t in range(self.n_threads)]
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+        self.channel.done()
+        if self.errors:
+            e = self.errors[0]
+            raise WorkerError(f"worker {self.worker}: {type(e).__name__}: {e}\n{getattr(e, 'thread_traceback', '')}") from e
+        return {
+            "local_updates": self.local_updates,
+            "seconds": time.perf_counter() - t0,
+            "rejected_seen": self.rejected_seen,
+            "threads": self.n_threads,
+        }

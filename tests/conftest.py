@@ -1,0 +1,48 @@
+"""Shared helpers: launching real MPI jobs with a timeout (a hang fails, never blocks CI)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGS = Path(__file__).resolve().parent / "progs"
+
+
+def mpiexec_path():
+    cand = Path(sys.executable).parent / "mpiexec"
+    return str(cand) if cand.exists() else shutil.which("mpiexec")
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PMI_", "OMPI_", "PMIX_", "HYDRA_", "MPI_LOCAL"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def run(cmd, timeout=120, **kw):
+    """Run a command; a timeout is a test failure with the output so far."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=ROOT, **kw)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"timed out after {timeout}s: {' '.join(map(str, cmd))}\n{e.stdout}\n{e.stderr}")
+
+
+def mpirun(n, args, timeout=120):
+    exe = mpiexec_path()
+    if exe is None:
+        pytest.fail("mpiexec not found: install the mpich wheel (make test does)")
+    return run([exe, "-n", str(n), sys.executable, "-m", "mpi4py", *map(str, args)], timeout=timeout)
+
+
+def dpsgd_cmd(*args):
+    return [sys.executable, "-m", "dpsgd.launch", *map(str, args)]
+
+
+@pytest.fixture
+def mpi():
+    return mpirun

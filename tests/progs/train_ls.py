@@ -1,0 +1,70 @@
+"""A least-squares run used by the MPI tests (fault injection through options)."""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+import dpsgd
+
+
+class LS(dpsgd.Algorithm):
+    def __init__(self, d=40, n=2000, nan_updates=0, raise_worker=None, seed=0):
+        r = np.random.default_rng(seed)
+        self.X = r.normal(size=(n, d)).astype(np.float32)
+        self.w_true = r.normal(size=d).astype(np.float32)
+        self.y = self.X @ self.w_true
+        self.nan_updates = nan_updates
+        self.raise_worker = raise_worker
+
+    def init_params(self, rng):
+        return np.zeros(self.X.shape[1], np.float32)
+
+    def make_thread_state(self, ctx):
+        return ctx.shard(len(self.X))
+
+    def compute_update(self, w, rows, ctx):
+        if self.raise_worker is not None and ctx.worker == self.raise_worker and ctx.step == 20:
+            raise RuntimeError("injected failure")
+        i = ctx.rng.choice(rows, 16)
+        g = (self.X[i].T @ (self.X[i] @ w - self.y[i]) / 16).astype(np.float32)
+        if ctx.worker == 0 and ctx.step < self.nan_updates:
+            g[0] = np.nan
+        return g
+
+    def evaluate(self, w):
+        return {"dist": float(np.linalg.norm(w - self.w_true))}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--rule", default="dc-asgd-a")
+    p.add_argument("--n-servers", type=int, default=1)
+    p.add_argument("--updates", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--local-steps", type=int, default=1)
+    p.add_argument("--nan-updates", type=int, default=0)
+    p.add_argument("--raise-worker", type=int, default=None)
+    p.add_argument("--max-bad-pushes", type=int, default=10)
+    p.add_argument("--max-staleness", type=int, default=None)
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig(a.rule), lr=0.05, total_updates=a.updates, threads=a.threads,
+                            local_steps=a.local_steps, n_servers=a.n_servers, max_bad_pushes=a.max_bad_pushes,
+                            max_staleness=a.max_staleness, checkpoint_dir=a.checkpoint_dir, resume=a.resume,
+                            progress=False)
+    res = dpsgd.train(LS(nan_updates=a.nan_updates, raise_worker=a.raise_worker), cfg)
+    if res.is_root:
+        m = res.metrics
+        out = {k: m[k] for k in ("pushes", "total_updates", "rejected_pushes", "reject_reasons", "staleness_mean",
+                                 "staleness_max", "staleness_hist", "n_workers", "final", "dropped_stale_pushes",
+                                 "local_updates_per_worker")}
+        out["n_params"] = int(res.params.size)
+        print("RESULT " + json.dumps(out))
+        if a.out:
+            np.save(os.path.join(a.out, "params.npy"), res.params)
+    sys.exit(0)

@@ -1,0 +1,127 @@
+"""Lock-free kernels and the threaded worker in one process."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dpsgd
+from dpsgd.hogwild import LocalOptimizer, adam_step, merge_pull, rmsprop_step, sgd_step, snapshot_delta
+
+sys.path.insert(0, str(Path(__file__).parent / "progs"))
+from train_ls import LS  # noqa: E402
+
+
+def test_kernels_match_numpy():
+    rng = np.random.default_rng(0)
+    w, g = rng.normal(size=100).astype(np.float32), rng.normal(size=100).astype(np.float32)
+    w1 = w.copy()
+    sgd_step(w1, g, np.float32(0.1))
+    np.testing.assert_allclose(w1, w - 0.1 * g, rtol=1e-6)
+    sq = np.full(100, 0.5, np.float32)
+    w2 = w.copy()
+    rmsprop_step(w2, g, sq, np.float32(0.01), np.float32(0.99), np.float32(1e-5))
+    s = 0.99 * 0.5 + 0.01 * g.astype(np.float64) ** 2
+    np.testing.assert_allclose(sq, s, rtol=1e-5)
+    np.testing.assert_allclose(w2, w - 0.01 * g / (np.sqrt(s) + 1e-5), rtol=1e-5, atol=1e-7)
+    m, v = np.zeros(100, np.float32), np.zeros(100, np.float32)
+    w3 = w.copy()
+    adam_step(w3, g, m, v, np.float32(0.01), np.float32(0.9), np.float32(0.999), np.float32(1e-8), np.float32(1))
+    # first Adam step moves every coordinate by lr * sign(g)
+    np.testing.assert_allclose(w3, w - 0.01 * np.sign(g), rtol=1e-4, atol=1e-6)
+
+
+def test_push_pull_keeps_concurrent_updates():
+    rng = np.random.default_rng(1)
+    w_start = rng.normal(size=50).astype(np.float32)
+    w = w_start + 0.1
+    snap, out = np.empty(50, np.float32), np.empty(50, np.float32)
+    snapshot_delta(out, w_start, w, snap, np.float32(2.0))
+    np.testing.assert_allclose(out, (w_start - w) * 2.0, rtol=1e-6)
+    w += 0.5  # a thread kept updating after the snapshot
+    w_new = rng.normal(size=50).astype(np.float32)
+    merge_pull(w, w_start, w_new, snap)
+    np.testing.assert_allclose(w, w_new + 0.5, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(w_start, w_new)
+
+
+def manual_sgd(alg, lr, steps, seed):
+    """The sequential SGD that one worker with one thread must reproduce."""
+    w = alg.init_params(np.random.default_rng(seed))
+    ctx = dpsgd.ThreadContext(worker=0, n_workers=1, thread=0, n_threads=1, seed=seed,
+                              rng=np.random.default_rng([seed, 0, 0, 0]))
+    state = alg.make_thread_state(ctx)
+    for _ in range(steps):
+        g = alg.compute_update(w, state, ctx)
+        w = w - np.float32(lr) * g
+        ctx.step += 1
+    return w
+
+
+@pytest.mark.parametrize("local_steps", [1, 5])
+def test_one_thread_is_sequential_sgd(local_steps):
+    alg = LS()
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("sgd"), lr=0.02, total_updates=300, threads=1,
+                            local_steps=local_steps, progress=False)
+    res = dpsgd.train(alg, cfg)
+    expect = manual_sgd(alg, 0.02, 300, 0)
+    np.testing.assert_allclose(res.params, expect, rtol=1e-4, atol=1e-4)
+    assert res.metrics["total_updates"] == 300
+
+
+def test_one_thread_run_is_reproducible():
+    cfg = dict(rule=dpsgd.RuleConfig("dc-asgd-a"), lr=0.02, total_updates=200, threads=1, progress=False)
+    a = dpsgd.train(LS(), dpsgd.TrainConfig(**cfg)).params
+    b = dpsgd.train(LS(), dpsgd.TrainConfig(**cfg)).params
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop", "adam"])
+def test_threads_converge_like_one_thread(optimizer):
+    """Hogwild with 4 threads reaches the least-squares solution within tolerance."""
+    lr = 0.02 if optimizer == "sgd" else 0.01
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=lr, total_updates=4000, threads=4,
+                            local_optimizer=optimizer, progress=False,
+                            schedule="linear" if optimizer != "sgd" else "constant")
+    res = dpsgd.train(LS(), cfg)
+    assert res.metrics["final"]["dist"] < 0.05, res.metrics["final"]
+    assert sum(res.metrics["local_updates_per_worker"]) >= 4000
+
+
+def test_local_optimizer_shares_state():
+    opt = LocalOptimizer("rmsprop", 10)
+    w = np.zeros(10, np.float32)
+    opt.step(w, np.ones(10, np.float32), 0.1, 1)
+    assert opt.sq.any()
+
+
+def test_nan_updates_are_rejected_and_run_recovers():
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.02, total_updates=500, threads=1, progress=False)
+    res = dpsgd.train(LS(nan_updates=3), cfg)
+    m = res.metrics
+    assert m["rejected_pushes"] == 3 and m["reject_reasons"] == {"non-finite": 3}
+    assert np.isfinite(res.params).all()
+    assert m["final"]["dist"] < 0.5
+
+
+def test_persistent_nan_stops_with_clear_message():
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.02, total_updates=500, threads=1,
+                            max_bad_pushes=4, progress=False)
+    with pytest.raises(dpsgd.server.FatalRunError, match="4 bad pushes in a row"):
+        dpsgd.train(LS(nan_updates=10**9), cfg)
+
+
+def test_bad_update_shape_is_a_clear_error():
+    class Bad(LS):
+        def compute_update(self, w, rows, ctx):
+            return np.zeros(3, np.float64)
+
+    with pytest.raises(dpsgd.worker.WorkerError, match="must return a float32 array"):
+        dpsgd.train(Bad(), dpsgd.TrainConfig(total_updates=10, threads=1, progress=False))
+
+
+def test_convergence_guarantee_warning():
+    cfg = dpsgd.TrainConfig(total_updates=10, threads=4, progress=False)
+    with pytest.warns(UserWarning, match=r"T\^\(1/4\)"):
+        dpsgd.train(LS(), cfg)
