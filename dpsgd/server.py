@@ -19,6 +19,22 @@ STALENESS_BINS = 1024  # the last bin counts everything >= STALENESS_BINS - 1
 PUSH_LOG_LIMIT = 1_000_000
 
 
+def warm_up_kernels() -> None:
+    """Compile (or load from cache) the Numba kernels before the first push arrives: a first
+    push that waits ~0.3 s for compilation lets the workers pile up local updates."""
+    from .hogwild import merge_pull, snapshot_delta
+    from .rules import _dc_kernel
+
+    x = np.zeros(1, np.float32)
+    e = np.zeros(0, np.float32)
+    all_finite(x)
+    for mode in (0, 1, 2):
+        _dc_kernel(x, x, np.float32(1), np.float32(0), x, x, np.float32(0), np.float32(0.9),
+                   np.float32(1e-7), mode, e, np.float32(0))
+    snapshot_delta(x, x, x, x.copy(), np.float32(1))
+    merge_pull(x.copy(), x.copy(), x, x)
+
+
 class FatalRunError(RuntimeError):
     """The run cannot go on (e.g. a worker keeps sending bad pushes)."""
 
@@ -32,6 +48,7 @@ class ServerCore:
         self.n_workers = n_workers
         self.w = np.array(w0, dtype=np.float32, copy=True)
         self.rule = UpdateRule(config.rule, self.w.size, n_workers)
+        warm_up_kernels()
         for m in range(n_workers):
             self.rule.reset_worker(m, self.w)
         self.version = 0  # updates applied to w (pushes, or rounds for SSGD)

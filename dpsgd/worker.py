@@ -120,6 +120,8 @@ class Worker:
         self.version = 0
         self.server_total = 0
         self.since_push = 0
+        #: local updates allowed before the threads wait for the push under way
+        self.max_unpushed = 2 * config.local_steps + self.n_threads
         self.last_lr = config.lr
         self.local_updates = 0
         self.rejected_seen = 0
@@ -163,6 +165,10 @@ class Worker:
         if self.since_push < self.config.local_steps or self.stop.is_set():
             return
         if not self.push_lock.acquire(blocking=False):
+            # a push is under way; a thread that is far ahead waits for it, so that one push
+            # never carries an unbounded number of local updates
+            while self.since_push >= self.max_unpushed and self.push_lock.locked() and not self.stop.is_set():
+                time.sleep(1e-4)
             return
         try:
             if self.since_push >= self.config.local_steps and not self.stop.is_set():
@@ -202,6 +208,9 @@ class Worker:
             self.stop.set()
 
     def run(self) -> dict:
+        from .server import warm_up_kernels
+
+        warm_up_kernels()
         t0 = time.perf_counter()
         self._exchange(T.KIND_HELLO)
         # a resumed run continues with fresh random streams, not the first run's again

@@ -27,7 +27,7 @@ def clean_env(**extra):
 def run(cmd, timeout=120, **kw):
     """Run a command; a timeout is a test failure with the output so far."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=ROOT, **kw)
+        return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=ROOT, **kw)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"timed out after {timeout}s: {' '.join(map(str, cmd))}\n{e.stdout}\n{e.stderr}")
 

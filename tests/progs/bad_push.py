@@ -1,0 +1,45 @@
+"""A 'worker' that sends malformed pushes by hand (wrong size, wrong dtype), then leaves.
+
+Run as: mpiexec -n 2 python -m mpi4py tests/progs/bad_push.py  (rank 0 serves, rank 1 misbehaves)
+"""
+
+import json
+
+import numpy as np
+from mpi4py import MPI
+
+from dpsgd import TrainConfig, transport as T
+from dpsgd.server import ServerCore, serve
+
+comm = MPI.COMM_WORLD
+N = 100
+if comm.Get_rank() == 0:
+    core = ServerCore(np.zeros(N, np.float32), TrainConfig(total_updates=10**6, max_bad_pushes=100), 1)
+    serve(comm, core, [1])
+    print("RESULT " + json.dumps({"rejected": int(core.rejected.sum()), "reasons": core.reject_reasons,
+                                  "version": core.version}))
+else:
+    hdr = np.zeros(T.HEADER_FIELDS)
+    w = np.zeros(N, np.float32)
+
+    def exchange(buf):
+        r1 = comm.Irecv(hdr, source=0, tag=T.TAG_REPLY)
+        r2 = comm.Irecv(w, source=0, tag=T.TAG_REPLY + 100)
+        comm.Send(buf, dest=0, tag=T.TAG_PUSH)
+        T.wait(r1), T.wait(r2)
+        return int(hdr[T.H_FLAGS])
+
+    def push(n, dtype=T.DTYPE_FLOAT32, kind=T.KIND_PUSH, declared=None, value=0.01):
+        m = T.Message(n)
+        m.header[T.H_KIND], m.header[T.H_DTYPE] = kind, dtype
+        m.header[T.H_N] = n if declared is None else declared
+        m.header[T.H_LR], m.header[T.H_NSTEPS] = 0.1, 1
+        m.payload[:] = value
+        return exchange(m.buf)
+
+    flags = [push(0, kind=T.KIND_HELLO), push(N - 1), push(N, dtype=7.0), push(N, declared=N + 5),
+             push(N, value=np.inf), push(N)]
+    assert [bool(f & T.FLAG_REJECTED) for f in flags] == [False, True, True, True, True, False], flags
+    done = T.Message(0)
+    done.header[T.H_KIND] = T.KIND_DONE
+    comm.Send(done.buf, dest=0, tag=T.TAG_PUSH)
