@@ -12,14 +12,14 @@ import numpy as np
 from numba import njit
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def sgd_step(w, g, lr):
     """w -= lr * g"""
     for i in range(w.shape[0]):
         w[i] -= lr * g[i]
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def rmsprop_step(w, g, sq, lr, alpha, eps):
     """RMSprop with the square statistics ``sq`` shared by all threads (A3C's shared RMSprop)."""
     one_m = 1.0 - alpha
@@ -30,7 +30,7 @@ def rmsprop_step(w, g, sq, lr, alpha, eps):
         w[i] -= lr * gi / (np.sqrt(s) + eps)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def adam_step(w, g, m, v, lr, b1, b2, eps, t):
     """Adam with shared moments; ``t`` (>= 1) is the rank's update count for bias correction."""
     c1 = 1.0 - b1 ** t
@@ -44,7 +44,7 @@ def adam_step(w, g, m, v, lr, b1, b2, eps, t):
         w[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def snapshot_delta(out, w_start, w, snap, inv_lr):
     """snap = w (a copy taken now); out = (w_start - snap) * inv_lr: the pushed pseudo-gradient."""
     for i in range(w.shape[0]):
@@ -53,7 +53,7 @@ def snapshot_delta(out, w_start, w, snap, inv_lr):
         out[i] = (w_start[i] - s) * inv_lr
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def merge_pull(w, w_start, w_new, snap):
     """After a pull: keep the updates made since the snapshot, on top of the new model.
 

@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--json", action="store_true")
     pi.set_defaults(func=cmd_info)
     pr = sub.add_parser("run", help="train an example problem (digits softmax/MLP, least squares)")
-    pr.add_argument("--problem", default="softmax", help="softmax | mlp | least-squares (default softmax)")
+    pr.add_argument("--problem", default="softmax", choices=["softmax", "mlp", "least-squares"],
+                    help="example problem (default softmax)")
     pr.add_argument("--updates", type=int, default=3000, help="updates in total (all workers)")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--eval-every", type=float, default=None, help="seconds between evaluations")

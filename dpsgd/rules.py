@@ -20,6 +20,11 @@ Optional heavy-ball momentum is applied to the compensated gradient on the serve
 
 The hot path is a single fused Numba pass over the parameters (``_dc_kernel``); the
 ``reference_*`` functions are the plain-numpy definitions used by the tests.
+
+
+Kernels use ``error_model="numpy"``: with Numba's default (Python) error model every
+division carries a ZeroDivisionError check that keeps LLVM from vectorizing the loop (DC-ASGD-a
+took 2.5-6 ms per 1e6 parameters that way, 0.4 ms without).
 """
 
 from __future__ import annotations
@@ -82,43 +87,89 @@ class RuleConfig:
 # --------------------------------------------------------------------------- kernels
 
 
-@njit(nogil=True, cache=True)  # no fastmath: it would assume away the NaNs we look for
+@njit(nogil=True, cache=True)
+def _all_finite_bits(bits):
+    bad = 0
+    for i in range(bits.shape[0]):  # integer OR-reduction: vectorizes, unlike an early return
+        bad |= (bits[i] & 0x7F800000) == 0x7F800000  # exponent all ones: inf or NaN
+    return bad == 0
+
+
 def all_finite(x):
-    """True when every element of ``x`` is finite (one pass, no temporaries)."""
-    for i in range(x.shape[0]):
-        if not np.isfinite(x[i]):
-            return False
-    return True
+    """True when every element of the float32 array ``x`` is finite (one vectorized pass)."""
+    return bool(_all_finite_bits(x.view(np.int32)))
 
 
-@njit(nogil=True, fastmath=True, cache=True)
-def _dc_kernel(w, g, scale, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu):
-    """One fused pass: w -= lr * v(g*scale + lam_i * g^2 * (w - wbak)); wbak = w.
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+def _plain_kernel(w, g, scale, lr, mom, mu):
+    """w -= lr * g * scale (with momentum when mu > 0)."""
+    if mu > 0.0:
+        for i in range(w.shape[0]):
+            v = mu * mom[i] + g[i] * scale
+            mom[i] = v
+            w[i] -= lr * v
+    else:
+        for i in range(w.shape[0]):
+            w[i] -= lr * (g[i] * scale)
 
-    mode 0: plain (no backup read/written); 1: constant lam; 2: adaptive lam with ``ms``.
-    ``mu > 0`` enables momentum with buffer ``mom``. ``scale`` multiplies ``g`` (1/n for SSGD).
-    """
-    n = w.shape[0]
-    one_m = 1.0 - ms_decay
-    for i in range(n):
-        gi = g[i] * scale
-        wi = w[i]
-        if mode == 1:
-            gi = gi + lam * gi * gi * (wi - wbak[i])
-        elif mode == 2:
-            msi = ms_decay * ms[i] + one_m * gi * gi
-            ms[i] = msi
-            gi = gi + (lam / (np.sqrt(msi) + eps)) * gi * gi * (wi - wbak[i])
-        if mu > 0.0:
-            gi = mu * mom[i] + gi
-            mom[i] = gi
-        wi = wi - lr * gi
+
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+def _dc_const_kernel(w, g, lr, wbak, lam):
+    """DC-ASGD-c in one pass: w -= lr * (g + lam g^2 (w - wbak)); wbak = w."""
+    for i in range(w.shape[0]):
+        gi = g[i]
+        wi = w[i] - lr * (gi + lam * gi * gi * (w[i] - wbak[i]))
         w[i] = wi
-        if mode != 0:
-            wbak[i] = wi
+        wbak[i] = wi
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+def _dc_adaptive_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps):
+    """DC-ASGD-a in one pass: MeanSquare update, w -= lr * (g + lam/(sqrt(ms)+eps) g^2 (w - wbak))."""
+    one_m = np.float32(1.0) - ms_decay
+    for i in range(w.shape[0]):
+        gi = g[i]
+        g2 = gi * gi
+        msi = ms_decay * ms[i] + one_m * g2
+        ms[i] = msi
+        wi = w[i] - lr * (gi + lam * g2 * (w[i] - wbak[i]) / (np.sqrt(msi) + eps))
+        w[i] = wi
+        wbak[i] = wi
+
+
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+def _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, adaptive, mom, mu):
+    """The DC rules with server momentum (a less common path: one generic pass)."""
+    one_m = np.float32(1.0) - ms_decay
+    for i in range(w.shape[0]):
+        gi = g[i]
+        g2 = gi * gi
+        if adaptive:
+            msi = ms_decay * ms[i] + one_m * g2
+            ms[i] = msi
+            li = lam / (np.sqrt(msi) + eps)
+        else:
+            li = lam
+        v = mu * mom[i] + gi + li * g2 * (w[i] - wbak[i])
+        mom[i] = v
+        wi = w[i] - lr * v
+        w[i] = wi
+        wbak[i] = wi
+
+
+def _dc_kernel(w, g, scale, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu):
+    """Dispatch to the fused pass of a mode (0 plain, 1 constant lam, 2 adaptive lam)."""
+    if mode == 0:
+        _plain_kernel(w, g, scale, lr, mom, mu)
+    elif mu > 0.0:
+        _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, mode == 2, mom, mu)
+    elif mode == 1:
+        _dc_const_kernel(w, g, lr, wbak, lam)
+    else:
+        _dc_adaptive_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps)
+
+
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def _accumulate(acc, g):
     for i in range(acc.shape[0]):
         acc[i] += g[i]

@@ -1,0 +1,84 @@
+"""The dpsgd command line: info, one-line errors with exit code 2, runs with and without mpiexec."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import dpsgd_cmd, mpirun, run
+
+
+def test_info_reports_versions_and_mpi():
+    p = run(dpsgd_cmd("info", "--json"))
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    for key in ("numpy", "numba", "mpi4py", "mpi_library", "numba_threading_layer", "cores",
+                "threads_per_rank_default", "mpi_world_size"):
+        assert key in d
+    assert not d["numba_threading_layer"].startswith("workqueue")
+
+
+def test_info_under_mpiexec_sees_the_world():
+    p = mpirun(2, ["-m", "dpsgd.launch", "info", "--json"], timeout=60)
+    assert p.returncode == 0, p.stderr
+    sizes = {json.loads(chunk)["mpi_world_size"] for chunk in p.stdout.split("\n}") if chunk.strip()
+             for chunk in [chunk + "\n}"]}
+    assert sizes == {2}
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--rule", "nope"], "unknown rule 'nope'"),
+    (["--threads", "0"], "threads must be a positive integer"),
+    (["--threads", "-3"], "threads must be a positive integer"),
+    (["--lam", "-1", "--rule", "dc-asgd-c"], "lambda must be a finite number >= 0"),
+    (["--lr", "nan"], "lr must be a positive finite number"),
+    (["--n-servers", "2"], "needs an MPI run"),
+    (["--local-steps", "0"], "local_steps must be a positive integer"),
+    (["--resume", "/nonexistent/dir"], "no such directory"),
+])
+def test_invalid_configuration_is_one_line_exit_2(args, msg):
+    p = run(dpsgd_cmd("run", "--problem", "least-squares", *args))
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and msg in lines[0], p.stderr
+
+
+def test_unknown_problem_is_exit_2():
+    p = run(dpsgd_cmd("run", "--problem", "nope"))
+    assert p.returncode == 2 and "nope" in p.stderr
+
+
+def test_too_few_ranks_for_the_servers():
+    p = mpirun(2, ["-m", "dpsgd.launch", "run", "--problem", "least-squares", "--n-servers", "2"], timeout=60)
+    assert p.returncode == 2 and "leave no worker" in p.stderr
+
+
+def test_run_without_mpiexec(tmp_path):
+    p = run(dpsgd_cmd("run", "--problem", "softmax", "--updates", "1500", "--no-progress", "--out", tmp_path))
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["n_workers"] == 1 and m["final"]["test_error"] < 0.2
+
+
+def test_corrupted_checkpoint_under_mpiexec_ends_the_job_with_a_clear_message(tmp_path):
+    out = tmp_path / "out"
+    p = mpirun(3, ["-m", "dpsgd.launch", "run", "--problem", "least-squares", "--updates", "500", "--no-progress",
+                   "--out", out], timeout=60)
+    assert p.returncode == 0, p.stderr
+    ck = out / "checkpoints"
+    (ck / "shard0.npz").write_bytes(b"not a zip")
+    (ck / "shard0.prev.npz").unlink(missing_ok=True)
+    p = mpirun(3, ["-m", "dpsgd.launch", "run", "--problem", "least-squares", "--updates", "900", "--no-progress",
+                   "--resume", out], timeout=60)
+    assert p.returncode != 0
+    assert "truncated or corrupted checkpoint" in p.stderr and "rank 0" in p.stderr
+
+
+def test_console_script_exists():
+    import shutil
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "dpsgd"
+    assert exe.exists() or shutil.which("dpsgd"), "pip install -e . installs the dpsgd console script"
+    p = run([str(exe) if exe.exists() else "dpsgd", "--help"])
+    assert p.returncode == 0 and "info" in p.stdout and "run" in p.stdout
