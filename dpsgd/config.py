@@ -46,6 +46,9 @@ class TrainConfig:
     max_staleness: int | None = None
     #: number of server ranks that each own a slice of the parameters
     n_servers: int = 1
+    #: seconds without a push after which the server reports a worker; for SSGD, whose rounds
+    #: wait for every worker, it is also the deadline after which the run stops with an error
+    worker_timeout: float | None = 120.0
     #: consecutive rejected (NaN/Inf, wrong size or dtype) pushes from one worker that stop the run
     max_bad_pushes: int = 10
     #: seconds between checkpoints (None: only at the end when checkpoint_dir is set)
@@ -88,7 +91,7 @@ class TrainConfig:
         if self.schedule == "power":
             if not self.tau0 > 0 or not self.kappa >= 0:
                 raise ConfigError(f"power schedule needs tau0 > 0 and kappa >= 0, got {self.tau0}, {self.kappa}")
-        for name in ("max_seconds", "checkpoint_every", "eval_every"):
+        for name in ("max_seconds", "checkpoint_every", "eval_every", "worker_timeout"):
             v = getattr(self, name)
             if v is not None:
                 positive(name, v)

@@ -55,6 +55,8 @@ def add_framework_options(p: argparse.ArgumentParser, *, lr: float = 0.1, update
     g.add_argument("--max-bad-pushes", type=int, default=10,
                    help="consecutive rejected pushes from one worker that stop the run")
     g.add_argument("--max-seconds", type=float, default=None, help="stop after this wall time")
+    g.add_argument("--worker-timeout", type=float, default=120.0,
+                   help="report workers silent this long; SSGD stops with an error (default 120 s)")
     g.add_argument("--checkpoint-every", type=float, default=None, help="seconds between checkpoints")
     g.add_argument("--resume", default=None, metavar="DIR", help="continue from the checkpoints in DIR")
     g.add_argument("--seed", type=int, default=0)
@@ -66,7 +68,7 @@ def config_from_args(args, *, total_updates: int, out: str | None, **overrides) 
         rule=RuleConfig(name=args.rule, lam=args.lam, momentum=args.momentum),
         lr=args.lr, schedule=args.schedule, local_steps=args.local_steps, threads=args.threads,
         total_updates=total_updates, max_seconds=args.max_seconds, max_staleness=args.max_staleness,
-        n_servers=args.n_servers, max_bad_pushes=args.max_bad_pushes,
+        n_servers=args.n_servers, max_bad_pushes=args.max_bad_pushes, worker_timeout=args.worker_timeout,
         checkpoint_every=args.checkpoint_every,
         checkpoint_dir=os.path.join(out, "checkpoints") if out else None,
         resume=os.path.join(args.resume, "checkpoints") if args.resume and

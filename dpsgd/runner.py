@@ -204,6 +204,9 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
         if config.checkpoint_dir:
             hk.write_checkpoint()
         fatal = core.fatal
+        if core.reported_silent and fatal:
+            # a silent worker would never join the final collectives: end here (the CLI aborts the job)
+            raise FatalRunError(fatal)
     else:
         worker = Worker(algorithm, config, MPIChannel(comm, n_servers, n), rank - n_servers, n_workers, w0)
         ws = worker.run()

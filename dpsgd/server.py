@@ -6,6 +6,7 @@ loop (``serve``) feeds it the pushes it receives. One core per server shard.
 
 from __future__ import annotations
 
+import sys
 import time
 from array import array
 
@@ -62,6 +63,7 @@ class ServerCore:
         self.reject_reasons: dict[str, int] = {}
         self.last_push_time = np.zeros(n_workers)
         self.active = np.ones(n_workers, bool)
+        self.reported_silent: set[int] = set()
         self.pending: list[int] = []  # SSGD: workers waiting for the round to close
         self.fatal: str | None = None
         self.t0 = time.perf_counter()
@@ -110,6 +112,7 @@ class ServerCore:
         """
         self.pushes[m] += 1
         self.last_push_time[m] = time.perf_counter()
+        self.reported_silent.discard(m)
         if problem is not None:
             self.rejected[m] += 1
             self.consecutive_bad[m] += 1
@@ -163,6 +166,29 @@ class ServerCore:
         out = [(k, self.flags_for(k, (extra or {}).get(k, 0))) for k in self.pending]
         self.pending = []
         return out
+
+    def check_silent(self, now: float | None = None) -> tuple[list[str], list[tuple[int, int]]]:
+        """Workers silent for longer than ``worker_timeout``: (messages to report once, answers).
+
+        For SSGD a silent worker holds up the round forever: the run becomes fatal and the
+        waiting workers are answered with a stop.
+        """
+        limit = self.config.worker_timeout
+        if limit is None:
+            return [], []
+        now = time.perf_counter() if now is None else now
+        msgs, answers = [], []
+        for m in np.nonzero(self.active)[0]:
+            silent = now - self.last_push_time[m]
+            if silent > limit and m not in self.reported_silent:
+                self.reported_silent.add(int(m))
+                msgs.append(f"worker {m} has not pushed for {silent:.0f} s (worker_timeout={limit:g} s)")
+                if self.rule.synchronous and self.pending and m not in self.pending and self.fatal is None:
+                    self.fatal = (f"SSGD: worker {m} has not pushed for {silent:.0f} s; the round cannot close "
+                                  f"(worker_timeout={limit:g} s)")
+                    answers = [(k, self.flags_for(k)) for k in self.pending]
+                    self.pending = []
+        return msgs, answers
 
     # ------------------------------------------------------------------ reporting
     def staleness_stats(self) -> dict:
@@ -252,7 +278,24 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
         if flags & T.FLAG_STOP:
             stop_sent[m] = True
 
+    next_check = time.perf_counter() + 1.0
     while any(open_):
+        if time.perf_counter() >= next_check:
+            next_check = time.perf_counter() + 1.0
+            msgs, answers = core.check_silent()
+            for text in msgs:
+                print(f"dpsgd server shard {core.shard}: warning: {text}", file=sys.stderr, flush=True)
+            for m, flags in answers:
+                answer(m, flags)
+                open_[m] = False
+            if (core.fatal is not None or core.should_stop()) and all(
+                    not open_[m] or m in core.reported_silent for m in range(len(open_))):
+                # only silent workers are left: stop waiting for them
+                if core.fatal is None:
+                    silent = sorted(m for m in range(len(open_)) if open_[m])
+                    core.fatal = (f"the run finished but worker(s) {silent} stopped answering for more than "
+                                  f"worker_timeout={core.config.worker_timeout:g} s")
+                break
         done = MPI.Request.Testsome(reqs, statuses)
         if not done:
             backoff.idle()

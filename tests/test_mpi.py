@@ -103,3 +103,14 @@ def test_config_error_exit_code_2_under_mpiexec():
     p = mpirun(3, ["-m", "dpsgd.launch", "run", "--problem", "least-squares", "--threads", 0], timeout=60)
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert "threads must be a positive integer" in p.stderr
+
+
+@pytest.mark.parametrize("rule", ["ssgd", "asgd"])
+def test_silent_worker_is_reported_and_never_hangs_the_job(rule):
+    t0 = time.monotonic()
+    p = mpirun(3, [PROGS / "train_ls.py", "--rule", rule, "--silent-worker", 1, "--worker-timeout", 2,
+                   "--updates", 600], timeout=90)
+    assert p.returncode != 0
+    assert "worker 1 has not pushed for" in p.stderr
+    assert ("round cannot close" if rule == "ssgd" else "stopped answering") in p.stderr
+    assert time.monotonic() - t0 < 90

@@ -11,13 +11,14 @@ import dpsgd
 
 
 class LS(dpsgd.Algorithm):
-    def __init__(self, d=40, n=2000, nan_updates=0, raise_worker=None, seed=0):
+    def __init__(self, d=40, n=2000, nan_updates=0, raise_worker=None, silent_worker=None, seed=0):
         r = np.random.default_rng(seed)
         self.X = r.normal(size=(n, d)).astype(np.float32)
         self.w_true = r.normal(size=d).astype(np.float32)
         self.y = self.X @ self.w_true
         self.nan_updates = nan_updates
         self.raise_worker = raise_worker
+        self.silent_worker = silent_worker
 
     def init_params(self, rng):
         return np.zeros(self.X.shape[1], np.float32)
@@ -28,6 +29,10 @@ class LS(dpsgd.Algorithm):
     def compute_update(self, w, rows, ctx):
         if self.raise_worker is not None and ctx.worker == self.raise_worker and ctx.step == 20:
             raise RuntimeError("injected failure")
+        if self.silent_worker is not None and ctx.worker == self.silent_worker and ctx.step == 20:
+            import time
+
+            time.sleep(3600)  # a worker that hangs without dying
         i = ctx.rng.choice(rows, 16)
         g = (self.X[i].T @ (self.X[i] @ w - self.y[i]) / 16).astype(np.float32)
         if ctx.worker == 0 and ctx.step < self.nan_updates:
@@ -48,6 +53,8 @@ if __name__ == "__main__":
     p.add_argument("--nan-updates", type=int, default=0)
     p.add_argument("--raise-worker", type=int, default=None)
     p.add_argument("--max-bad-pushes", type=int, default=10)
+    p.add_argument("--silent-worker", type=int, default=None)
+    p.add_argument("--worker-timeout", type=float, default=120.0)
     p.add_argument("--max-staleness", type=int, default=None)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--resume", default=None)
@@ -55,9 +62,9 @@ if __name__ == "__main__":
     a = p.parse_args()
     cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig(a.rule), lr=0.05, total_updates=a.updates, threads=a.threads,
                             local_steps=a.local_steps, n_servers=a.n_servers, max_bad_pushes=a.max_bad_pushes,
-                            max_staleness=a.max_staleness, checkpoint_dir=a.checkpoint_dir, resume=a.resume,
+                            max_staleness=a.max_staleness, worker_timeout=a.worker_timeout, checkpoint_dir=a.checkpoint_dir, resume=a.resume,
                             progress=False)
-    res = dpsgd.train(LS(nan_updates=a.nan_updates, raise_worker=a.raise_worker), cfg)
+    res = dpsgd.train(LS(nan_updates=a.nan_updates, raise_worker=a.raise_worker, silent_worker=a.silent_worker), cfg)
     if res.is_root:
         m = res.metrics
         out = {k: m[k] for k in ("pushes", "total_updates", "rejected_pushes", "reject_reasons", "staleness_mean",
