@@ -282,8 +282,8 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     while any(open_):
         if time.perf_counter() >= next_check:
             next_check = time.perf_counter() + 1.0
-            msgs, answers = core.check_silent()
-            for text in msgs:
+            reports, answers = core.check_silent()
+            for text in reports:
                 print(f"dpsgd server shard {core.shard}: warning: {text}", file=sys.stderr, flush=True)
             for m, flags in answers:
                 answer(m, flags)
