@@ -114,3 +114,38 @@ def test_silent_worker_is_reported_and_never_hangs_the_job(rule):
     assert "worker 1 has not pushed for" in p.stderr
     assert ("round cannot close" if rule == "ssgd" else "stopped answering") in p.stderr
     assert time.monotonic() - t0 < 90
+
+
+@pytest.mark.parametrize("victim", [0, 2])  # the server, a worker
+def test_kill_9_ends_the_job_and_the_checkpoint_resumes(tmp_path, victim):
+    import os
+    import signal
+    import subprocess
+
+    from conftest import clean_env, mpiexec_path
+    from dpsgd import checkpoint as ckpt
+
+    ck, pids = tmp_path / "ck", tmp_path / "pids"
+    pids.mkdir()
+    cmd = [mpiexec_path(), "-n", "3", sys.executable, "-m", "mpi4py", str(PROGS / "train_ls.py"), "--updates",
+           10**9, "--checkpoint-dir", ck, "--checkpoint-every", 0.2, "--pid-dir", pids]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not ((ck / "shard0.prev.npz").exists() and (pids / f"rank{victim}.pid").exists()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start checkpointing"
+            time.sleep(0.1)
+        os.kill(int((pids / f"rank{victim}.pid").read_text()), signal.SIGKILL)
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 30
+        assert proc.returncode != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    arrays, meta = ckpt.load_latest(str(ck), 0)  # intact: loads and verifies
+    assert meta["total_updates"] > 0
+    r = result_of(mpirun(3, [PROGS / "train_ls.py", "--updates", meta["total_updates"] + 1500, "--resume", ck]))
+    assert r["final"]["dist"] < 0.05

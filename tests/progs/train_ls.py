@@ -57,12 +57,18 @@ if __name__ == "__main__":
     p.add_argument("--worker-timeout", type=float, default=120.0)
     p.add_argument("--max-staleness", type=int, default=None)
     p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--checkpoint-every", type=float, default=None)
+    p.add_argument("--pid-dir", default=None, help="each rank writes rank<r>.pid here")
     p.add_argument("--resume", default=None)
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    if a.pid_dir:
+        rank = os.environ.get("PMI_RANK", "0")
+        with open(os.path.join(a.pid_dir, f"rank{rank}.pid"), "w") as f:
+            f.write(str(os.getpid()))
     cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig(a.rule), lr=0.05, total_updates=a.updates, threads=a.threads,
                             local_steps=a.local_steps, n_servers=a.n_servers, max_bad_pushes=a.max_bad_pushes,
-                            max_staleness=a.max_staleness, worker_timeout=a.worker_timeout, checkpoint_dir=a.checkpoint_dir, resume=a.resume,
+                            max_staleness=a.max_staleness, worker_timeout=a.worker_timeout, checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every, resume=a.resume,
                             progress=False)
     res = dpsgd.train(LS(nan_updates=a.nan_updates, raise_worker=a.raise_worker, silent_worker=a.silent_worker), cfg)
     if res.is_root:
