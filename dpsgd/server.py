@@ -64,6 +64,7 @@ class ServerCore:
         self.last_push_time = np.zeros(n_workers)
         self.active = np.ones(n_workers, bool)
         self.reported_silent: set[int] = set()
+        self.hello_versions = np.zeros(n_workers, np.int64)  # server version at each worker's first pull
         self.pending: list[int] = []  # SSGD: workers waiting for the round to close
         self.fatal: str | None = None
         self.t0 = time.perf_counter()
@@ -92,6 +93,7 @@ class ServerCore:
         """Worker ``m`` pulls for the first time. Returns [(worker, flags)] to answer now."""
         self.rule.reset_worker(m, self.w)
         self.last_push_time[m] = time.perf_counter()
+        self.hello_versions[m] = self.version
         return [(m, self.flags_for(m))]
 
     def check_push(self, g: np.ndarray | None, dtype_code: float, n_declared: float, n_received: int) -> str | None:
@@ -213,6 +215,7 @@ class ServerCore:
             "dropped_stale_pushes": int(self.dropped_stale.sum()),
             "server_seconds": self.elapsed,
             "push_workers": list(self.push_workers),
+            "hello_versions": self.hello_versions.tolist(),
         }
         out.update(self.staleness_stats())
         return out

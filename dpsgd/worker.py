@@ -214,7 +214,8 @@ class Worker:
         t0 = time.perf_counter()
         self._exchange(T.KIND_HELLO)
         # a resumed run continues with fresh random streams, not the first run's again
-        self.seed_offset = self.version
+        # (a fresh run does not depend on when a worker joined: offset 0)
+        self.seed_offset = self.version if self.config.resume else 0
         if not self.stop.is_set():
             if self.n_threads == 1:
                 self._thread_main(0)

@@ -1,0 +1,1 @@
+"""Benchmarks of the dpsgd framework (run as python -m benchmarks.<name>)."""
