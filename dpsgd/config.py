@@ -58,6 +58,10 @@ class TrainConfig:
     resume: str | None = None
     #: seconds between evaluations of the server's model with Algorithm.evaluate (None: never)
     eval_every: float | None = None
+    #: updates (all workers) between evaluations, an alternative to eval_every (None: never)
+    eval_every_updates: int | None = None
+    #: evaluate the final model once more at the end (into metrics["final"])
+    final_eval: bool = True
     seed: int = 0
     #: show a progress bar on the root rank
     progress: bool = True
@@ -95,6 +99,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None:
                 positive(name, v)
+        if self.eval_every_updates is not None:
+            positive("eval_every_updates", self.eval_every_updates, integer=True)
         if self.max_staleness is not None and not (int(self.max_staleness) == self.max_staleness and self.max_staleness >= 0):
             raise ConfigError(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         if n_ranks > 1:

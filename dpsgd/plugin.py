@@ -102,5 +102,14 @@ class Algorithm:
         """Metrics of a parameter vector (called on the server's model); optional."""
         return {}
 
+    def should_stop(self) -> bool:
+        """True to end the run early (e.g. a target reached); polled by the server on every push.
+
+        It is asked on the process that serves (rank 0 under MPI, the one process otherwise):
+        set the flag from ``evaluate`` (which runs there) or, in one process, from anywhere.
+        Keep it cheap: it is called on the server's hot path.
+        """
+        return False
+
     #: samples (documents, env steps, examples) one compute_update consumes, for throughput
     samples_per_update: int = 1

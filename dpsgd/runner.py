@@ -77,6 +77,8 @@ class Housekeeper:
                  meta: dict):
         self.core, self.alg, self.config = core, algorithm, config
         self.evaluate = evaluate and config.eval_every is not None
+        self.evaluate_updates = evaluate and config.eval_every_updates is not None
+        self.next_eval_updates = config.eval_every_updates or 0
         self.history: list[dict] = []
         self.meta = meta
         now = time.perf_counter()
@@ -101,6 +103,10 @@ class Housekeeper:
         if self.evaluate and now >= self.next_eval:
             self.record_eval()
             self.next_eval = time.perf_counter() + self.config.eval_every
+        if self.evaluate_updates and self.core.total_updates >= self.next_eval_updates:
+            self.record_eval()
+            every = self.config.eval_every_updates
+            self.next_eval_updates = (self.core.total_updates // every + 1) * every
         if self.config.checkpoint_dir and now >= self.next_ckpt:
             self.write_checkpoint()
             self.next_ckpt = time.perf_counter() + self.config.checkpoint_every
@@ -162,6 +168,7 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
 
     if comm is None:
         core = ServerCore(w0, config, 1)
+        core.stop_hook = getattr(algorithm, "should_stop", None)
         if config.resume:
             _resume(core, config, meta, warn=print)
         hk = Housekeeper(core, algorithm, config, evaluate=True, show_progress=config.progress, meta=meta)
@@ -193,6 +200,8 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     if rank < n_servers:
         lo, hi = bounds[rank], bounds[rank + 1]
         core = ServerCore(w0[lo:hi], config, n_workers, shard=rank)
+        # a worker that any shard tells to stop leaves the other shards (DONE): they need not agree
+        core.stop_hook = getattr(algorithm, "should_stop", None)
         if config.resume:
             _resume(core, config, meta, warn=print if is_root else (lambda *_: None))
         hk = Housekeeper(core, algorithm, config, evaluate=(n_servers == 1),
@@ -251,8 +260,8 @@ def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, param
         "checkpoints_written": hk.checkpoints_written,
         "eval_seconds": hk.eval_seconds,
     })
-    if config.eval_every is not None or hasattr(algorithm, "evaluate"):
-        final = algorithm.evaluate(params) if hasattr(algorithm, "evaluate") else {}
+    if config.final_eval and hasattr(algorithm, "evaluate"):
+        final = algorithm.evaluate(params)
         m["final"] = {k: float(v) for k, v in (final or {}).items()}
     return m
 

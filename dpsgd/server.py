@@ -67,6 +67,8 @@ class ServerCore:
         self.hello_versions = np.zeros(n_workers, np.int64)  # server version at each worker's first pull
         self.pending: list[int] = []  # SSGD: workers waiting for the round to close
         self.fatal: str | None = None
+        #: callable asked on every push whether the algorithm wants the run to end
+        self.stop_hook = None
         self.t0 = time.perf_counter()
         self.elapsed_offset = 0.0  # seconds of earlier runs when resumed
 
@@ -77,6 +79,8 @@ class ServerCore:
 
     def should_stop(self) -> bool:
         if self.fatal is not None or self.total_updates >= self.config.total_updates:
+            return True
+        if self.stop_hook is not None and self.stop_hook():
             return True
         return self.config.max_seconds is not None and self.elapsed >= self.config.max_seconds
 

@@ -125,3 +125,24 @@ def test_convergence_guarantee_warning():
     cfg = dpsgd.TrainConfig(total_updates=10, threads=4, progress=False)
     with pytest.warns(UserWarning, match=r"T\^\(1/4\)"):
         dpsgd.train(LS(), cfg)
+
+
+def test_algorithm_can_stop_the_run():
+    class Stopper(LS):
+        def __init__(self):
+            super().__init__()
+            self.evals = 0
+
+        def evaluate(self, w):
+            self.evals += 1
+            return super().evaluate(w)
+
+        def should_stop(self):
+            return self.evals >= 3
+
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.02, total_updates=10**6, threads=1,
+                            eval_every_updates=100, final_eval=False, progress=False)
+    res = dpsgd.train(Stopper(), cfg)
+    m = res.metrics
+    assert [r["updates"] for r in m["history"]] == [100, 200, 300]
+    assert 300 <= m["total_updates"] < 10**6 and "final" not in m

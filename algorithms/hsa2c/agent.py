@@ -1,0 +1,559 @@
+"""HSA2C: advantage actor-critic as a :mod:`dpsgd` plug-in.
+
+Each framework thread owns ``n_envs`` environments. ``compute_update`` copies the rank's live
+parameters into the thread's own model (one memcpy: a consistent snapshot under Hogwild), rolls
+out ``n_steps`` steps in every environment, and returns the clipped A2C gradient as a flat float32
+vector; the framework applies it lock-free with the rank's shared RMSprop (or Adam/SGD), pushes the
+accumulated change to the parameter server every ``local_steps`` updates and pulls the global model.
+One process with one thread is plain synchronous A2C (Stable-Baselines3's algorithm).
+
+Evaluation (``eval_episodes`` deterministic episodes on separate seeds): in one process every
+``eval_freq`` environment steps, inside the training thread, its time excluded from the reported
+wall times; under MPI the server's model every ``eval_seconds`` on rank 0. With ``target_return``
+the run counts as solved at the ``solve_evals``-th evaluation in a row at or above the target, and
+stops there when ``early_stop`` is set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import threading
+import time
+
+import numpy as np
+
+from dpsgd.config import ConfigError
+from dpsgd.plugin import Algorithm
+
+from . import envs as E
+from .losses import a2c_loss, clip_grad_norm_, compute_advantages
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "model.json"
+FORMAT = "hsa2c-1"
+#: an evaluation episode is cut after this many agent steps (MinAtar has no time limit)
+EVAL_MAX_STEPS = 27_000
+
+#: Hyperparameters and their defaults (Stable-Baselines3 A2C / rl-zoo CartPole-v1).
+DEFAULTS = dict(
+    n_envs=8, n_steps=5, gamma=0.99, gae_lambda=1.0, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5,
+    lr=7e-4, optimizer="rmsprop", rms_alpha=0.99, opt_eps=1e-5, normalize_advantage=False,
+    hidden=(64, 64), activation="tanh", arch=None, log_std_init=0.0,
+    seed=0, threads=1, rule="dc-asgd-a", lam=None, local_steps=1, schedule="constant",
+    eval_freq=5000, eval_episodes=10, eval_seconds=5.0, target_return=None, solve_evals=3, early_stop=True,
+    env_kwargs=None, progress=False, max_seconds=None, backend="auto",
+)
+
+
+def validate_hparams(h: dict) -> None:
+    """Raise ConfigError (one line) for an invalid hyperparameter."""
+
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    def finite(name):
+        v = h[name]
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+             f"{name} must be a finite number, got {v!r}")
+        return v
+
+    need(isinstance(h["eval_episodes"], (int, np.integer)) and not isinstance(h["eval_episodes"], bool)
+         and h["eval_episodes"] >= 0, f"eval_episodes must be an integer >= 0 (0: no evaluation), "
+         f"got {h['eval_episodes']!r}")
+    for name in ("n_envs", "n_steps", "eval_freq", "solve_evals", "local_steps", "threads"):
+        v = h[name]
+        need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0,
+             f"{name} must be a positive integer, got {v!r}")
+    need(0 < finite("gamma") <= 1, f"gamma must be in (0, 1], got {h['gamma']}")
+    need(0 <= finite("gae_lambda") <= 1, f"gae_lambda must be in [0, 1], got {h['gae_lambda']}")
+    need(finite("ent_coef") >= 0, f"ent_coef must be >= 0, got {h['ent_coef']}")
+    need(finite("vf_coef") >= 0, f"vf_coef must be >= 0, got {h['vf_coef']}")
+    need(finite("lr") > 0, f"lr must be > 0, got {h['lr']}")
+    need(0 <= finite("rms_alpha") < 1, f"rms_alpha must be in [0, 1), got {h['rms_alpha']}")
+    need(finite("opt_eps") > 0, f"opt_eps must be > 0, got {h['opt_eps']}")
+    need(finite("eval_seconds") > 0, f"eval_seconds must be > 0, got {h['eval_seconds']}")
+    if h["max_grad_norm"] is not None:
+        need(finite("max_grad_norm") > 0, f"max_grad_norm must be > 0 (or None), got {h['max_grad_norm']}")
+    if h["target_return"] is not None:
+        finite("target_return")
+    if h["max_seconds"] is not None:
+        need(finite("max_seconds") > 0, f"max_seconds must be > 0, got {h['max_seconds']}")
+    need(h["backend"] in ("auto", "torch"), f"unknown backend {h['backend']!r}; choose auto or torch")
+    need(h["optimizer"] in ("rmsprop", "adam", "sgd"),
+         f"unknown optimizer {h['optimizer']!r}; choose rmsprop, adam or sgd")
+    need(all(isinstance(k, (int, np.integer)) and k > 0 for k in h["hidden"]),
+         f"hidden sizes must be positive integers, got {list(h['hidden'])}")
+
+
+class HSA2C(Algorithm):
+    """Advantage actor-critic on the dpsgd framework.
+
+    >>> agent = HSA2C("CartPole-v1", target_return=475).learn(200_000)
+    >>> agent.predict(obs)          # deterministic action(s)
+    >>> agent.save("run/"); HSA2C.load("run/")
+    """
+
+    def __init__(self, env: str = "CartPole-v1", **hparams):
+        unknown = set(hparams) - set(DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown hyperparameter(s): {', '.join(sorted(unknown))}")
+        h = dict(DEFAULTS, **hparams)
+        try:
+            h["hidden"] = tuple(h["hidden"])
+        except TypeError:
+            raise ConfigError(f"hidden must be a sequence of layer sizes, got {h['hidden']!r}") from None
+        validate_hparams(h)
+        self.env_id = env
+        self.h = h
+        for k, v in h.items():
+            setattr(self, k, v)
+        self.env_kwargs = dict(h["env_kwargs"] or {})
+        from .nets import model_config
+
+        obs_space, act_space = E.env_spaces(env) if not self.env_kwargs else self._spaces_kw()
+        self.model_config = model_config(obs_space, act_space, hidden=h["hidden"], activation=h["activation"],
+                                         log_std_init=h["log_std_init"], arch=h["arch"])
+        self.samples_per_update = self.n_envs * self.n_steps
+        self.params: np.ndarray | None = None
+        self.metrics: dict = {}
+        self._model = None
+        self._lock = threading.Lock()
+        self._reset_run_state()
+
+    def _spaces_kw(self):
+        env = E.make_env(self.env_id, train=True, **self.env_kwargs)
+        try:
+            return env.observation_space, env.action_space
+        finally:
+            env.close()
+
+    # ------------------------------------------------------------------ plug-in interface
+    def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        """The current parameters when there are any (learn() continues training), else a fresh network."""
+        from .nets import build_model
+
+        if self.params is not None:
+            return np.array(self.params, np.float32, copy=True)
+        return build_model(self.model_config, seed=int(rng.integers(2 ** 31))).flat.copy()
+
+    def make_thread_state(self, ctx):
+        import torch
+
+        from .nets import build_model
+
+        torch.set_num_threads(1)
+        model = build_model(self.model_config, seed=0)
+        g = ctx.global_thread
+        env_seed = self.seed * 100_003 + g * self.n_envs
+        venv = E.VecEnv(self.env_id, self.n_envs, seed=env_seed, train=True, **self.env_kwargs)
+        return _ThreadState(model, venv, self.n_steps, ctx.rng)
+
+    def compute_update(self, params: np.ndarray, st, ctx) -> np.ndarray:
+        import torch
+
+        if not self._started:  # the clock starts with the first update (environment creation excluded)
+            with self._lock:
+                if not self._started:
+                    self._t0 = time.perf_counter()
+                    self._started = True
+        if self._local_eval:
+            self._maybe_eval(params)
+        if self._solved_stop:
+            return st.zero  # solved: nothing more to learn, the run is being stopped
+        m = st.model
+        m.set_flat(params)
+        T, N = self.n_steps, self.n_envs
+        venv = st.venv
+        fast = m.numpy_forward is not None
+        episodes = []
+        # Torch models (CNNs) keep each step's graph: the loss reuses the rollout's forward passes
+        # instead of a second forward over the whole batch (a quarter of the compute saved).
+        keep_graph = not (fast and self.backend == "auto")
+        heads, vals = [], []
+        for t in range(T):
+            st.obs[t] = venv.obs
+            obs = st.obs[t]  # a stable copy: the graph keeps it, venv.step overwrites venv.obs
+            if fast:
+                head, v = m.numpy_forward(obs)
+                if keep_graph:
+                    h_t, v_t = m(m.obs_tensor(obs))
+                    heads.append(h_t)
+                    vals.append(v_t)
+            else:
+                h_t, v_t = m(m.obs_tensor(obs))
+                heads.append(h_t)
+                vals.append(v_t)
+                head, v = h_t.detach().numpy(), v_t.detach().numpy()
+            a = m.sample(head, st.rng)
+            st.actions[t] = a
+            st.values[t] = v
+            _, r, term, trunc, finals, eps = venv.step(m.env_actions(a))
+            st.rewards[t] = r
+            st.term[t] = term
+            st.trunc[t] = trunc
+            if finals:
+                idx = [i for i in finals if trunc[i] and not term[i]]
+                if idx:
+                    fo = np.stack([finals[i] for i in idx])
+                    st.next_values[t, idx] = self._values(m, fo, fast)
+            if eps:
+                episodes.extend(eps)
+        last_v = self._values(m, venv.obs, fast)
+        adv, ret = compute_advantages(st.rewards, st.values, st.term, st.trunc, st.next_values, last_v,
+                                      self.gamma, self.gae_lambda)
+        st.next_values[:] = 0
+        B = T * N
+        g = st.grad
+        if not keep_graph:  # MLP: the same gradient by hand in numpy (no autograd overhead)
+            m.mlp_loss_grad(st.obs.reshape((B,) + st.obs.shape[2:]), st.actions.reshape((B,) + st.actions.shape[2:]),
+                            adv, ret, self.vf_coef, self.ent_coef, self.normalize_advantage, g)
+            clip_grad_norm_(g, self.max_grad_norm)
+            self._count(B, episodes)
+            return g
+        head = torch.cat(heads)
+        values = torch.cat(vals)
+        acts = torch.from_numpy(st.actions.reshape((B,) + st.actions.shape[2:]))
+        logp, ent = m.log_prob_entropy(head, acts)
+        loss, _ = a2c_loss(logp, ent, values, torch.from_numpy(adv.reshape(-1)), torch.from_numpy(ret.reshape(-1)),
+                           self.vf_coef, self.ent_coef, self.normalize_advantage)
+        grads = torch.autograd.grad(loss, m._params)
+        for gr, (lo, hi) in zip(grads, m.slices):
+            g[lo:hi] = gr.reshape(-1).numpy()
+        clip_grad_norm_(g, self.max_grad_norm)
+        self._count(B, episodes)
+        return g
+
+    @staticmethod
+    def _values(m, obs, fast):
+        if fast:
+            return m.numpy_forward(obs)[1]
+        import torch
+
+        with torch.inference_mode():
+            return m.value(m.obs_tensor(obs)).numpy()
+
+    def evaluate(self, params: np.ndarray) -> dict:
+        """Deterministic evaluation of ``params`` (the plug-in hook; on rank 0 under MPI)."""
+        if self.eval_episodes == 0:
+            return {}
+        t0 = time.perf_counter()
+        before = self._eval_seconds
+        rets = self.evaluate_returns(params, self.eval_episodes)
+        out = {"eval_return_mean": float(np.mean(rets)), "eval_return_std": float(np.std(rets)),
+               "eval_seconds_before": before}
+        self._eval_seconds += time.perf_counter() - t0
+        self._note_eval(out["eval_return_mean"])
+        return out
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _reset_run_state(self):
+        self._env_steps = 0
+        self._episodes: list[tuple] = []  # (env_steps, wall_excl_eval, return, length)
+        self._eval_log: list[dict] = []
+        self._eval_seconds = 0.0
+        self._next_eval = self.eval_freq
+        self._consec = 0
+        self._n_evals = 0
+        self._solved_stop = False
+        self._t0 = time.perf_counter()
+        self._started = False
+        self._local_eval = False
+
+    def _wall(self) -> float:
+        return time.perf_counter() - self._t0 - self._eval_seconds
+
+    def _count(self, n, episodes):
+        with self._lock:
+            self._env_steps += n
+            if episodes:
+                w = self._wall()
+                for ep in episodes:
+                    self._episodes.append((self._env_steps, w, float(ep["r"]), int(ep["l"])))
+
+    def _maybe_eval(self, params):
+        if self.eval_episodes == 0 or self._env_steps < self._next_eval or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._env_steps < self._next_eval:
+                return
+            steps, wall = self._env_steps, self._wall()
+            self._next_eval = (steps // self.eval_freq + 1) * self.eval_freq
+            m = self.evaluate(params.copy())
+            self._eval_log.append({"env_steps": steps, "wall_seconds": wall,
+                                   "eval_return_mean": m["eval_return_mean"],
+                                   "eval_return_std": m["eval_return_std"]})
+        finally:
+            self._lock.release()
+
+    def _note_eval(self, mean):
+        self._n_evals += 1
+        if self.target_return is None or (not self._local_eval and self._n_evals == 1):
+            return  # under MPI the server evaluates the initial model first: it never counts
+        self._consec = self._consec + 1 if mean >= self.target_return else 0
+        if self._consec >= self.solve_evals and self.early_stop and not self._solved_stop:
+            self._solved_stop = True  # should_stop() tells the server to end the run
+
+    def should_stop(self) -> bool:
+        """The dpsgd stop hook: solved (target return reached solve_evals times in a row)."""
+        return self._solved_stop
+
+    # ------------------------------------------------------------------ training
+    def train_config(self, total_steps: int):
+        import dpsgd
+
+        if not (isinstance(total_steps, (int, np.integer)) and total_steps > 0):
+            raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+        from dpsgd.runner import mpi_world_size_from_env
+
+        mpi = mpi_world_size_from_env() > 1
+        return dpsgd.TrainConfig(
+            rule=dpsgd.RuleConfig(name=self.rule, lam=self.lam), lr=self.lr, schedule=self.schedule,
+            local_optimizer=self.optimizer, rms_alpha=self.rms_alpha, opt_eps=self.opt_eps,
+            local_steps=self.local_steps, threads=self.threads,
+            total_updates=max(1, -(-int(total_steps) // self.samples_per_update)),
+            max_seconds=self.max_seconds, seed=self.seed, progress=self.progress,
+            eval_every=self.eval_seconds if mpi else None,
+        )
+
+    def learn(self, total_steps: int, config=None) -> "HSA2C":
+        """Train for ``total_steps`` environment steps (all workers); returns self.
+
+        A second call continues from the current parameters (the optimizer statistics start afresh).
+
+        ``config`` (a dpsgd.TrainConfig) overrides the framework settings derived from the
+        hyperparameters (its ``total_updates`` counts updates of ``n_envs * n_steps`` steps).
+        """
+        import torch
+
+        import dpsgd
+        from dpsgd.runner import mpi_world_size_from_env
+
+        torch.set_num_threads(1)
+        cfg = config if config is not None else self.train_config(total_steps)
+        self._reset_run_state()
+        self._local_eval = mpi_world_size_from_env() <= 1
+        result = dpsgd.train(self, cfg)
+        self._last_result = result
+        if result.params is not None:
+            self.params = np.array(result.params, np.float32, copy=True)
+            self._model = None
+        if result.is_root:
+            self.metrics = self._summarize(result.metrics, cfg)
+        return self
+
+    def _summarize(self, fm: dict, cfg) -> dict:
+        wall = time.perf_counter() - self._t0
+        train_wall = max(wall - self._eval_seconds, 1e-9)
+        if self._local_eval:
+            evals = list(self._eval_log)
+            env_steps = self._env_steps
+        else:  # MPI: the server's periodic evaluations (history rows of dpsgd)
+            evals = [{"env_steps": int(r["updates"]) * self.samples_per_update,
+                      "wall_seconds": float(r["seconds"]) - float(r.get("eval_seconds_before", 0.0)),
+                      "eval_return_mean": r["eval_return_mean"], "eval_return_std": r["eval_return_std"]}
+                     for r in fm.get("history", []) if "eval_return_mean" in r]
+            env_steps = int(fm.get("total_updates", 0)) * self.samples_per_update
+        solved_at = None
+        if self.target_return is not None:
+            run = 0
+            for e in evals:
+                if e["env_steps"] == 0:
+                    continue  # the initial model (the server's first evaluation under MPI)
+                run = run + 1 if e["eval_return_mean"] >= self.target_return else 0
+                if run >= self.solve_evals:
+                    solved_at = e
+                    break
+        final = fm.get("final", {})
+        out = {
+            "env": self.env_id,
+            "algorithm": "hsa2c",
+            "solved": bool(solved_at) if self.target_return is not None else None,
+            "target_return": self.target_return,
+            "solve_evals": self.solve_evals,
+            "seconds_to_target": solved_at["wall_seconds"] if solved_at else None,
+            "env_steps_to_target": solved_at["env_steps"] if solved_at else None,
+            "env_steps": env_steps,
+            "wall_seconds": wall,
+            "train_seconds": train_wall,
+            "eval_seconds": self._eval_seconds,
+            "env_steps_per_second": env_steps / train_wall,
+            "final_eval_return_mean": final.get("eval_return_mean"),
+            "final_eval_return_std": final.get("eval_return_std"),
+            "final_eval_episodes": self.eval_episodes,
+            "n_workers": fm.get("n_workers"),
+            "threads_per_worker": fm.get("threads_per_worker"),
+            "rule": fm.get("rule"),
+            "evaluations": evals,
+            "framework": {k: v for k, v in fm.items() if k not in ("history", "push_workers", "final")},
+        }
+        return out
+
+    # ------------------------------------------------------------------ evaluation / inference
+    def evaluate_returns(self, params: np.ndarray | None = None, episodes: int = 10, seed: int = 10 ** 6):
+        """Undiscounted returns of ``episodes`` deterministic episodes (seeds ``seed + i``)."""
+        from .nets import build_model
+
+        model = build_model(self.model_config, seed=0)
+        model.set_flat(self.params if params is None else params)
+        envs = [E.make_env(self.env_id, train=False, **self.env_kwargs) for _ in range(episodes)]
+        try:
+            obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+            rets = np.zeros(episodes)
+            alive = list(range(episodes))
+            steps = 0
+            while alive and steps < EVAL_MAX_STEPS:
+                steps += 1
+                batch = np.stack([np.asarray(obs[i]) for i in alive])
+                acts = model.env_actions(model.predict_head(batch))
+                still = []
+                for k, i in enumerate(alive):
+                    a = acts[k]
+                    o, r, term, trunc, _ = envs[i].step(a.item() if a.ndim == 0 else a)
+                    rets[i] += r
+                    obs[i] = o
+                    if not (term or trunc):
+                        still.append(i)
+                alive = still
+            return rets
+        finally:
+            for e in envs:
+                e.close()
+
+    @property
+    def model(self):
+        if self._model is None:
+            from .nets import build_model
+
+            self._model = build_model(self.model_config, seed=0)
+            if self.params is not None:
+                self._model.set_flat(self.params)
+        return self._model
+
+    def predict(self, obs, deterministic: bool = True, rng: np.random.Generator | None = None):
+        """Action(s) for one observation or a batch (as the environment takes them)."""
+        if self.params is None:
+            raise RuntimeError("the agent has no parameters yet: call learn() or load() first")
+        m = self.model
+        o = np.asarray(obs)
+        single = o.shape == tuple(m.obs_shape) or (m.onehot and o.ndim == 0)
+        batch = o[None] if single else o
+        if deterministic:
+            a = m.env_actions(m.predict_head(batch))
+        else:
+            head, _ = m.act(batch, rng or np.random.default_rng(), False)
+            a = m.env_actions(head)
+        return a[0] if single else a
+
+    # ------------------------------------------------------------------ persistence
+    def config_dict(self) -> dict:
+        h = dict(self.h)
+        h["hidden"] = list(h["hidden"])
+        return {"format": FORMAT, "env": self.env_id, "hyperparameters": h, "model": self.model_config}
+
+    def save(self, path: str) -> str:
+        """Write ``model.pt`` (torch state_dict of tensors) and ``model.json`` into directory ``path``."""
+        import torch
+
+        from dpsgd.checkpoint import atomic_write_bytes, atomic_write_text
+
+        if self.params is None:
+            raise RuntimeError("nothing to save: call learn() first")
+        os.makedirs(path, exist_ok=True)
+        sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        atomic_write_bytes(os.path.join(path, MODEL_FILE), lambda f: f.write(buf.getvalue()))
+        atomic_write_text(os.path.join(path, CONFIG_FILE), json.dumps(self.config_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "HSA2C":
+        import torch
+
+        from .nets import build_model
+
+        cfg_path = os.path.join(path, CONFIG_FILE)
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (not an HSA2C model directory)")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        if cfg.get("format") != FORMAT:
+            raise ValueError(f"{cfg_path}: unknown format {cfg.get('format')!r}")
+        h = dict(DEFAULTS, **cfg["hyperparameters"])
+        agent = cls.__new__(cls)
+        agent.env_id = cfg["env"]
+        agent.h = h
+        for k, v in h.items():
+            setattr(agent, k, v)
+        agent.h["hidden"] = tuple(h["hidden"])
+        agent.env_kwargs = dict(h.get("env_kwargs") or {})
+        agent.model_config = cfg["model"]
+        agent.samples_per_update = agent.n_envs * agent.n_steps
+        agent.metrics = {}
+        agent._lock = threading.Lock()
+        agent._reset_run_state()
+        model = build_model(agent.model_config, seed=0)
+        sd = torch.load(os.path.join(path, MODEL_FILE), weights_only=True)
+        model.load_state_dict(sd)
+        agent.params = model.flat.copy()
+        agent._model = model
+        return agent
+
+    def write_run(self, out: str) -> None:
+        """metrics.json, progress.csv, the model and the config into ``out`` (rank 0)."""
+        from dpsgd.checkpoint import atomic_write_text
+
+        os.makedirs(out, exist_ok=True)
+        self.save(out)
+        atomic_write_text(os.path.join(out, "metrics.json"), json.dumps(self.metrics, indent=1, default=float))
+        s = io.StringIO()
+        w = csv.writer(s)
+        w.writerow(["kind", "env_steps", "wall_seconds", "episode_return", "episode_length", "return_std"])
+        rows = [("train", st, wt, r, ln, "") for st, wt, r, ln in self._episodes]
+        rows += [("eval", e["env_steps"], e["wall_seconds"], e["eval_return_mean"], "", e["eval_return_std"])
+                 for e in self.metrics.get("evaluations", [])]
+        rows.sort(key=lambda r: (r[1], r[0]))
+        for r in rows:
+            w.writerow([r[0], r[1], f"{r[2]:.4f}", r[3], r[4], r[5]])
+        atomic_write_text(os.path.join(out, "progress.csv"), s.getvalue())
+        _tensorboard(out, rows)
+
+
+def _tensorboard(out, rows):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - tensorboard is optional
+        return
+    w = SummaryWriter(os.path.join(out, "tb"))
+    for kind, steps, _, r, *_ in rows:
+        w.add_scalar(f"{kind}/episode_return", float(r), int(steps))
+    w.close()
+
+
+class _ThreadState:
+    def __init__(self, model, venv, n_steps, rng):
+        import torch
+
+        self.model = model
+        self.venv = venv
+        self.rng = rng
+        N = venv.n
+        obs_shape = venv.obs.shape[1:]
+        self.obs = np.zeros((n_steps, N) + obs_shape, venv.obs.dtype)
+        if model.discrete:
+            self.actions = np.zeros((n_steps, N), np.int64)
+        else:
+            self.actions = np.zeros((n_steps, N, model.config["action"]["dim"]), np.float32)
+        self.values = np.zeros((n_steps, N), np.float32)
+        self.rewards = np.zeros((n_steps, N), np.float32)
+        self.term = np.zeros((n_steps, N), bool)
+        self.trunc = np.zeros((n_steps, N), bool)
+        self.next_values = np.zeros((n_steps, N), np.float32)
+        self.grad = np.zeros(model.n_params, np.float32)
+        self.zero = np.zeros(model.n_params, np.float32)
+        del torch

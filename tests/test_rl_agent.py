@@ -1,0 +1,202 @@
+"""HSA2C on the dpsgd framework: learning, reproducibility, save/load, environments, bad input."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("gymnasium")
+
+from dpsgd.config import ConfigError  # noqa: E402
+
+from algorithms.hsa2c import agent as agent_mod  # noqa: E402
+from algorithms.hsa2c.agent import HSA2C  # noqa: E402
+from algorithms.hsa2c.envs import EnvError, VecEnv, make_env  # noqa: E402
+from algorithms.hsa2c.nets import UnsupportedSpace  # noqa: E402
+
+ID = "dpsgd/Identity-v0"
+
+
+def test_vecenv_same_step_autoreset_keeps_final_observation():
+    v = VecEnv(ID, 2, seed=0)
+    for t in range(20):
+        obs, r, term, trunc, finals, eps = v.step(np.zeros(2, np.int64))
+    # Identity-v0 is cut by its TimeLimit at 20 steps: truncated, not terminated
+    assert trunc.all() and not term.any()
+    assert set(finals) == {0, 1} and len(eps) == 2 and eps[0]["l"] == 20
+    assert finals[0].shape == (4,) and finals[0].sum() == 1
+
+
+def test_rollout_bootstraps_on_truncation_with_the_final_observation(monkeypatch):
+    seen = {}
+    real = agent_mod.compute_advantages
+
+    def spy(rewards, values, term, trunc, next_values, last_values, gamma, lam):
+        seen.update(term=term.copy(), trunc=trunc.copy(), nv=next_values.copy())
+        return real(rewards, values, term, trunc, next_values, last_values, gamma, lam)
+
+    monkeypatch.setattr(agent_mod, "compute_advantages", spy)
+    a = HSA2C(ID, n_envs=2, n_steps=25)
+    from dpsgd.plugin import ThreadContext
+
+    ctx = ThreadContext(0, 1, 0, 1, seed=0)
+    st = a.make_thread_state(ctx)
+    w = a.init_params(np.random.default_rng(0))
+    finals = []
+    step = st.venv.step
+
+    def record(actions):
+        out = step(actions)
+        finals.append(dict(out[4]))
+        return out
+
+    st.venv.step = record
+    g = a.compute_update(w, st, ctx)
+    assert g.dtype == np.float32 and g.shape == w.shape and np.isfinite(g).all()
+    assert not seen["term"].any()
+    assert seen["trunc"][19].all() and seen["trunc"].sum() == 2
+    st.model.set_flat(w)
+    expected = st.model.numpy_forward(np.stack([finals[19][0], finals[19][1]]))[1]
+    np.testing.assert_allclose(seen["nv"][19], expected, rtol=1e-5)
+    assert (seen["nv"][:19] == 0).all()
+
+
+def test_identity_env_learned_in_seconds():
+    a = HSA2C(ID, lr=3e-3, eval_freq=2000, eval_episodes=5, target_return=19, solve_evals=2)
+    a.learn(20_000)
+    m = a.metrics
+    assert m["solved"], m["evaluations"]
+    assert m["final_eval_return_mean"] >= 19
+    assert m["env_steps"] < 20_000  # early stop once solved
+
+
+def test_box_actions_learn_identity():
+    a = HSA2C("dpsgd/IdentityBox-v0", lr=3e-3, eval_freq=10**9, eval_episodes=10)
+    before = a.evaluate_returns(a.init_params(np.random.default_rng(0)), 10).mean()
+    a.learn(12_000)
+    after = a.metrics["final_eval_return_mean"]
+    assert after > before + 2, (before, after)
+
+
+def test_cartpole_learns_in_one_process():
+    a = HSA2C("CartPole-v1", seed=0, eval_freq=5000, eval_episodes=5, target_return=475, solve_evals=1)
+    a.learn(60_000)
+    best = max(e["eval_return_mean"] for e in a.metrics["evaluations"])
+    assert best >= 475, a.metrics["evaluations"]
+
+
+def test_one_thread_seeded_run_is_reproducible():
+    runs = [HSA2C("CartPole-v1", seed=s, eval_freq=2000, eval_episodes=2).learn(4000) for s in (7, 7, 8)]
+    np.testing.assert_array_equal(runs[0].params, runs[1].params)
+    assert not np.array_equal(runs[0].params, runs[2].params)
+    assert [e["eval_return_mean"] for e in runs[0].metrics["evaluations"]] == \
+        [e["eval_return_mean"] for e in runs[1].metrics["evaluations"]]
+
+
+def test_two_threads_run():
+    a = HSA2C("CartPole-v1", threads=2, eval_freq=10**9, eval_episodes=2).learn(4000)
+    assert a.metrics["threads_per_worker"] == 2
+    assert sum(a.metrics["framework"]["local_updates_per_worker"]) >= 4000 // 40
+
+
+def test_save_load_gives_identical_actions(tmp_path):
+    a = HSA2C("CartPole-v1", eval_freq=10**9, eval_episodes=2).learn(2000)
+    a.write_run(str(tmp_path))
+    for f in ("model.pt", "model.json", "metrics.json", "progress.csv"):
+        assert (tmp_path / f).is_file()
+    b = HSA2C.load(str(tmp_path))
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    np.testing.assert_array_equal(a.predict(obs), b.predict(obs))
+    np.testing.assert_array_equal(a.params, b.params)
+    assert a.predict(obs[0]) == b.predict(obs[0])
+    sd = torch.load(str(tmp_path / "model.pt"), weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+
+
+# ----------------------------------------------------------------------------- environments
+
+
+def test_pendulum_box_smoke():
+    a = HSA2C("Pendulum-v1", n_envs=2, eval_freq=10**9, eval_episodes=1).learn(400)
+    assert a.metrics["env_steps"] >= 400 and a.model_config["action"]["type"] == "box"
+
+
+def test_atari_smoke():
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    env = make_env("ALE/Pong-v5", train=True)
+    assert env.observation_space.shape == (4, 84, 84)
+    env.close()
+    a = HSA2C("ALE/Pong-v5", n_envs=2, n_steps=5, eval_freq=10**9, eval_episodes=1)
+    assert a.model_config["kind"] == "nature_cnn"
+    g = a.compute_update(a.init_params(np.random.default_rng(0)), a.make_thread_state(_ctx()), _ctx())
+    assert np.isfinite(g).all() and np.abs(g).sum() > 0
+
+
+def test_atari_learn_smoke():
+    pytest.importorskip("ale_py")
+    a = HSA2C("ALE/Breakout-v5", n_envs=2, eval_freq=10**9, eval_episodes=1)
+    a.evaluate = lambda params: {}  # a full evaluation episode takes too long here
+    a.learn(200)
+    assert a.metrics["env_steps"] >= 200
+
+
+def test_minatar_smoke():
+    pytest.importorskip("minatar")
+    a = HSA2C("MinAtar/Breakout-v1", n_envs=4, eval_freq=10**9, eval_episodes=2)
+    assert a.model_config["kind"] == "minatar_cnn" and a.model_config["obs"]["scale"] == 1.0
+    a.learn(400)
+    assert a.metrics["env_steps"] >= 400 and a.metrics["final_eval_return_mean"] is not None
+
+
+def _ctx():
+    from dpsgd.plugin import ThreadContext
+
+    return ThreadContext(0, 1, 0, 1, seed=0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_env_is_a_one_line_error():
+    with pytest.raises(EnvError, match="unknown environment 'CartPole-v9'.*CartPole-v1") as e:
+        HSA2C("CartPole-v9")
+    assert "\n" not in str(e.value)
+
+
+def test_unsupported_space_error():
+    with pytest.raises(UnsupportedSpace, match="observation space"):
+        HSA2C("Blackjack-v1")
+
+
+@pytest.mark.parametrize("kw", [dict(lr=-1), dict(gamma=1.5), dict(n_envs=0), dict(n_steps=2.5),
+                                dict(optimizer="sgdm"), dict(max_grad_norm=0), dict(bogus=1),
+                                dict(lr=float("nan"))])
+def test_invalid_hyperparameters(kw):
+    with pytest.raises(ConfigError) as e:
+        HSA2C("CartPole-v1", **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_learn_continues_from_current_parameters():
+    a = HSA2C("CartPole-v1", eval_episodes=0)
+    w = np.arange(a.init_params(np.random.default_rng(0)).size, dtype=np.float32) * 1e-4
+    a.params = w
+    np.testing.assert_array_equal(a.init_params(np.random.default_rng(1)), w)
+    a.learn(40)  # one update of 8 envs x 5 steps, from w
+    step = np.abs(a.params - w).max()
+    # RMSprop's first step (square average (1 - alpha) g^2) moves a weight by at most lr / sqrt(1 - alpha)
+    assert 0 < step <= 7e-4 * 10 * 1.01
+
+
+def test_torch_and_numpy_backends_give_the_same_gradient():
+    from dpsgd.plugin import ThreadContext
+
+    grads = []
+    for backend in ("auto", "torch"):
+        a = HSA2C("CartPole-v1", backend=backend, ent_coef=0.01, eval_episodes=0)
+        ctx = ThreadContext(0, 1, 0, 1, seed=3)
+        st = a.make_thread_state(ctx)
+        w = a.init_params(np.random.default_rng(0))
+        grads.append([a.compute_update(w, st, ctx).copy() for _ in range(3)])  # same envs, same rng
+    for ga, gt in zip(*grads):
+        np.testing.assert_allclose(ga, gt, rtol=1e-3, atol=1e-6)
