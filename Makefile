@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the main job on the bundled corpus: 1 parameter server + 2 DPSVI workers over MPI
 demo: $(STAMP)
-	$(BIN)/python -m benchmarks.demo
+	$(BIN)/mpiexec -n 3 $(BIN)/dpsgd lda --corpus benchmarks/data/pydoc.npz --topics 20 --passes 3 --out runs/demo
+	@echo "outputs in runs/demo: topics.txt metrics.json progress.csv model.npz config.json"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 tests
@@ -33,6 +35,8 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.dc_asgd
 	$(BIN)/python -m benchmarks.ps_throughput
+	$(BIN)/python -m benchmarks.lda
+	$(BIN)/python -m benchmarks.rl
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
