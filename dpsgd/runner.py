@@ -172,16 +172,8 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
         if config.resume:
             _resume(core, config, meta, warn=print)
         hk = Housekeeper(core, algorithm, config, evaluate=True, show_progress=config.progress, meta=meta)
-        channel = LocalChannel(core)
-        exchange = channel.exchange
-
-        def exchange_and_housekeep(*a):  # the one process does the server's periodic work too
-            out = exchange(*a)
-            hk()
-            return out
-
-        channel.exchange = exchange_and_housekeep
-        worker = Worker(algorithm, config, channel, 0, 1, core.w)
+        # the one process does the server's periodic work too, after each push
+        worker = Worker(algorithm, config, LocalChannel(core, housekeeping=hk), 0, 1, core.w)
         try:
             wstats = worker.run()
         finally:

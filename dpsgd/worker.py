@@ -31,8 +31,9 @@ class WorkerError(RuntimeError):
 class LocalChannel:
     """The in-process server of a one-process run (same ServerCore as the MPI server)."""
 
-    def __init__(self, core):
+    def __init__(self, core, housekeeping=None):
         self.core = core
+        self.housekeeping = housekeeping  # the server's periodic work, done after each exchange
         self.bounds = np.array([0, core.w.size], np.int64)
         self.push_buffers = [np.zeros(core.w.size, np.float32)]
 
@@ -45,6 +46,8 @@ class LocalChannel:
             answers = core.push(0, g, base_version, nsteps, lr, core.check_push(g, T.DTYPE_FLOAT32, g.size, g.size))
         flags = dict(answers).get(0, 0)
         w_new[:] = core.w
+        if self.housekeeping is not None:
+            self.housekeeping()
         return flags, core.version, core.total_updates
 
     def done(self):
@@ -102,7 +105,7 @@ class Worker:
     """Runs ``config.threads`` threads of an algorithm against a channel to the server."""
 
     def __init__(self, algorithm, config: TrainConfig, channel, worker: int, n_workers: int,
-                 w0: np.ndarray, progress=None):
+                 w0: np.ndarray):
         self.alg = algorithm
         self.config = config
         self.channel = channel
@@ -116,7 +119,6 @@ class Worker:
         self.snap = np.empty(n, np.float32)
         self.opt = LocalOptimizer(config.local_optimizer, n, config.rms_alpha, config.adam_betas, config.opt_eps)
         self.seed_offset = 0
-        self.progress = progress
         self.version = 0
         self.server_total = 0
         self.since_push = 0
@@ -199,8 +201,6 @@ class Worker:
                 with self.count_lock:
                     self.since_push += 1
                     self.local_updates += 1
-                if self.progress is not None:
-                    self.progress(1)
                 self._maybe_push()
         except BaseException as e:  # surfaced by run(); the other threads stop
             e.thread_traceback = traceback.format_exc()
