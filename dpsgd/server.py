@@ -271,7 +271,6 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     reply = np.zeros(T.HEADER_FIELDS, np.float64)
     open_ = [True] * len(reqs)
     backoff = T.Backoff()
-    stop_sent = [False] * len(reqs)
 
     def answer(m, flags):
         reply[:] = 0
@@ -282,8 +281,6 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
         reply[T.H_N] = n
         comm.Send(reply, dest=worker_ranks[m], tag=T.TAG_REPLY)
         comm.Send(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY + 100)
-        if flags & T.FLAG_STOP:
-            stop_sent[m] = True
 
     next_check = time.perf_counter() + 1.0
     while any(open_):
