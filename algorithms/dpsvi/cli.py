@@ -1,0 +1,446 @@
+"""``dpsgd lda`` (fit topics) and ``dpsgd lda-transform`` (infer topic mixtures of documents).
+
+    dpsgd lda --corpus PATH --topics K --passes P --out DIR [--holdout FRAC] [--threads T] [--rule R]
+    mpiexec -n N dpsgd lda ...          (rank 0 serves lambda, ranks 1..N-1 work on their shard)
+    dpsgd lda-transform --model DIR/model.npz --corpus PATH --out theta.csv
+
+Only argparse-level code runs at import: numba, scipy and scikit-learn are imported by ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+Fit an LDA topic model by stochastic variational inference (DPSVI): Hogwild threads run the
+E-step on their own minibatches and update lambda without locks; under mpiexec every worker rank
+reads only its shard of the corpus and a parameter server merges the updates with --rule.
+
+Corpus formats: .npz (scipy sparse + vocabulary, or the compact layout of benchmarks/data),
+UCI bag-of-words (docword.NAME.txt[.gz] + vocab.NAME.txt, streamed), a directory of .txt files,
+or a .txt file with one document per line (tokenised with --stop-words/--min-df/--max-df).
+
+Writes into --out (every file written to a temporary name and renamed): topics.txt,
+metrics.json, progress.csv, model.npz (DPSVI.load reads it), config.json.
+"""
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _df(s):
+    """min_df / max_df: an integer document count or a float proportion, like CountVectorizer."""
+    try:
+        v = int(s)
+    except ValueError:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a count or a proportion, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a count or a proportion >= 0, got {s!r}")
+    return v
+
+
+def add_corpus_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("corpus")
+    g.add_argument("--corpus", required=True, metavar="PATH", help="corpus file or directory (formats above)")
+    g.add_argument("--vocab", default=None, metavar="FILE",
+                   help="vocabulary (one word per line) of a .npz matrix or a UCI docword file")
+    g.add_argument("--stop-words", default="english",
+                   help="text input: 'english' or 'none' (default english)")
+    g.add_argument("--min-df", type=_df, default=2,
+                   help="text input: ignore words in fewer documents (count, or proportion; default 2)")
+    g.add_argument("--max-df", type=_df, default=0.5,
+                   help="text input: ignore words in more documents (proportion, or count; default 0.5)")
+    g.add_argument("--max-features", type=_positive_int, default=None,
+                   help="text input: keep only this many most frequent words")
+
+
+def register(subparsers) -> None:
+    """Add ``lda`` and ``lda-transform`` to the ``dpsgd`` command line."""
+    from dpsgd.launch import add_framework_options  # already imported by the dpsgd CLI
+
+    p = subparsers.add_parser("lda", help="fit an LDA topic model (DPSVI: distributed stochastic variational inference)",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_options(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--topics", type=_positive_int, default=20, help="number of topics K (default 20)")
+    g.add_argument("--passes", type=_positive_float, default=1.0,
+                   help="passes over the training documents (may be fractional; default 1)")
+    g.add_argument("--batch-size", type=_positive_int, default=512, help="documents per minibatch (default 512)")
+    g.add_argument("--alpha", type=_positive_float, default=None, help="doc_topic_prior (default 1/K)")
+    g.add_argument("--eta", type=_positive_float, default=None, help="topic_word_prior (default 1/K)")
+    g.add_argument("--learning-offset", type=float, default=10.0,
+                   help="tau0 of rho_t = (tau0 + t)^-kappa (default 10, as scikit-learn)")
+    g.add_argument("--learning-decay", type=float, default=0.7, help="kappa (default 0.7, as scikit-learn)")
+    g.add_argument("--max-doc-update-iter", type=_positive_int, default=100,
+                   help="E-step iterations per document at most (default 100)")
+    g.add_argument("--mean-change-tol", type=float, default=1e-3, help="E-step tolerance (default 1e-3)")
+    o = p.add_argument_group("output and evaluation")
+    o.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    o.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of documents held out for the document-completion log-likelihood (default 0.1; 0: none)")
+    o.add_argument("--eval-every", type=_positive_float, default=2.0,
+                   help="seconds between held-out evaluations written to progress.csv (default 2)")
+    o.add_argument("--top-words", type=_positive_int, default=10, help="words per topic in topics.txt (default 10)")
+    o.add_argument("--quiet", action="store_true", help="do not print the topics")
+    add_framework_options(p, lr=1.0, rule="asgd")
+    # SVI's step size rho_t = lr * (tau0 + t)^-kappa: the power schedule by default
+    p.set_defaults(func=run, schedule="power")
+
+    t = subparsers.add_parser("lda-transform", help="topic mixtures of documents under a fitted LDA model",
+                              description="Infer the topic proportions of every document of --corpus with the "
+                                          "topics of --model (model.npz of `dpsgd lda`) and write them to --out "
+                                          "(.csv: doc,topic_0,...; .npy: an array). Words unknown to the model are ignored.")
+    t.add_argument("--model", required=True, metavar="FILE", help="model.npz written by `dpsgd lda`")
+    add_corpus_options(t)
+    t.add_argument("--out", required=True, metavar="FILE", help="output .csv or .npy")
+    t.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    t.set_defaults(func=run_transform)
+
+
+# ============================================================================ lda
+
+
+def _usage(msg: str):
+    from dpsgd.config import ConfigError
+
+    return ConfigError(msg)
+
+
+def _validate(args):
+    if not 0 <= args.holdout < 1:
+        raise _usage(f"--holdout must be in [0, 1), got {args.holdout}")
+    if args.learning_offset < 0:
+        raise _usage(f"--learning-offset must be >= 0, got {args.learning_offset}")
+    if not 0 <= args.learning_decay <= 1:
+        raise _usage(f"--learning-decay must be in [0, 1], got {args.learning_decay}")
+    if not args.mean_change_tol >= 0:
+        raise _usage(f"--mean-change-tol must be >= 0, got {args.mean_change_tol}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise _usage(f"--out {args.out}: exists and is not a directory")
+
+
+def _cv_options(args) -> dict:
+    sw = None if str(args.stop_words).lower() in ("none", "") else args.stop_words
+    return dict(stop_words=sw, min_df=args.min_df, max_df=args.max_df, max_features=args.max_features)
+
+
+class CorpusPlan:
+    """Which documents are held out, and which training documents each worker rank reads.
+
+    UCI files are never loaded whole: the header gives the number of documents, and each rank
+    streams the file keeping only its own documents. Other formats are small enough to load
+    on every rank (their vocabulary depends on the whole corpus anyway).
+    """
+
+    def __init__(self, args, seed: int):
+        import numpy as np
+
+        from . import corpus as C
+
+        self.args = args
+        self.path = args.corpus
+        self.uci = None
+        if os.path.isdir(self.path):
+            found = sorted(f for f in os.listdir(self.path) if C.is_uci(f))
+            if len(found) == 1:
+                self.uci = os.path.join(self.path, found[0])
+        elif C.is_uci(self.path) and os.path.exists(self.path):
+            self.uci = self.path
+        self.full = None
+        if self.uci is not None:
+            vocab_path = args.vocab or C.uci_vocab_path(self.uci)
+            self.vocab = C.read_vocab(vocab_path)
+            n_docs = C.uci_header(self.uci)[0]
+        else:
+            self.full = C.load_corpus(self.path, vocab=args.vocab, **_cv_options(args))
+            self.vocab = self.full.vocab
+            n_docs = self.full.n_docs
+        rng = np.random.default_rng([seed, 7])
+        perm = rng.permutation(n_docs)
+        n_hold = int(round(args.holdout * n_docs))
+        if args.holdout > 0 and n_hold == 0 and n_docs > 1:
+            n_hold = 1
+        if n_docs - n_hold < 1:
+            raise C.CorpusError(f"{self.path}: {n_docs} document(s): nothing left to train on after the held-out split")
+        self.heldout_ids = perm[:n_hold]
+        self.train_ids = perm[n_hold:]
+        self.n_docs = n_docs
+
+    def _rows(self, ids):
+        """CSR of the documents ``ids`` (indices of the input, in that order), empty ones removed."""
+        import numpy as np
+
+        import scipy.sparse as sp
+
+        from . import corpus as C
+
+        if len(ids) == 0:  # e.g. more worker ranks than training documents
+            return sp.csr_matrix((0, len(self.vocab)), dtype=np.float32)
+        if self.full is not None:
+            # rows of the loaded corpus: doc_ids are positions in the input (or line numbers)
+            X = self.full.X[np.asarray(ids, np.int64)]
+            return X[np.diff(X.indptr) > 0]
+        keep = np.zeros(self.n_docs, bool)
+        keep[ids] = True
+        c = C.read_uci(self.uci, self.args.vocab, keep=keep)
+        # back to the order of ids (documents without words were dropped by the reader)
+        pos = np.full(self.n_docs, -1, np.int64)
+        pos[ids] = np.arange(len(ids))
+        rows = np.argsort(pos[c.doc_ids], kind="stable")
+        return c.X[rows]
+
+    def shard(self, worker: int, n_workers: int):
+        import numpy as np
+
+        b = np.linspace(0, self.train_ids.size, n_workers + 1).astype(np.int64)
+        return self._rows(self.train_ids[b[worker]:b[worker + 1]])
+
+    def heldout(self, seed: int):
+        from .evaluate import split_documents
+
+        if self.heldout_ids.size == 0:
+            return None, None
+        Xh = self._rows(self.heldout_ids)
+        Xo, Xt = split_documents(Xh, 0.5, seed=seed)
+        if Xo.shape[0] == 0:
+            return None, Xh
+        return (Xo, Xt), Xh
+
+
+def run(args) -> int:
+    from dpsgd.launch import _rank_from_env, config_from_args
+    from dpsgd.runner import mpi_world_size_from_env
+
+    _validate(args)
+    size = mpi_world_size_from_env()
+    rank = _rank_from_env()
+    n_servers = args.n_servers if size > 1 else 1
+    n_workers = size - n_servers if size > 1 else 1
+    is_root = rank == 0
+
+    import math
+    import time
+
+    import numpy as np
+
+    from .corpus import CorpusError
+    from .model import SVIAlgorithm
+
+    t0 = time.perf_counter()
+    try:
+        plan = CorpusPlan(args, args.seed)
+    except CorpusError as e:
+        raise _usage(str(e)) from None
+    V = len(plan.vocab)
+    K = args.topics
+    alpha = args.alpha if args.alpha is not None else 1.0 / K
+    eta = args.eta if args.eta is not None else 1.0 / K
+    D = int(plan.train_ids.size)
+    heldout, Xh = (None, None)
+    if is_root:
+        try:
+            heldout, Xh = plan.heldout(args.seed)
+        except CorpusError as e:
+            raise _usage(str(e)) from None
+    # minibatches per pass, over all workers and threads
+    per_pass = max(1, math.ceil(D / args.batch_size))
+    total = max(1, int(round(args.passes * per_pass)))
+    cfg = config_from_args(args, total_updates=total, out=args.out,
+                           tau0=args.learning_offset + 1.0, kappa=args.learning_decay,
+                           eval_every=args.eval_every if heldout is not None else None)
+
+    def loader(worker, n_w):
+        try:
+            return plan.shard(worker, n_w)
+        except CorpusError as e:  # raised in a worker thread: keep it one line
+            raise RuntimeError(str(e)) from None
+
+    alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
+                       max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
+                       loader=loader, heldout=heldout)
+    load_seconds = time.perf_counter() - t0
+    if is_root and not args.no_progress:
+        print(f"dpsgd lda: {plan.n_docs} documents ({D} training, {plan.heldout_ids.size} held out), "
+              f"{V} words, K={K}, {total} minibatches of {args.batch_size}, rule={cfg.rule.name}, "
+              f"{n_workers} worker(s) x {cfg.threads or 'auto'} thread(s)", file=sys.stderr)
+    import dpsgd
+
+    result = dpsgd.train(alg, cfg)
+    if not result.is_root:
+        return 0
+    return _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, D, load_seconds)
+
+
+def _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, D, load_seconds) -> int:
+    import json
+    import math
+
+    from dpsgd.checkpoint import atomic_write_text
+
+    from .evaluate import npmi, top_words
+    from .model import DPSVI, topic_word_from_lambda
+
+    m = dict(result.metrics)
+    history = m.pop("history", [])
+    m.pop("push_workers", None)
+    comp = topic_word_from_lambda(result.params, V, K)
+    beta = comp / comp.sum(axis=1, keepdims=True)
+    final = m.pop("final", {}) or {}
+    # documents per minibatch on average (a thread's last minibatch of a pass is shorter); the
+    # root rank of an MPI run does not see the workers' own counts
+    per_pass = max(1, math.ceil(D / args.batch_size))
+    docs = int(round(int(m.get("total_updates", 0)) * D / per_pass))
+    wall = float(m["wall_seconds"])
+    train_seconds = max(wall - float(m.get("eval_seconds", 0.0)), 1e-9)
+    # NPMI needs many reference documents: the whole corpus when this rank has it in memory
+    if plan.full is not None:
+        ref, ref_name = plan.full.X, "whole corpus"
+    else:
+        ref, ref_name = Xh, "held-out documents"
+    if alg.states and all(s.docs for s in alg.states):
+        docs = sum(s.docs for s in alg.states)
+    out = {
+        "heldout_loglik": final.get("heldout_loglik"),
+        "perplexity": final.get("perplexity"),
+        "npmi": npmi(beta, ref, 10) if ref is not None and ref.shape[0] > 1 else None,
+        "npmi_reference": f"{ref_name} (document co-occurrence of each topic's top-10 words)",
+        "documents_seen": docs,
+        "docs_per_second": docs / train_seconds,
+        "docs_per_second_wall": docs / wall,
+        "wall_seconds": wall,
+        "train_seconds": train_seconds,
+        "load_seconds": load_seconds,
+        "n_documents": int(plan.n_docs),
+        "n_training_documents": D,
+        "n_heldout_documents": int(heldout[0].shape[0]) if heldout is not None else 0,
+        "n_words": V,
+        "n_topics": K,
+        "passes": args.passes,
+        # the framework pushes the whole flat vector (lambda, V*K float32) plus a header
+        "bytes_per_push": 4 * V * K,
+    }
+    if alg.states:  # the root rank's own worker threads (one-process runs)
+        docs_local = sum(s.docs for s in alg.states)
+        if docs_local:
+            out["estep_iterations_per_document"] = sum(s.iters for s in alg.states) / docs_local
+            out["distinct_words_per_minibatch"] = sum(s.words for s in alg.states) / max(
+                1, sum(math.ceil(s.docs / args.batch_size) for s in alg.states))
+    out["framework"] = m
+    os.makedirs(args.out, exist_ok=True)
+    vocab = plan.vocab
+    tops = top_words(beta, args.top_words)
+    lines = [f"topic {k:3d}: " + " ".join(vocab[w] for w in tops[k]) for k in range(K)]
+    atomic_write_text(os.path.join(args.out, "topics.txt"), "\n".join(lines) + "\n")
+    rows = ["seconds,updates,documents,heldout_loglik,perplexity"]
+    for h in history:
+        rows.append(f"{h['seconds']:.4f},{int(h['updates'])},{int(round(int(h['updates']) * D / per_pass))},"
+                    f"{h.get('heldout_loglik', float('nan')):.6f},{h.get('perplexity', float('nan')):.4f}")
+    if out["heldout_loglik"] is not None:
+        rows.append(f"{wall:.4f},{int(m.get('total_updates', 0))},{docs},{out['heldout_loglik']:.6f},"
+                    f"{out['perplexity']:.4f}")
+    atomic_write_text(os.path.join(args.out, "progress.csv"), "\n".join(rows) + "\n")
+    atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(out, indent=1, default=float) + "\n")
+    model = DPSVI(n_components=K, doc_topic_prior=alpha, topic_word_prior=eta, learning_offset=args.learning_offset,
+                  learning_decay=args.learning_decay, batch_size=args.batch_size,
+                  mean_change_tol=args.mean_change_tol, max_doc_update_iter=args.max_doc_update_iter,
+                  total_samples=D, rule=cfg.rule.name, random_state=args.seed)
+    model._set_fitted(comp, n_batch_iter=int(m.get("total_updates", 0)) + 1, n_iter=args.passes)
+    model.save(os.path.join(args.out, "model.npz"), vocabulary=vocab,
+               extra={"corpus": os.path.abspath(args.corpus), "heldout_loglik": out["heldout_loglik"]})
+    conf = {"command": "lda", "args": {k: v for k, v in vars(args).items() if k != "func"},
+            "train_config": cfg.to_dict()}
+    atomic_write_text(os.path.join(args.out, "config.json"), json.dumps(conf, indent=1, default=str) + "\n")
+    if not args.quiet:
+        print("\n".join(lines))
+    ll = out["heldout_loglik"]
+    print(f"dpsgd lda: {docs} documents in {wall:.2f} s ({out['docs_per_second']:.0f} docs/s in training)"
+          + (f", held-out log-likelihood {ll:.4f} per word (perplexity {out['perplexity']:.1f})" if ll is not None else "")
+          + (f", NPMI {out['npmi']:.3f}" if out["npmi"] is not None else "")
+          + f"; wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+# ============================================================================ lda-transform
+
+
+def run_transform(args) -> int:
+    import numpy as np
+
+    from dpsgd.checkpoint import atomic_write_bytes
+
+    from . import corpus as C
+    from .model import DPSVI
+
+    if not args.out.endswith((".csv", ".npy")):
+        raise _usage(f"--out {args.out}: must end in .csv or .npy")
+    try:
+        model = DPSVI.load(args.model)
+    except (ValueError, OSError) as e:
+        raise _usage(str(e)) from None
+    vocab = getattr(model, "vocabulary_", None)
+    try:
+        if vocab is not None and not C.is_uci(args.corpus) and (
+                os.path.isdir(args.corpus) or args.corpus.endswith((".txt", ".txt.gz"))) and not (
+                os.path.isdir(args.corpus) and any(C.is_uci(f) for f in os.listdir(args.corpus))):
+            c = C.load_corpus(args.corpus, vocabulary=vocab, **_cv_options(args))
+            X = c.X
+        else:
+            c = C.load_corpus(args.corpus, vocab=args.vocab, **_cv_options(args))
+            X = c.X
+            if vocab is not None and c.vocab != vocab:
+                X = C.remap_columns(X, c.vocab, vocab)
+            elif X.shape[1] != model.components_.shape[1]:
+                raise C.CorpusError(f"{args.corpus}: {X.shape[1]} words, the model has {model.components_.shape[1]} "
+                                    "(and no vocabulary to match them by name)")
+    except C.CorpusError as e:
+        raise _usage(str(e)) from None
+    if args.threads is not None:
+        model.n_threads = args.threads
+    theta = model.transform(X)
+    ids = np.asarray(c.doc_ids)
+    if args.out.endswith(".npy"):
+        atomic_write_bytes(args.out, lambda f: np.save(f, theta))
+    else:
+        K = theta.shape[1]
+        lines = ["doc," + ",".join(f"topic_{k}" for k in range(K))]
+        lines += [f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in zip(ids, theta)]
+        from dpsgd.checkpoint import atomic_write_text
+
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"dpsgd lda-transform: {theta.shape[0]} documents x {theta.shape[1]} topics -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m algorithms.dpsvi.cli lda ...`` (the same as ``dpsgd lda ...``)."""
+    from dpsgd.launch import main as dpsgd_main
+
+    return dpsgd_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Corpus readers: every input becomes a CSR matrix of non-negative integer counts + a vocabulary.
+
+Supported inputs (:func:`load_corpus` picks by path):
+
+* scipy sparse matrices and numpy arrays (:func:`from_matrix`);
+* ``.npz``: a scipy ``save_npz`` matrix (vocabulary in ``--vocab FILE``, in ``<stem>.vocab.txt``
+  or ``vocab.txt`` next to it, else the words are named ``w0, w1, ...``) or the compact
+  ``dpsvi-compact-v1`` layout of ``benchmarks/data/build_pydoc_corpus.py`` (vocabulary inside);
+* UCI bag-of-words: ``docword.NAME.txt[.gz]`` + ``vocab.NAME.txt`` (streamed in chunks; a
+  ``keep`` mask loads only some documents, so a worker rank holds only its shard);
+* a directory of ``.txt`` files (one document each) or one ``.txt`` file with one document per
+  line, tokenised by scikit-learn's CountVectorizer (stop words, min_df, max_df).
+
+Bad input raises :class:`CorpusError` naming the file (and line where there is one).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class CorpusError(ValueError):
+    """Unusable corpus input; the message names the file and, where it can, the line."""
+
+
+@dataclass
+class Corpus:
+    X: sp.csr_matrix  # documents x words, float32 integer counts, sorted indices
+    vocab: list[str]
+    source: str = "<array>"
+    #: index of each row in the input (documents dropped as empty are missing)
+    doc_ids: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_docs(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_words(self) -> int:
+        return self.X.shape[1]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empty_docs: bool = True):
+    """Return X as CSR float32 with sorted, summed indices; raise CorpusError on bad counts."""
+    if not sp.issparse(X):
+        try:
+            X = np.asarray(X)
+        except Exception as e:  # noqa: BLE001
+            raise CorpusError(f"{source}: not a numeric matrix ({e})") from None
+        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+            raise CorpusError(f"{source}: counts must be numbers, got dtype {X.dtype}")
+        if X.ndim != 2:
+            raise CorpusError(f"{source}: expected a 2-D documents x words matrix, got shape {X.shape}")
+        X = sp.csr_matrix(X)
+    X = sp.csr_matrix(X)
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise CorpusError(f"{source}: empty corpus (shape {X.shape})")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise CorpusError(f"{source}: counts must be real numbers, got dtype {X.dtype}")
+    data = X.data
+    if data.size and not np.all(np.isfinite(data)):
+        row = _row_of(X, np.flatnonzero(~np.isfinite(data))[0])
+        raise CorpusError(f"{source}: document {row}: count is NaN or infinite")
+    if data.size and data.min() < 0:
+        i = int(np.argmin(data))
+        raise CorpusError(f"{source}: document {_row_of(X, i)}, word {X.indices[i]}: negative count {data[i]}")
+    if integer and data.size and np.issubdtype(data.dtype, np.floating):
+        bad = np.flatnonzero(data != np.round(data))
+        if bad.size:
+            i = bad[0]
+            raise CorpusError(f"{source}: document {_row_of(X, i)}, word {X.indices[i]}: "
+                              f"non-integer count {data[i]}")
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    X.sum_duplicates()
+    X.eliminate_zeros()
+    X.sort_indices()
+    if X.nnz == 0:
+        raise CorpusError(f"{source}: empty corpus: no document has any word")
+    if not allow_empty_docs and np.any(np.diff(X.indptr) == 0):
+        raise CorpusError(f"{source}: document {int(np.flatnonzero(np.diff(X.indptr) == 0)[0])} has no words")
+    return X
+
+
+def _row_of(X, i) -> int:
+    return int(np.searchsorted(X.indptr, i, side="right") - 1)
+
+
+def drop_empty(X, source: str, doc_ids=None, warn: bool = True):
+    """Remove documents without words (with a warning naming how many). Returns (X, doc_ids)."""
+    lengths = np.diff(X.indptr)
+    empty = lengths == 0
+    ids = np.arange(X.shape[0]) if doc_ids is None else np.asarray(doc_ids)
+    if empty.any():
+        if warn:
+            first = ids[empty][:5].tolist()
+            warnings.warn(f"{source}: skipped {int(empty.sum())} document(s) with no words "
+                          f"(after the vocabulary filters), e.g. {first}", stacklevel=3)
+        X = X[~empty]
+        ids = ids[~empty]
+    if X.shape[0] == 0:
+        raise CorpusError(f"{source}: empty corpus: every document is empty")
+    return X, ids
+
+
+def from_matrix(X, vocab=None, source: str = "<array>") -> Corpus:
+    X = check_counts(X, source)
+    if vocab is None:
+        vocab = [f"w{i}" for i in range(X.shape[1])]
+    vocab = [str(v) for v in vocab]
+    if len(vocab) != X.shape[1]:
+        raise CorpusError(f"{source}: {X.shape[1]} words in the matrix but {len(vocab)} in the vocabulary")
+    return Corpus(X, vocab, source, np.arange(X.shape[0]))
+
+
+# ----------------------------------------------------------------------------- text files
+
+
+def _decode(raw: bytes, path: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise CorpusError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+                          "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
+    if path.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise CorpusError(f"{path}: not a valid gzip file ({e})") from None
+    return raw
+
+
+def _vectorize(texts, names, source, stop_words="english", min_df=1, max_df=1.0, max_features=None,
+               vocabulary=None):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    if not texts:
+        raise CorpusError(f"{source}: empty corpus: no documents")
+    if vocabulary is not None:  # a fixed vocabulary: no document-frequency filters
+        min_df, max_df, max_features = 1, 1.0, None
+    cv = CountVectorizer(stop_words=stop_words, min_df=min_df, max_df=max_df, max_features=max_features,
+                         vocabulary=vocabulary, dtype=np.float32)
+    try:
+        X = cv.fit_transform(texts)
+    except ValueError as e:  # "empty vocabulary; perhaps the documents only contain stop words", bad df
+        raise CorpusError(f"{source}: {e}") from None
+    X = check_counts(X, source)
+    if vocabulary is None:
+        X, ids = drop_empty(X, source, names)
+    else:  # inference: keep every document, even one without known words
+        ids = np.asarray(names)
+    return Corpus(X, list(cv.get_feature_names_out()) if vocabulary is None else list(vocabulary), source, ids)
+
+
+def read_text_lines(path: str, **cv) -> Corpus:
+    """One document per line (blank lines are skipped; doc_ids are 1-based line numbers)."""
+    text = _decode(_read_bytes(path), path)
+    lines = text.split("\n")
+    texts, names = [], []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            texts.append(line)
+            names.append(i)
+    if not texts:
+        raise CorpusError(f"{path}: empty corpus: no non-blank line")
+    return _vectorize(texts, names, path, **cv)
+
+
+def read_text_dir(path: str, **cv) -> Corpus:
+    """Every ``*.txt`` file under ``path`` (recursively, sorted) is one document."""
+    files = []
+    for root, dirs, fs in os.walk(path):
+        dirs.sort()
+        files += [os.path.join(root, f) for f in sorted(fs) if f.endswith(".txt")]
+    if not files:
+        raise CorpusError(f"{path}: no .txt files in this directory")
+    texts = [_decode(_read_bytes(f), f) for f in files]
+    c = _vectorize(texts, np.arange(len(files)), path, **cv)
+    c.doc_ids = np.asarray(c.doc_ids)
+    return c
+
+
+# ----------------------------------------------------------------------------- UCI bag of words
+
+
+def _open_text(path):
+    try:
+        return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def read_vocab(path: str) -> list[str]:
+    words = _decode(_read_bytes(path), path).split("\n")
+    if words and words[-1] == "":
+        words.pop()
+    for i, w in enumerate(words, 1):
+        if not w.strip():
+            raise CorpusError(f"{path}:{i}: empty word in the vocabulary")
+    if not words:
+        raise CorpusError(f"{path}: empty vocabulary")
+    return [w.strip() for w in words]
+
+
+def uci_header(path: str) -> tuple[int, int, int]:
+    """(D, W, NNZ) from the first three lines of a UCI docword file."""
+    with _open_text(path) as f:
+        vals = []
+        for lineno in (1, 2, 3):
+            try:
+                line = f.readline()
+            except (OSError, EOFError) as e:
+                raise CorpusError(f"{path}: cannot read: {e}") from None
+            try:
+                v = int(line.decode("ascii").strip())
+                if v < 0:
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                what = ("number of documents", "number of words", "number of non-zeros")[lineno - 1]
+                raise CorpusError(f"{path}:{lineno}: expected the {what} (an integer >= 0), got "
+                                  f"{line[:40].decode('ascii', 'replace').strip()!r}") from None
+            vals.append(v)
+    if vals[0] == 0 or vals[2] == 0:
+        raise CorpusError(f"{path}: empty corpus (header says {vals[0]} documents, {vals[2]} non-zeros)")
+    return vals[0], vals[1], vals[2]
+
+
+def _check_uci_block(arr, lineno0, path, D, W):
+    """Validate parsed (doc, word, count) rows; raise naming the first bad line."""
+    doc, word, cnt = arr[:, 0], arr[:, 1], arr[:, 2]
+    bad = (doc < 1) | (doc > D) | (word < 1) | (word > W) | (cnt < 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        d, w, c = (int(v) for v in arr[i])
+        if not 1 <= d <= D:
+            why = f"document id {d} outside 1..{D}"
+        elif not 1 <= w <= W:
+            why = f"word id {w} outside 1..{W} (the vocabulary size)"
+        else:
+            why = f"count {c} is not >= 1"
+        raise CorpusError(f"{path}:{lineno0 + i}: {why}")
+
+
+def _parse_uci_lines(lines: list[bytes], lineno0: int, path: str):
+    try:
+        flat = np.array(b" ".join(lines).split(), dtype=np.int64)
+        if flat.size == 3 * len(lines):
+            return flat.reshape(-1, 3)
+    except (ValueError, OverflowError):
+        pass
+    # find the offending line
+    for i, line in enumerate(lines):
+        parts = line.split()
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            [int(p) for p in parts]
+        except ValueError:
+            text = line[:60].decode("utf-8", "replace").strip()
+            raise CorpusError(f"{path}:{lineno0 + i}: expected 'docID wordID count' (three integers), "
+                              f"got {text!r}") from None
+    raise CorpusError(f"{path}:{lineno0}: malformed lines")  # pragma: no cover
+
+
+def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines: int = 1 << 18) -> Corpus:
+    """Stream a UCI bag-of-words file.
+
+    ``keep``: optional boolean array over the D documents (0-based): only those rows are kept
+    (in document-id order), so a rank holds only its shard; the file is read in chunks.
+    Documents without words are skipped (``doc_ids`` tells which ids the rows are).
+    """
+    if vocab_path is None:
+        vocab_path = uci_vocab_path(docword)
+    vocab = read_vocab(vocab_path)
+    D, W, NNZ = uci_header(docword)
+    if W != len(vocab):
+        raise CorpusError(f"{docword}:2: header says {W} words, {vocab_path} has {len(vocab)}")
+    if keep is not None:
+        keep = np.asarray(keep, bool)
+        if keep.shape != (D,):
+            raise ValueError(f"keep must have one entry per document ({D}), got {keep.shape}")
+    docs, words, cnts = [], [], []
+    n_lines = 0
+    with _open_text(docword) as f:
+        try:
+            for _ in range(3):
+                f.readline()
+            lineno = 4
+            while True:
+                lines = f.readlines(chunk_lines * 12)
+                if not lines:
+                    break
+                # blank lines (e.g. a trailing one) are ignored, but line numbers still count them
+                nonblank = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
+                if len(nonblank) != len(lines):
+                    for i, ln in nonblank:
+                        arr = _parse_uci_lines([ln], lineno + i, docword)
+                        _check_uci_block(arr, lineno + i, docword, D, W)
+                        _collect(arr, keep, docs, words, cnts)
+                else:
+                    arr = _parse_uci_lines(lines, lineno, docword)
+                    _check_uci_block(arr, lineno, docword, D, W)
+                    _collect(arr, keep, docs, words, cnts)
+                n_lines += len(nonblank)
+                lineno += len(lines)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise CorpusError(f"{docword}: cannot read: {e}") from None
+    if n_lines != NNZ:
+        warnings.warn(f"{docword}: header says {NNZ} non-zeros, the file has {n_lines} lines", stacklevel=2)
+    if n_lines == 0:
+        raise CorpusError(f"{docword}: empty corpus: no 'docID wordID count' line")
+    d = np.concatenate(docs) if docs else np.zeros(0, np.int64)
+    w = np.concatenate(words) if words else np.zeros(0, np.int64)
+    c = np.concatenate(cnts) if cnts else np.zeros(0, np.float32)
+    ids = np.flatnonzero(keep) if keep is not None else np.arange(D)
+    # row of each kept document id
+    row_of = np.full(D, -1, np.int64)
+    row_of[ids] = np.arange(ids.size)
+    X = sp.csr_matrix((c, (row_of[d - 1], w - 1)), shape=(ids.size, W), dtype=np.float32)
+    X.sum_duplicates()
+    X.sort_indices()
+    X, kept_ids = drop_empty(X, docword, ids, warn=False)
+    return Corpus(X, vocab, docword, kept_ids)
+
+
+def _collect(arr, keep, docs, words, cnts):
+    if keep is not None:
+        arr = arr[keep[arr[:, 0] - 1]]
+    docs.append(arr[:, 0])
+    words.append(arr[:, 1])
+    cnts.append(arr[:, 2].astype(np.float32))
+
+
+def uci_vocab_path(docword: str) -> str:
+    d, name = os.path.split(docword)
+    base = name[:-3] if name.endswith(".gz") else name
+    cand = os.path.join(d, base.replace("docword", "vocab", 1))
+    if not os.path.exists(cand):
+        raise CorpusError(f"{docword}: no vocabulary file {cand} next to it (pass --vocab FILE)")
+    return cand
+
+
+def is_uci(path: str) -> bool:
+    return os.path.basename(path).startswith("docword.") and path.endswith((".txt", ".txt.gz"))
+
+
+# ----------------------------------------------------------------------------- npz
+
+
+def read_npz(path: str, vocab_path: str | None = None) -> Corpus:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise CorpusError(f"{path}: not a readable .npz file ({e})") from None
+    if "format" in arrays and str(arrays["format"]) == "dpsvi-compact-v1":
+        try:
+            X, vocab = _from_compact(arrays)
+        except (KeyError, ValueError) as e:
+            raise CorpusError(f"{path}: damaged dpsvi-compact-v1 file ({e})") from None
+    else:
+        try:
+            X = sp.load_npz(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise CorpusError(f"{path}: not a scipy sparse matrix saved with scipy.sparse.save_npz ({e})") from None
+        vocab = None
+        if vocab_path is None:
+            stem = path[:-4]
+            for cand in (stem + ".vocab.txt", os.path.join(os.path.dirname(path), "vocab.txt")):
+                if os.path.exists(cand):
+                    vocab_path = cand
+                    break
+        if vocab_path is not None:
+            vocab = read_vocab(vocab_path)
+    c = from_matrix(X, vocab, path)
+    c.X, c.doc_ids = drop_empty(c.X, path, c.doc_ids)
+    return c
+
+
+def _from_compact(a):
+    n, V = (int(v) for v in a["shape"])
+    lengths = a["lengths"].astype(np.int64)
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    delta = a["word_delta"].astype(np.int64)
+    if lengths.size != n or delta.size != indptr[-1]:
+        raise ValueError("inconsistent lengths")
+    # undo the per-document delta coding: cumulative sum restarted at every document
+    cs = np.cumsum(delta)
+    starts = indptr[:-1][lengths > 0]
+    base = np.zeros_like(delta)
+    base[starts] = cs[starts] - delta[starts]
+    np.maximum.accumulate(base, out=base)  # cs is increasing, so is the base of each document
+    indices = cs - base
+    X = sp.csr_matrix((a["counts"].astype(np.float32), indices, indptr), shape=(n, V))
+    vocab = bytes(a["vocab_utf8"]).decode("utf-8").split("\n")
+    return X, vocab
+
+
+def remap_columns(X, vocab_from: list[str], vocab_to: list[str]):
+    """Re-index the columns of X from one vocabulary to another by word; unknown words are dropped."""
+    where = {w: i for i, w in enumerate(vocab_to)}
+    m = np.array([where.get(w, -1) for w in vocab_from], np.int64)
+    X = sp.coo_matrix(X)
+    ok = m[X.col] >= 0
+    Y = sp.csr_matrix((X.data[ok], (X.row[ok], m[X.col[ok]])), shape=(X.shape[0], len(vocab_to)), dtype=np.float32)
+    Y.sum_duplicates()
+    Y.sort_indices()
+    return Y
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def load_corpus(path: str, *, vocab: str | None = None, stop_words="english", min_df=1, max_df=1.0,
+                max_features=None, keep=None, vocabulary=None) -> Corpus:
+    """Read any supported corpus (see the module docstring). ``keep`` applies to UCI only;
+    ``vocabulary`` (a list of words) fixes the vocabulary of text input (e.g. a fitted model's)."""
+    if not os.path.exists(path):
+        raise CorpusError(f"{path}: no such file or directory")
+    cv = dict(stop_words=stop_words, min_df=min_df, max_df=max_df, max_features=max_features,
+              vocabulary=vocabulary)
+    if os.path.isdir(path):
+        uci = sorted(f for f in os.listdir(path) if is_uci(f))
+        if uci:
+            if len(uci) > 1:
+                raise CorpusError(f"{path}: several UCI docword files ({', '.join(uci)}); name one")
+            return read_uci(os.path.join(path, uci[0]), vocab, keep=keep)
+        return read_text_dir(path, **cv)
+    if is_uci(path):
+        return read_uci(path, vocab, keep=keep)
+    if path.endswith(".npz"):
+        return read_npz(path, vocab)
+    if path.endswith((".txt", ".txt.gz")):
+        return read_text_lines(path, **cv)
+    raise CorpusError(f"{path}: unknown corpus format (expected .npz, docword.*.txt[.gz], a .txt file "
+                      "with one document per line, or a directory of .txt files)")
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def synthetic_lda(n_docs: int, n_words: int, n_topics: int, doc_length: int = 50, alpha: float = 0.1,
+                  eta: float = 0.01, seed: int = 0):
+    """A corpus drawn from the LDA generative model. Returns (X CSR float32, beta_true K x V).
+
+    Topics are Dirichlet(eta) draws (sparse for small eta); document lengths are Poisson(doc_length)
+    (at least 1); theta_d ~ Dirichlet(alpha).
+    """
+    rng = np.random.default_rng(seed)
+    beta = rng.dirichlet(np.full(n_words, eta), n_topics)
+    theta = rng.dirichlet(np.full(n_topics, alpha), n_docs)
+    lengths = np.maximum(1, rng.poisson(doc_length, n_docs))
+    rows, cols = [], []
+    for d in range(n_docs):
+        p = theta[d] @ beta
+        words = rng.choice(n_words, lengths[d], p=p / p.sum())
+        rows.append(np.full(words.size, d))
+        cols.append(words)
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    X = sp.csr_matrix((np.ones(r.size, np.float32), (r, c)), shape=(n_docs, n_words))
+    X.sum_duplicates()
+    X.sort_indices()
+    return X, beta

@@ -1,0 +1,303 @@
+"""Numba kernels of stochastic variational inference for LDA (Hoffman, Blei & Bach 2010).
+
+Layout: the variational topic-word parameters lambda are stored *word-major*, as a flat
+float32 vector of length V*K where word w's K topic values are ``lam[w*K:(w+1)*K]``: one
+word's topics sit on one run of cache lines, and the minibatch only ever touches the rows of
+the words it contains.
+
+A minibatch step (:func:`minibatch_gradient`) does, in one nogil call:
+
+1. relabel the minibatch's word ids to 0..u-1 (u distinct words) with a per-thread marker
+   array (O(nnz), no sort);
+2. exp(E[log beta]) for those u words only: ``exp(psi(lam[w,k]) - psi(sum_w lam[w,k]))``;
+3. the per-document E-step (the exp-digamma fixed point of scikit-learn's
+   ``_update_doc_distribution``), accumulating the sufficient statistics of the u words;
+4. the SVI direction ``g = lam - lam_hat`` with ``lam_hat = eta + D/|B| * sstats``, so that
+   the framework's ``lam -= rho_t * g`` is exactly ``lam <- (1-rho) lam + rho lam_hat``.
+
+Every kernel is type-generic: float64 arrays give a float64 E-step (the tests compare it with
+a numpy/scipy reference), float32 arrays the fast one used in training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+#: LLVM fast-math flags of the kernels: reassociation (vectorised reductions) and contraction
+#: (FMA) but not 'nnan'/'ninf', so the guards against non-finite lambda values keep working
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+#: added to the normaliser of phi, as scikit-learn does (np.finfo(float).eps)
+EPS = float(np.finfo(np.float64).eps)
+#: lambda values are floored at this before psi(): Hogwild and delay-compensated server rules
+#: can push a few entries below 0, where the digamma function is undefined
+LAMBDA_FLOOR = 1e-6
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def psi(x):
+    """Digamma function for x > 0, branch-free: psi(x) = psi(x+6) - sum_{i<6} 1/(x+i), the sum
+    as one fraction and psi(x+6) by its asymptotic series (|error| < 1e-11 on (1e-6, 1e6))."""
+    x1 = x + 1.0
+    x2 = x + 2.0
+    x3 = x + 3.0
+    x4 = x + 4.0
+    x5 = x + 5.0
+    a = x * x1
+    b = x2 * x3
+    c = x4 * x5
+    num = (x + x1) * b * c + (x2 + x3) * a * c + (x4 + x5) * a * b
+    y = x + 6.0
+    iy = 1.0 / y
+    f = iy * iy
+    t = f * (-1.0 / 12 + f * (1.0 / 120 + f * (-1.0 / 252 + f * (1.0 / 240 + f * (-1.0 / 132)))))
+    return math.log(y) - 0.5 * iy + t - num / (a * b * c)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def exp_psi_minus(x, c):
+    """exp(psi(x) - c) for 0 < x < 1e40 with one division and one exp (no log): with y = x + 6,
+    exp(psi(x)) = y * exp(-1/(2y) + series(1/y^2) - sum_{i<6} 1/(x+i)). Relative error < 1e-11."""
+    x1 = x + 1.0
+    x2 = x + 2.0
+    x3 = x + 3.0
+    x4 = x + 4.0
+    x5 = x + 5.0
+    a = x * x1
+    b = x2 * x3
+    cc = x4 * x5
+    num = (x + x1) * b * cc + (x2 + x3) * a * cc + (x4 + x5) * a * b
+    den = a * b * cc
+    y = x + 6.0
+    inv = 1.0 / (den * y)
+    iy = den * inv  # 1/y
+    f = iy * iy
+    t = f * (-1.0 / 12 + f * (1.0 / 120 + f * (-1.0 / 252 + f * (1.0 / 240 + f * (-1.0 / 132)))))
+    return y * math.exp(t - 0.5 * iy - num * y * inv - c)
+
+
+def padded_topics(K: int) -> int:
+    """Row length of the E-step's per-word buffers: K rounded up to a multiple of 16 (one
+    AVX-512 register of float32), so the inner loops have no scalar remainder."""
+    return -(-K // 16) * 16
+
+
+@njit(nogil=True, cache=True, inline="always")
+def clean_lambda(v):
+    """lambda as the E-step sees it: NaN and values below LAMBDA_FLOOR become the floor, values
+    above 1e30 (a diverged server rule) are capped."""
+    x = float(v)
+    if not x > LAMBDA_FLOOR:  # also catches NaN
+        return LAMBDA_FLOOR
+    return min(x, 1e30)
+
+
+@njit(nogil=True, cache=True)
+def relabel(indices, lo, hi, mark, local, touched):
+    """Give the distinct word ids of ``indices[lo:hi]`` local labels 0..u-1 (first-seen order).
+
+    ``mark`` (length V, all -1 on entry and on return) is per thread; ``local[i - lo]`` receives
+    the label of ``indices[i]``, ``touched[j]`` the word id of label j. Returns u.
+    """
+    u = 0
+    for i in range(lo, hi):
+        w = indices[i]
+        m = mark[w]
+        if m < 0:
+            m = u
+            mark[w] = u
+            touched[u] = w
+            u += 1
+        local[i - lo] = m
+    for j in range(u):
+        mark[touched[j]] = -1
+    return u
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def topic_sums(lam, K, out):
+    """out[k] = sum_w lam[w*K + k] (float64; entries as :func:`clean_lambda` makes them)."""
+    for k in range(K):
+        out[k] = 0.0
+    V = lam.shape[0] // K
+    for w in range(V):
+        b = w * K
+        for k in range(K):
+            out[k] += clean_lambda(lam[b + k])
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def exp_elog_beta_rows(lam, K, touched, u, sums, out):
+    """out[j, k] = exp(psi(lam[w,k]) - psi(sums[k])) for the u words w = touched[j]."""
+    psum = np.empty(K)
+    for k in range(K):
+        psum[k] = psi(sums[k])
+    Kp = out.shape[1]
+    for j in range(u):
+        b = touched[j] * K
+        for k in range(K):
+            out[j, k] = exp_psi_minus(clean_lambda(lam[b + k]), psum[k])
+        for k in range(K, Kp):
+            out[j, k] = 0.0
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, sstats, want_sstats):
+    """Per-document variational E-step over a CSR minibatch.
+
+    ``indptr`` (n_docs+1) indexes ``cols``/``cnts`` from 0; ``cols`` are row indices into
+    ``ebeta`` (u x Kp, exp(E[log beta]) of the minibatch's words, word-major; Kp >= K columns,
+    the ones beyond K must be finite, e.g. 0). ``gamma``
+    (n_docs x K, float64) holds the initial values on entry and the result on return.
+    When ``want_sstats``: ``sstats[j, k] += cnt / norm_phi * exp(E[log theta_dk])`` (the
+    caller multiplies by ``ebeta`` afterwards, as scikit-learn does). Returns the number of
+    fixed-point iterations summed over the documents.
+    """
+    n_docs, K = gamma.shape
+    Kp = ebeta.shape[1]  # >= K: the inner loops run over the padded rows
+    dt = ebeta.dtype
+    expdoc = np.zeros(Kp, dt)  # stays 0 on the padding: the dots ignore it
+    acc = np.zeros(Kp, dt)
+    tmp = np.zeros(2, dt)  # typed constants: float32 arithmetic stays float32 (SIMD width)
+    tmp[1] = EPS
+    zero = tmp[0]
+    eps = tmp[1]
+    iters = 0
+    for d in range(n_docs):
+        lo = indptr[d]
+        hi = indptr[d + 1]
+        if lo == hi:  # no words: the posterior is the prior
+            for k in range(K):
+                gamma[d, k] = alpha
+            continue
+        # exp(E[log theta]) of the initial gamma
+        s = 0.0
+        for k in range(K):
+            s += gamma[d, k]
+        ps = psi(s)
+        for k in range(K):
+            expdoc[k] = exp_psi_minus(gamma[d, k], ps)
+        for it in range(max_iter):
+            iters += 1
+            for k in range(Kp):
+                acc[k] = 0.0
+            # two words at a time: independent dot products and divisions overlap, and acc is
+            # read and written once per pair
+            i = lo
+            while i + 1 < hi:
+                j1 = cols[i]
+                j2 = cols[i + 1]
+                d1 = zero
+                d2 = zero
+                for k in range(Kp):
+                    d1 += expdoc[k] * ebeta[j1, k]
+                    d2 += expdoc[k] * ebeta[j2, k]
+                r1 = cnts[i] / (d1 + eps)
+                r2 = cnts[i + 1] / (d2 + eps)
+                for k in range(Kp):
+                    acc[k] += r1 * ebeta[j1, k] + r2 * ebeta[j2, k]
+                i += 2
+            if i < hi:
+                j = cols[i]
+                dot = zero
+                for k in range(Kp):
+                    dot += expdoc[k] * ebeta[j, k]
+                r = cnts[i] / (dot + eps)
+                for k in range(Kp):
+                    acc[k] += r * ebeta[j, k]
+            change = 0.0
+            s = 0.0
+            for k in range(K):
+                new = alpha + float(expdoc[k]) * float(acc[k])
+                change += abs(new - gamma[d, k])
+                gamma[d, k] = new
+                s += new
+            ps = psi(s)
+            for k in range(K):
+                expdoc[k] = exp_psi_minus(gamma[d, k], ps)
+            if change / K < tol:
+                break
+        if want_sstats:
+            for i in range(lo, hi):
+                j = cols[i]
+                dot = zero
+                for k in range(Kp):
+                    dot += expdoc[k] * ebeta[j, k]
+                r = cnts[i] / (dot + eps)
+                for k in range(Kp):
+                    sstats[j, k] += r * expdoc[k]
+    return iters
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def svi_direction(lam, K, eta, touched, u, sstats, ebeta, scale, g):
+    """g = lam - lam_hat, lam_hat = eta + scale * sstats * ebeta on the touched words, eta elsewhere.
+
+    ``eta`` and ``scale`` must have the dtype of ``lam`` (np.float32 in training).
+    """
+    for i in range(lam.shape[0]):
+        g[i] = lam[i] - eta
+    for j in range(u):
+        b = touched[j] * K
+        for k in range(K):
+            g[b + k] -= scale * sstats[j, k] * ebeta[j, k]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def minibatch_gradient(lam, K, indptr, indices, data, lo, hi, alpha, eta, scale, max_iter, tol,
+                       gamma, mark, local, touched, ebeta, sstats, sums, g):
+    """One SVI step on documents ``lo:hi`` of a CSR matrix: fills ``g`` (see the module doc).
+
+    ``gamma`` (hi-lo x K float64) holds the initial document-topic values. Buffers: ``mark``
+    (V int, all -1), ``local``/``touched`` (>= nnz of the minibatch), ``ebeta``/``sstats``
+    (>= u rows x :func:`padded_topics` (K) columns, dtype of lam), ``sums`` (K float64). Returns (u, E-step iterations).
+    """
+    a = indptr[lo]
+    b = indptr[hi]
+    u = relabel(indices, a, b, mark, local, touched)
+    topic_sums(lam, K, sums)
+    eb = ebeta[:u]
+    ss = sstats[:u]
+    exp_elog_beta_rows(lam, K, touched, u, sums, eb)
+    for j in range(u):
+        for k in range(ss.shape[1]):
+            ss[j, k] = 0.0
+    ip = indptr[lo:hi + 1] - a
+    iters = estep_docs(ip, local[: b - a], data[a:b], eb, alpha, max_iter, tol, gamma, ss, True)
+    svi_direction(lam, K, eta, touched, u, ss, eb, scale, g)
+    return u, iters
+
+
+def estep_reference(X, exp_topic_word, alpha, max_iter, tol, gamma0):
+    """Plain numpy/scipy E-step (scikit-learn's algorithm) for tests.
+
+    ``X`` CSR (n x V), ``exp_topic_word`` K x V, ``gamma0`` initial n x K. Returns
+    (gamma, sstats K x V before the multiplication by exp_topic_word).
+    """
+    from scipy.special import psi as sp_psi
+
+    n, K = gamma0.shape
+    gamma = np.array(gamma0, np.float64, copy=True)
+    sstats = np.zeros_like(exp_topic_word, dtype=np.float64)
+    for d in range(n):
+        ids = X.indices[X.indptr[d]:X.indptr[d + 1]]
+        cnts = X.data[X.indptr[d]:X.indptr[d + 1]].astype(np.float64)
+        if ids.size == 0:
+            gamma[d] = alpha
+            continue
+        gd = gamma[d]
+        exp_d = np.exp(sp_psi(gd) - sp_psi(gd.sum()))
+        etw = exp_topic_word[:, ids]
+        for _ in range(max_iter):
+            last = gd
+            norm_phi = exp_d @ etw + EPS
+            gd = alpha + exp_d * ((cnts / norm_phi) @ etw.T)
+            exp_d = np.exp(sp_psi(gd) - sp_psi(gd.sum()))
+            if np.mean(np.abs(last - gd)) < tol:
+                break
+        gamma[d] = gd
+        norm_phi = exp_d @ etw + EPS
+        sstats[:, ids] += np.outer(exp_d, cnts / norm_phi)
+    return gamma, sstats
