@@ -280,7 +280,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
         reply[T.H_TOTAL] = core.total_updates
         reply[T.H_N] = n
         comm.Send(reply, dest=worker_ranks[m], tag=T.TAG_REPLY)
-        comm.Send(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY + 100)
+        comm.Send(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY_PARAMS)
 
     next_check = time.perf_counter() + 1.0
     while any(open_):

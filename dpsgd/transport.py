@@ -20,7 +20,8 @@ HEADER_BYTES = 8 * HEADER_FIELDS
 
 # tags
 TAG_PUSH = 11  # worker -> server: header + gradient slice
-TAG_REPLY = 12  # server -> worker: header + parameter slice
+TAG_REPLY = 12  # server -> worker: reply header
+TAG_REPLY_PARAMS = 112  # server -> worker: the parameter slice that follows the header
 TAG_FINAL = 13  # server shard -> rank 0: final parameter slice
 
 # header fields (float64 slots)
@@ -72,10 +73,9 @@ def wait(req, max_sleep: float = 1e-3):
     from mpi4py import MPI
 
     status = MPI.Status()
-    sleep = 1e-5
+    backoff = Backoff(max_sleep=max_sleep)
     while not req.Test(status):
-        time.sleep(sleep)
-        sleep = min(sleep * 2, max_sleep)
+        backoff.idle()
     return status
 
 

@@ -72,7 +72,7 @@ class MPIChannel:
         for s, (lo, hi) in enumerate(zip(self.bounds[:-1], self.bounds[1:])):
             # post the receives of the answer before pushing: the server's Send completes at once
             reqs.append(comm.Irecv(self.reply_headers[s], source=s, tag=T.TAG_REPLY))
-            reqs.append(comm.Irecv(w_new[lo:hi], source=s, tag=T.TAG_REPLY + 100))
+            reqs.append(comm.Irecv(w_new[lo:hi], source=s, tag=T.TAG_REPLY_PARAMS))
         for s, msg in enumerate(self.msgs):
             h = msg.header
             n = msg.payload.size if kind == T.KIND_PUSH else 0

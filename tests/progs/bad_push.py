@@ -24,7 +24,7 @@ else:
 
     def exchange(buf):
         r1 = comm.Irecv(hdr, source=0, tag=T.TAG_REPLY)
-        r2 = comm.Irecv(w, source=0, tag=T.TAG_REPLY + 100)
+        r2 = comm.Irecv(w, source=0, tag=T.TAG_REPLY_PARAMS)
         comm.Send(buf, dest=0, tag=T.TAG_PUSH)
         T.wait(r1), T.wait(r2)
         return int(hdr[T.H_FLAGS])
