@@ -217,6 +217,10 @@ def _unavailable(name, err):
     return run
 
 
+#: seconds a worker told to stop by a failing server waits for that server to report and abort
+SECONDARY_FATAL_GRACE = 10.0
+
+
 def _abort_mpi(code: int) -> None:
     """Abort every rank of the job when launched by mpiexec with several ranks."""
     if mpi_world_size_from_env() <= 1:
@@ -251,6 +255,12 @@ def main(argv=None) -> int:
         from .checkpoint import CheckpointError
         from .server import FatalRunError
 
+        if isinstance(e, FatalRunError) and e.secondary and mpi_world_size_from_env() > 1:
+            # a worker that was told to stop: give the server rank that knows why the time to say
+            # so and end the job; speak up only if it has not done that after a while
+            import time
+
+            time.sleep(SECONDARY_FATAL_GRACE)
         if isinstance(e, (CheckpointError, FatalRunError)):
             print(f"dpsgd {args.command}: error: {where}{e}", file=sys.stderr)
         else:

@@ -18,6 +18,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import transport as T
 from .config import ConfigError, TrainConfig, default_threads
+from .rules import all_finite
 from .server import FatalRunError, ServerCore, serve
 from .worker import LocalChannel, MPIChannel, Worker
 
@@ -112,6 +113,8 @@ class Housekeeper:
             self.next_ckpt = time.perf_counter() + self.config.checkpoint_every
 
     def record_eval(self):
+        if self.core.model_broken:
+            return
         t0 = time.perf_counter()
         m = self.alg.evaluate(self.core.w.copy())
         self.eval_seconds += time.perf_counter() - t0
@@ -121,6 +124,8 @@ class Housekeeper:
         self.history.append(row)
 
     def write_checkpoint(self):
+        if self.core.model_broken:
+            return  # keep the last good checkpoint rather than replace it by a model full of inf/NaN
         meta = dict(self.meta, **self.core.state_scalars())
         ckpt.save_npz(ckpt.shard_path(self.config.checkpoint_dir, self.core.shard), self.core.state_arrays(), meta)
         self.checkpoints_written += 1
@@ -187,6 +192,7 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
         return TrainResult(params, metrics, 0, True)
 
     # ------------------------------------------------------------------ MPI
+    rank_map = _announce_ranks(comm, n_servers)
     bounds = T.shard_bounds(n, n_servers)
     stats = np.zeros(4, np.float64)
     if rank < n_servers:
@@ -212,7 +218,7 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
         worker = Worker(algorithm, config, MPIChannel(comm, n_servers, n), rank - n_servers, n_workers, w0)
         ws = worker.run()
         stats[:] = [ws["local_updates"], ws["seconds"], ws["rejected_seen"], ws["threads"]]
-        fatal = "stopped by the server (see the root rank's message)" if worker.fatal else None
+        fatal = "stopped by the server (see the server rank's message)" if worker.fatal else None
 
     # assemble the final model on rank 0, then give it to every rank
     params = np.empty(n, np.float32)
@@ -231,9 +237,39 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
                    "threads": int(r[3])} for r in all_stats[n_servers:]]
         metrics = _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params)
         metrics["n_servers"] = n_servers
+        metrics["ranks"] = rank_map
     if fatal:
-        raise FatalRunError(fatal)
+        raise FatalRunError(fatal, secondary=rank >= n_servers)
     return TrainResult(params, metrics, rank, is_root)
+
+
+def _announce_ranks(comm, n_servers: int) -> list[dict] | None:
+    """Rank 0 prints which PID plays which role, one line on stderr.
+
+    When a rank dies by a signal (``kill -9``, the OOM killer) the launcher names only its
+    PID ("BAD TERMINATION ... PID 4242") and kills the other ranks at once, so none of them
+    can say which rank it was: this line, printed at start, maps that PID to a rank and role.
+    """
+    import socket
+    import sys
+
+    size, me = comm.Get_size(), comm.Get_rank()
+    mine = np.zeros(72, np.uint8)  # pid (8 bytes) + host name (64 bytes), fixed size: no pickle
+    mine[:8] = np.frombuffer(np.int64(os.getpid()).tobytes(), np.uint8)
+    host = socket.gethostname().encode()[:64]
+    mine[8:8 + len(host)] = np.frombuffer(host, np.uint8)
+    table = np.zeros((size, 72), np.uint8) if me == 0 else None
+    comm.Gather(mine, table, root=0)
+    if me != 0:
+        return None
+    out = []
+    for r in range(size):
+        role = ("server" if n_servers == 1 else f"server shard {r}") if r < n_servers else f"worker {r - n_servers}"
+        out.append({"rank": r, "role": role, "pid": int(table[r, :8].view(np.int64)[0]),
+                    "host": table[r, 8:].tobytes().rstrip(b"\0").decode(errors="replace")})
+    print("dpsgd ranks: " + ", ".join(f"rank {d['rank']} = {d['role']} (pid {d['pid']} on {d['host']})"
+                                      for d in out), file=sys.stderr, flush=True)
+    return out
 
 
 def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params) -> dict:
@@ -252,7 +288,7 @@ def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, param
         "checkpoints_written": hk.checkpoints_written,
         "eval_seconds": hk.eval_seconds,
     })
-    if config.final_eval and hasattr(algorithm, "evaluate"):
+    if config.final_eval and hasattr(algorithm, "evaluate") and all_finite(params):
         final = algorithm.evaluate(params)
         m["final"] = {k: float(v) for k, v in (final or {}).items()}
     return m

@@ -37,7 +37,15 @@ def warm_up_kernels() -> None:
 
 
 class FatalRunError(RuntimeError):
-    """The run cannot go on (e.g. a worker keeps sending bad pushes)."""
+    """The run cannot go on (e.g. a worker keeps sending bad pushes).
+
+    ``secondary``: raised on a rank that was only told to stop (a worker); the rank that knows
+    the cause raises its own FatalRunError, and its message is the one to show.
+    """
+
+    def __init__(self, message: str, secondary: bool = False):
+        super().__init__(message)
+        self.secondary = secondary
 
 
 class ServerCore:
@@ -67,6 +75,8 @@ class ServerCore:
         self.hello_versions = np.zeros(n_workers, np.int64)  # server version at each worker's first pull
         self.pending: list[int] = []  # SSGD: workers waiting for the round to close
         self.fatal: str | None = None
+        #: an update overflowed: w holds inf/NaN and must never be checkpointed or evaluated
+        self.model_broken = False
         #: callable asked on every push whether the algorithm wants the run to end
         self.stop_hook = None
         self.t0 = time.perf_counter()
@@ -146,9 +156,17 @@ class ServerCore:
             self.pending.append(m)
             self._last_lr = lr
             return self._maybe_close_round()
-        self.rule.apply(self.w, g, m, lr)
+        if not self.rule.apply(self.w, g, m, lr):
+            self._overflowed(f"worker {m}'s push (staleness {stale}, lr {lr:.3g})")
         self.version += 1
         return [(m, self.flags_for(m))]
+
+    def _overflowed(self, what: str) -> None:
+        self.model_broken = True
+        if self.fatal is None:
+            self.fatal = (f"the server's model became non-finite (inf/NaN) applying {what} at version "
+                          f"{self.version}: the step size is too large or the updates overflow float32; "
+                          "stopping (no checkpoint of this model is written; the last one is the last good model)")
 
     def leave(self, m: int) -> list[tuple[int, int]]:
         """Worker ``m`` is gone (done, or told to stop). May close an SSGD round."""
@@ -167,7 +185,8 @@ class ServerCore:
         if not self.pending or any(self.active[k] and k not in waiting for k in range(self.n_workers)):
             return []
         if self.rule.sync_count:
-            self.rule.apply_round(self.w, self._last_lr)
+            if not self.rule.apply_round(self.w, self._last_lr):
+                self._overflowed(f"the SSGD round of workers {sorted(waiting)}")
             self.version += 1
         out = [(k, self.flags_for(k, (extra or {}).get(k, 0))) for k in self.pending]
         self.pending = []

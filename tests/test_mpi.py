@@ -136,7 +136,8 @@ def test_kill_9_ends_the_job_and_the_checkpoint_resumes(tmp_path, victim):
         while not ((ck / "shard0.prev.npz").exists() and (pids / f"rank{victim}.pid").exists()):
             assert time.monotonic() < deadline and proc.poll() is None, "the run did not start checkpointing"
             time.sleep(0.1)
-        os.kill(int((pids / f"rank{victim}.pid").read_text()), signal.SIGKILL)
+        pid = int((pids / f"rank{victim}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
         proc.wait(timeout=30)
         assert time.monotonic() - t0 < 30
@@ -144,7 +145,11 @@ def test_kill_9_ends_the_job_and_the_checkpoint_resumes(tmp_path, victim):
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        out, err = proc.communicate()
+    # the launcher names the dead PID; the line rank 0 printed at start maps it to the rank
+    assert f"PID {pid} " in out + err, out + err
+    role = "server" if victim == 0 else f"worker {victim - 1}"
+    assert f"rank {victim} = {role} (pid {pid} " in err, err
     arrays, meta = ckpt.load_latest(str(ck), 0)  # intact: loads and verifies
     assert meta["total_updates"] > 0
     r = result_of(mpirun(3, [PROGS / "train_ls.py", "--updates", meta["total_updates"] + 1500, "--resume", ck]))
