@@ -53,15 +53,18 @@ def snapshot_delta(out, w_start, w, snap, inv_lr):
         out[i] = (w_start[i] - s) * inv_lr
 
 
-@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")  # no fast-math: it may reassociate the exact form below
 def merge_pull(w, w_start, w_new, snap):
     """After a pull: keep the updates made since the snapshot, on top of the new model.
 
-    w += w_new - snap; w_start = w_new. Threads may be writing to ``w`` meanwhile (Hogwild).
+    w = w_new + (w - snap); w_start = w_new. Threads may be writing to ``w`` meanwhile (Hogwild).
+    Written so that an entry nobody changed since the snapshot becomes exactly ``w_new``
+    (``w += w_new - snap`` can be one rounding off): the next push is then exactly zero there,
+    which is what lets sparse pushes stay sparse.
     """
     for i in range(w.shape[0]):
         wn = w_new[i]
-        w[i] += wn - snap[i]
+        w[i] = wn + (w[i] - snap[i])
         w_start[i] = wn
 
 

@@ -113,3 +113,8 @@ class Algorithm:
 
     #: samples (documents, env steps, examples) one compute_update consumes, for throughput
     samples_per_update: int = 1
+
+    #: block size B when the parameters are blocks of B values of which a push changes few
+    #: (one word's K topic weights, one embedding row): such pushes go over MPI as the changed
+    #: blocks only. Must divide the number of parameters. None: dense pushes.
+    push_block: int | None = None

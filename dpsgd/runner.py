@@ -167,6 +167,10 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
             warnings.warn(msg, stacklevel=2)
     w0 = _initial_params(algorithm, config)
     n = w0.size
+    block = getattr(algorithm, "push_block", None)
+    if block is not None and (int(block) != block or block < 1 or n % int(block)):
+        raise ConfigError(f"{type(algorithm).__name__}.push_block = {block!r} must be a positive integer "
+                          f"that divides the {n} parameters")
     meta = {"n_params": n, "n_servers": n_servers, "config": config.to_dict(),
             "algorithm": type(algorithm).__name__, "seed": config.seed}
     t_start = time.perf_counter()
@@ -193,11 +197,11 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
 
     # ------------------------------------------------------------------ MPI
     rank_map = _announce_ranks(comm, n_servers)
-    bounds = T.shard_bounds(n, n_servers)
-    stats = np.zeros(4, np.float64)
+    bounds = T.shard_bounds(n, n_servers, int(block or 1))
+    stats = np.zeros(8, np.float64)
     if rank < n_servers:
         lo, hi = bounds[rank], bounds[rank + 1]
-        core = ServerCore(w0[lo:hi], config, n_workers, shard=rank)
+        core = ServerCore(w0[lo:hi], config, n_workers, shard=rank, block=block)
         # a worker that any shard tells to stop leaves the other shards (DONE): they need not agree
         core.stop_hook = getattr(algorithm, "should_stop", None)
         if config.resume:
@@ -215,9 +219,11 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
             # a silent worker would never join the final collectives: end here (the CLI aborts the job)
             raise FatalRunError(fatal)
     else:
-        worker = Worker(algorithm, config, MPIChannel(comm, n_servers, n), rank - n_servers, n_workers, w0)
+        channel = MPIChannel(comm, n_servers, n, block)
+        worker = Worker(algorithm, config, channel, rank - n_servers, n_workers, w0)
         ws = worker.run()
-        stats[:] = [ws["local_updates"], ws["seconds"], ws["rejected_seen"], ws["threads"]]
+        stats[:] = [ws["local_updates"], ws["seconds"], ws["rejected_seen"], ws["threads"], channel.pushes,
+                    channel.bytes_pushed, channel.bytes_pulled, channel.sparse_pushes]
         fatal = "stopped by the server (see the server rank's message)" if worker.fatal else None
 
     # assemble the final model on rank 0, then give it to every rank
@@ -229,7 +235,7 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     elif rank < n_servers:
         comm.Send(core.w, dest=0, tag=T.TAG_FINAL)
     comm.Bcast(params, root=0)
-    all_stats = np.zeros((size, 4), np.float64) if is_root else None
+    all_stats = np.zeros((size, stats.size), np.float64) if is_root else None
     comm.Gather(stats, all_stats, root=0)
     metrics = {}
     if is_root:
@@ -237,6 +243,12 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
                    "threads": int(r[3])} for r in all_stats[n_servers:]]
         metrics = _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params)
         metrics["n_servers"] = n_servers
+        ws_ = all_stats[n_servers:]
+        pushes = max(ws_[:, 4].sum(), 1.0)
+        metrics["push_bytes_mean"] = float(ws_[:, 5].sum() / pushes)  # every shard's part of one push
+        metrics["pull_bytes_mean"] = float(ws_[:, 6].sum() / pushes)
+        metrics["sparse_pushes"] = int(ws_[:, 7].sum())
+        metrics["dense_push_bytes"] = T.HEADER_BYTES * n_servers + 4 * n
         metrics["ranks"] = rank_map
     if fatal:
         raise FatalRunError(fatal, secondary=rank >= n_servers)

@@ -51,8 +51,12 @@ class FatalRunError(RuntimeError):
 class ServerCore:
     """Global parameters of one shard, the update rule, staleness and bad-push accounting."""
 
-    def __init__(self, w0: np.ndarray, config: TrainConfig, n_workers: int, shard: int = 0):
+    def __init__(self, w0: np.ndarray, config: TrainConfig, n_workers: int, shard: int = 0,
+                 block: int | None = None):
         self.config = config
+        #: block size of sparse pushes (the algorithm's push_block), 0: dense pushes only
+        self.block = int(block) if block else 0
+        self._sparse_g = None
         self.shard = shard
         self.n_workers = n_workers
         self.w = np.array(w0, dtype=np.float32, copy=True)
@@ -119,6 +123,31 @@ class ServerCore:
         if not all_finite(g):
             return "non-finite"
         return None
+
+    def unpack_sparse(self, payload: np.ndarray, header: np.ndarray, n_received: int):
+        """(dense gradient, None) of a sparse push, or (None, why it is malformed).
+
+        The dense buffer is shared: call :meth:`clear_sparse` once the push is applied.
+        """
+        if header[T.H_DTYPE] != T.DTYPE_FLOAT32:
+            return None, "dtype"
+        B, nb = header[T.H_BLOCK], header[T.H_N]
+        n = self.w.size
+        if not self.block or B != self.block or not (nb == int(nb) and 0 <= nb <= n // self.block):
+            return None, "malformed"
+        nb = int(nb)
+        if n_received != nb * (self.block + 1):
+            return None, "size"
+        if not all_finite(payload[nb:n_received]):
+            return None, "non-finite"
+        if self._sparse_g is None:
+            self._sparse_g = np.zeros(n, np.float32)
+        if not T.scatter_blocks(payload, nb, self.block, self._sparse_g):
+            return None, "malformed"
+        return self._sparse_g, None
+
+    def clear_sparse(self, payload: np.ndarray, header: np.ndarray) -> None:
+        T.clear_blocks(payload, int(header[T.H_N]), self.block, self._sparse_g)
 
     def push(self, m: int, g: np.ndarray, base_version: int, nsteps: int, lr: float,
              problem: str | None = None) -> list[tuple[int, int]]:
@@ -339,16 +368,23 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
                 answers = core.hello(i)
             else:
                 n_recv = (nbytes - T.HEADER_BYTES) // 4 if nbytes >= T.HEADER_BYTES else -1
-                problem = None
-                if kind != T.KIND_PUSH or nbytes < T.HEADER_BYTES or (nbytes - T.HEADER_BYTES) % 4:
+                problem, g, scattered = None, msg.payload, False
+                if kind not in (T.KIND_PUSH, T.KIND_PUSH_SPARSE) or nbytes < T.HEADER_BYTES or \
+                        (nbytes - T.HEADER_BYTES) % 4:
                     problem = "malformed"
+                elif kind == T.KIND_PUSH_SPARSE:
+                    g, problem = core.unpack_sparse(msg.payload, h, n_recv)
+                    scattered = g is not None
                 else:
                     problem = core.check_push(msg.payload[:n_recv] if n_recv == n else None,
                                               h[T.H_DTYPE], h[T.H_N], n_recv)
                 lr = float(h[T.H_LR])
                 if problem is None and not (lr > 0 and np.isfinite(lr)):
                     problem = "step size"
-                answers = core.push(i, msg.payload, int(h[T.H_VERSION]), int(h[T.H_NSTEPS]), lr, problem)
+                answers = core.push(i, msg.payload if g is None else g, int(h[T.H_VERSION]),
+                                    int(h[T.H_NSTEPS]), lr, problem)
+                if scattered:
+                    core.clear_sparse(msg.payload, h)
             for m, flags in answers:
                 answer(m, flags)
                 if flags & T.FLAG_STOP:

@@ -7,6 +7,14 @@ MPI's status tells the bytes really received, so a short or oversized push is de
 
 Ranks: 0..S-1 are server shards, S..N-1 workers. Shard ``s`` owns parameters
 ``[bounds[s], bounds[s+1])``.
+
+Sparse pushes (``KIND_PUSH_SPARSE``): when an algorithm declares ``push_block = B`` (its
+parameters are blocks of B values, e.g. one word's K topic weights) and a push changes few
+blocks, the worker sends only those: ``H_N`` holds the number of blocks nb, ``H_BLOCK`` the
+block size, and the payload is nb block indices (int32, strictly increasing, stored in float32
+slots) followed by the nb * B values. The server scatters them into a zeroed buffer and applies
+its rule as for a dense push (a zero gradient leaves a parameter unchanged under every rule but
+momentum). A push that changes more than ``SPARSE_MAX_FRACTION`` of the blocks goes dense.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from numba import njit
 
 HEADER_FIELDS = 8
 HEADER_BYTES = 8 * HEADER_FIELDS
@@ -26,11 +35,13 @@ TAG_FINAL = 13  # server shard -> rank 0: final parameter slice
 
 # header fields (float64 slots)
 H_KIND, H_VERSION, H_NSTEPS, H_DTYPE, H_N, H_LR, H_FLAGS, H_TOTAL = range(HEADER_FIELDS)
+H_BLOCK = H_TOTAL  # in a sparse push (H_TOTAL is a reply field): the block size
 
 # kinds
 KIND_HELLO = 1.0  # first pull: no payload
 KIND_PUSH = 2.0
 KIND_DONE = 3.0  # worker leaves: no payload
+KIND_PUSH_SPARSE = 4.0  # the changed blocks only (see the module docstring)
 KIND_PARAMS = 10.0
 
 DTYPE_FLOAT32 = 1.0
@@ -42,8 +53,79 @@ FLAG_DROPPED_STALE = 4
 FLAG_FATAL = 8
 
 
-def shard_bounds(n_params: int, n_servers: int) -> np.ndarray:
-    return np.linspace(0, n_params, n_servers + 1).astype(np.int64)
+#: a sparse push is sent only when it changes at most this fraction of the blocks
+SPARSE_MAX_FRACTION = 0.6
+
+
+def shard_bounds(n_params: int, n_servers: int, block: int = 1) -> np.ndarray:
+    """Slice boundaries of the server shards, on multiples of ``block``."""
+    nb = n_params // block
+    b = np.linspace(0, nb, n_servers + 1).astype(np.int64) * block
+    b[-1] = n_params
+    return b
+
+
+@njit(nogil=True, cache=True)
+def compress_blocks(g, block, out, ids, max_blocks):
+    """Write the blocks of ``g`` that hold a non-zero into ``out`` (indices, then values).
+
+    Returns the number of blocks nb, or -1 when more than ``max_blocks`` are non-zero (send dense).
+    ``ids`` is int32 scratch of length len(g) // block.
+    """
+    nblocks = g.shape[0] // block
+    nb = 0
+    for b in range(nblocks):
+        base = b * block
+        nz = False
+        for j in range(block):
+            if g[base + j] != 0.0:
+                nz = True
+                break
+        if nz:
+            if nb == max_blocks:
+                return -1
+            ids[nb] = b
+            nb += 1
+    out_ids = out[:nb].view(np.int32)
+    for k in range(nb):
+        out_ids[k] = ids[k]
+        src = ids[k] * block
+        dst = nb + k * block
+        for j in range(block):
+            out[dst + j] = g[src + j]
+    return nb
+
+
+@njit(nogil=True, cache=True)
+def scatter_blocks(payload, nb, block, g):
+    """Inverse of compress_blocks into the zeroed ``g``. False when the indices are invalid.
+
+    Indices must be strictly increasing and inside ``g`` (so no block is written twice).
+    """
+    ids = payload[:nb].view(np.int32)
+    nblocks = g.shape[0] // block
+    prev = -1
+    for k in range(nb):
+        b = ids[k]
+        if b <= prev or b >= nblocks:
+            return False
+        prev = b
+    for k in range(nb):
+        dst = ids[k] * block
+        src = nb + k * block
+        for j in range(block):
+            g[dst + j] = payload[src + j]
+    return True
+
+
+@njit(nogil=True, cache=True)
+def clear_blocks(payload, nb, block, g):
+    """Zero the blocks of ``g`` that scatter_blocks wrote."""
+    ids = payload[:nb].view(np.int32)
+    for k in range(nb):
+        dst = ids[k] * block
+        for j in range(block):
+            g[dst + j] = 0.0
 
 
 class Message:

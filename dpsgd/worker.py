@@ -55,16 +55,53 @@ class LocalChannel:
 
 
 class MPIChannel:
-    """Pushes to and pulls from every server shard over MPI buffers."""
+    """Pushes to and pulls from every server shard over MPI buffers.
 
-    def __init__(self, comm, n_servers, n_params):
+    ``block``: the algorithm's ``push_block``; a push that changes few blocks of a shard goes
+    as a sparse push (see :mod:`dpsgd.transport`).
+    """
+
+    def __init__(self, comm, n_servers, n_params, block: int | None = None):
         self.comm = comm
-        self.bounds = T.shard_bounds(n_params, n_servers)
+        self.block = int(block) if block else 0
+        self.bounds = T.shard_bounds(n_params, n_servers, self.block or 1)
         sizes = np.diff(self.bounds)
         self.msgs = [T.Message(int(n)) for n in sizes]
         self.push_buffers = [m.payload for m in self.msgs]
         self.reply_headers = [np.zeros(T.HEADER_FIELDS, np.float64) for _ in sizes]
         self.stopped_by: set[int] = set()  # shards that told us to stop
+        if self.block:
+            nblocks = [int(n) // self.block for n in sizes]
+            self.max_blocks = [int(nb * T.SPARSE_MAX_FRACTION) for nb in nblocks]
+            self.sparse_msgs = [T.Message(mb * (self.block + 1)) for mb in self.max_blocks]
+            self.block_ids = [np.empty(nb, np.int32) for nb in nblocks]
+        #: bytes sent in pushes / received in replies (headers included), and sparse pushes
+        self.bytes_pushed = 0
+        self.bytes_pulled = 0
+        self.pushes = 0
+        self.sparse_pushes = 0
+
+    def _send_push(self, s, msg, kind, base_version, nsteps, lr):
+        if kind == T.KIND_PUSH and self.block:
+            sp = self.sparse_msgs[s]
+            nb = T.compress_blocks(msg.payload, self.block, sp.payload, self.block_ids[s], self.max_blocks[s])
+            if nb >= 0:
+                h = sp.header
+                h[:] = 0
+                h[T.H_KIND], h[T.H_VERSION], h[T.H_NSTEPS] = T.KIND_PUSH_SPARSE, base_version, nsteps
+                h[T.H_DTYPE], h[T.H_N], h[T.H_LR], h[T.H_BLOCK] = T.DTYPE_FLOAT32, nb, lr, self.block
+                buf = sp.view_bytes(nb * (self.block + 1))
+                self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
+                self.sparse_pushes += 1
+                return buf.nbytes
+        h = msg.header
+        n = msg.payload.size if kind == T.KIND_PUSH else 0
+        h[:] = 0
+        h[T.H_KIND], h[T.H_VERSION], h[T.H_NSTEPS] = kind, base_version, nsteps
+        h[T.H_DTYPE], h[T.H_N], h[T.H_LR] = T.DTYPE_FLOAT32, n, lr
+        buf = msg.view_bytes(n)
+        self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
+        return buf.nbytes
 
     def exchange(self, kind, base_version, nsteps, lr, w_new):
         comm = self.comm
@@ -73,15 +110,15 @@ class MPIChannel:
             # post the receives of the answer before pushing: the server's Send completes at once
             reqs.append(comm.Irecv(self.reply_headers[s], source=s, tag=T.TAG_REPLY))
             reqs.append(comm.Irecv(w_new[lo:hi], source=s, tag=T.TAG_REPLY_PARAMS))
+        sent = 0
         for s, msg in enumerate(self.msgs):
-            h = msg.header
-            n = msg.payload.size if kind == T.KIND_PUSH else 0
-            h[:] = 0
-            h[T.H_KIND], h[T.H_VERSION], h[T.H_NSTEPS] = kind, base_version, nsteps
-            h[T.H_DTYPE], h[T.H_N], h[T.H_LR] = T.DTYPE_FLOAT32, n, lr
-            comm.Send(msg.view_bytes(n), dest=s, tag=T.TAG_PUSH)
+            sent += self._send_push(s, msg, kind, base_version, nsteps, lr)
         for r in reqs:
             T.wait(r)
+        if kind == T.KIND_PUSH:
+            self.pushes += 1
+            self.bytes_pushed += sent
+            self.bytes_pulled += T.HEADER_BYTES * len(self.msgs) + 4 * w_new.size
         flags = 0
         for s, h in enumerate(self.reply_headers):
             flags |= int(h[T.H_FLAGS])

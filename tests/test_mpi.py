@@ -61,8 +61,10 @@ def test_persistent_bad_pushes_stop_the_run():
 
 def test_malformed_pushes_are_rejected():
     r = result_of(mpirun(2, [PROGS / "bad_push.py"], timeout=60))
-    assert r["rejected"] == 4 and r["version"] == 1
-    assert r["reasons"] == {"size": 2, "dtype": 1, "non-finite": 1}
+    assert r["rejected"] == 10 and r["version"] == 2
+    assert r["reasons"] == {"size": 3, "dtype": 1, "non-finite": 2, "malformed": 4}
+    # the dense push moved every block; the accepted sparse push only block 5, by -lr * 0.5
+    np.testing.assert_allclose(r["sparse_block5"], [-0.001 - 0.05] * 10, rtol=1e-6)
 
 
 def test_a_raising_rank_ends_the_job_quickly():

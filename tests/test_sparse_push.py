@@ -1,0 +1,131 @@
+"""Sparse pushes: block encoding, the server's checks, and real MPI runs whose pushes carry only changed blocks."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import dpsgd
+from dpsgd import transport as T
+from dpsgd.config import ConfigError
+from dpsgd.hogwild import merge_pull
+from dpsgd.server import ServerCore
+
+from conftest import PROGS, mpirun, run
+
+
+@pytest.mark.parametrize("block", [1, 3, 8])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 1.0])
+def test_compress_scatter_round_trip(block, density):
+    rng = np.random.default_rng(block)
+    nblocks = 200
+    g = np.zeros(nblocks * block, np.float32)
+    for b in np.nonzero(rng.random(nblocks) < density)[0]:
+        g[b * block + rng.integers(block)] = rng.normal()  # one non-zero is enough to send the block
+    out = np.zeros(g.size + nblocks, np.float32)
+    nb = T.compress_blocks(g, block, out, np.empty(nblocks, np.int32), nblocks)
+    expect = np.nonzero(g.reshape(nblocks, block).any(axis=1))[0]
+    assert nb == expect.size
+    np.testing.assert_array_equal(out[:nb].view(np.int32), expect)
+    back = np.zeros_like(g)
+    assert T.scatter_blocks(out, nb, block, back)
+    np.testing.assert_array_equal(back, g)
+    T.clear_blocks(out, nb, block, back)
+    assert not back.any()
+    if nb > 1:  # too many changed blocks: the caller sends dense
+        assert T.compress_blocks(g, block, out, np.empty(nblocks, np.int32), nb - 1) == -1
+
+
+def test_shard_bounds_fall_on_blocks():
+    b = T.shard_bounds(1000, 3, 8)
+    assert b[0] == 0 and b[-1] == 1000 and all(x % 8 == 0 for x in b)
+
+
+def _sparse_header(nb, block=4):
+    h = np.zeros(T.HEADER_FIELDS)
+    h[T.H_KIND], h[T.H_DTYPE], h[T.H_N], h[T.H_BLOCK] = T.KIND_PUSH_SPARSE, T.DTYPE_FLOAT32, nb, block
+    return h
+
+
+def _payload(ids, values, block=4):
+    p = np.zeros(len(ids) * (block + 1), np.float32)
+    p[:len(ids)].view(np.int32)[:] = ids
+    p[len(ids):] = values
+    return p
+
+
+@pytest.mark.parametrize("ids,values,header_kw,why", [
+    ([2, 1], 1.0, {}, "malformed"),       # not increasing
+    ([1, 1], 1.0, {}, "malformed"),       # a block twice
+    ([25], 1.0, {}, "malformed"),         # beyond the 25 blocks
+    ([1], np.nan, {}, "non-finite"),
+    ([1], 1.0, {"block": 5}, "malformed"),  # another block size
+    ([1], 1.0, {"nb": 2}, "size"),
+    ([1], 1.0, {"nb": 0.5}, "malformed"),
+])
+def test_server_refuses_bad_sparse_pushes(ids, values, header_kw, why):
+    core = ServerCore(np.zeros(100, np.float32), dpsgd.TrainConfig(), 1, block=4)
+    p = _payload(ids, values)
+    h = _sparse_header(header_kw.get("nb", len(ids)), header_kw.get("block", 4))
+    g, problem = core.unpack_sparse(p, h, p.size)
+    assert g is None and problem == why
+
+
+def test_server_applies_a_sparse_push_like_the_dense_one():
+    for rule in ("asgd", "dc-asgd-a"):
+        dense = ServerCore(np.ones(100, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule)), 1)
+        sparse = ServerCore(np.ones(100, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule)), 1, block=4)
+        p = _payload([3, 7], np.arange(8, dtype=np.float32))
+        g, problem = sparse.unpack_sparse(p, _sparse_header(2), p.size)
+        assert problem is None
+        gd = g.copy()
+        sparse.push(0, g, 0, 1, 0.1)
+        sparse.clear_sparse(p, _sparse_header(2))
+        assert not sparse._sparse_g.any()
+        dense.push(0, gd, 0, 1, 0.1)
+        np.testing.assert_array_equal(sparse.w, dense.w)
+
+
+def test_merge_pull_is_exact_where_nothing_changed():
+    rng = np.random.default_rng(0)
+    w_new = rng.normal(size=1000).astype(np.float32)
+    snap = rng.normal(size=1000).astype(np.float32)
+    w = snap.copy()
+    w[::10] += 1.0  # changed by other threads since the snapshot
+    w_start = np.empty_like(w)
+    merge_pull(w, w_start, w_new, snap)
+    untouched = np.ones(1000, bool)
+    untouched[::10] = False
+    np.testing.assert_array_equal(w[untouched], w_new[untouched])  # bit-exact: the next push is 0 there
+
+
+def test_push_block_must_divide_the_parameters():
+    sys.path.insert(0, str(PROGS))
+    from train_sparse import Rows
+
+    alg = Rows(n_rows=10, block=8)
+    alg.push_block = 3
+    with pytest.raises(ConfigError, match="push_block"):
+        dpsgd.train(alg, dpsgd.TrainConfig(total_updates=10, threads=1, progress=False))
+
+
+def _result(proc):
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][0][7:])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,args", [(3, []), (4, ["--n-servers", 2]), (3, ["--threads", 2, "--local-steps", 4])])
+def test_sparse_pushes_over_mpi(n, args):
+    r = _result(mpirun(n, [PROGS / "train_sparse.py", *args]))
+    assert r["rejected_pushes"] == 0 and r["final"]["dist"] < 0.01
+    assert r["sparse_pushes"] == r["pushes"] * (2 if "--n-servers" in args else 1)  # every push, every shard
+    # 5 of 500 rows per update: a push carries a few blocks, not the 16 kB of the whole model
+    assert r["push_bytes_mean"] < r["dense_push_bytes"] / 5
+    assert r["pull_bytes_mean"] == r["dense_push_bytes"]  # replies stay dense
+
+
+def test_sparse_algorithm_runs_in_one_process():
+    r = _result(run([sys.executable, str(PROGS / "train_sparse.py")]))
+    assert r["final"]["dist"] < 0.01 and r["n_workers"] == 1
