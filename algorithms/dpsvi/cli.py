@@ -98,6 +98,9 @@ def register(subparsers) -> None:
     g.add_argument("--max-doc-update-iter", type=_positive_int, default=100,
                    help="E-step iterations per document at most (default 100)")
     g.add_argument("--mean-change-tol", type=float, default=1e-3, help="E-step tolerance (default 1e-3)")
+    g.add_argument("--sparse-push", choices=("auto", "on", "off"), default="auto",
+                   help="lazy-decay layout: updates and pushes carry only the minibatch's words (auto: "
+                        "on with the rules sgd/asgd/ssgd when the run's decay fits float32)")
     o = p.add_argument_group("output and evaluation")
     o.add_argument("--out", required=True, metavar="DIR", help="output directory")
     o.add_argument("--holdout", type=float, default=0.1,
@@ -279,9 +282,18 @@ def run(args) -> int:
         except CorpusError as e:  # raised in a worker thread: keep it one line
             raise RuntimeError(str(e)) from None
 
+    from .model import choose_sparse_push
+
+    try:
+        from dpsgd.config import lr_at
+
+        rhos = [lr_at(cfg, t) for t in range(total)]
+        sparse = choose_sparse_push({"on": True, "off": False}.get(args.sparse_push, "auto"), cfg.rule.name, rhos)
+    except ValueError as e:
+        raise _usage(str(e)) from None
     alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
-                       loader=loader, heldout=heldout)
+                       loader=loader, heldout=heldout, sparse_push=sparse)
     load_seconds = time.perf_counter() - t0
     if is_root and not args.no_progress:
         print(f"dpsgd lda: {plan.n_docs} documents ({D} training, {plan.heldout_ids.size} held out), "
@@ -307,7 +319,7 @@ def _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, 
     m = dict(result.metrics)
     history = m.pop("history", [])
     m.pop("push_workers", None)
-    comp = topic_word_from_lambda(result.params, V, K)
+    comp = topic_word_from_lambda(alg.lambda_of(result.params), V, K)
     beta = comp / comp.sum(axis=1, keepdims=True)
     final = m.pop("final", {}) or {}
     # documents per minibatch on average (a thread's last minibatch of a pass is shorter); the
@@ -340,8 +352,11 @@ def _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, 
         "n_words": V,
         "n_topics": K,
         "passes": args.passes,
-        # the framework pushes the whole flat vector (lambda, V*K float32) plus a header
-        "bytes_per_push": 4 * V * K,
+        "sparse_push": bool(alg.sparse_push),
+        # measured over MPI (header included); in one process nothing goes on a wire and this is
+        # the size of a dense push of the whole parameter vector
+        "bytes_per_push": float(m.get("push_bytes_mean", 64 + 4 * result.params.size)),
+        "bytes_per_pull": float(m.get("pull_bytes_mean", 64 + 4 * result.params.size)),
     }
     if alg.states:  # the root rank's own worker threads (one-process runs)
         docs_local = sum(s.docs for s in alg.states)

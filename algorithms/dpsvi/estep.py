@@ -301,3 +301,65 @@ def estep_reference(X, exp_topic_word, alpha, max_iter, tol, gamma0):
         norm_phi = exp_d @ etw + EPS
         sstats[:, ids] += np.outer(exp_d, cnts / norm_phi)
     return gamma, sstats
+
+
+# ---------------------------------------------------------------------------- lazy decay (sparse pushes)
+#
+# With lambda = eta + exp(s) * M (M word-major V x K, then one row Msum_k = sum_w M[w,k], then one
+# row whose first slot is s), the SVI step lambda <- (1-rho) lambda + rho (eta + c S) becomes
+#     s <- s + log(1 - rho),   M[w] <- M[w] + rho c S[w] / ((1 - rho) exp(s))   (touched words only),
+# i.e. additive and sparse: the framework's ``p -= rho * g`` with g = 0 on every untouched word, so
+# a push carries the minibatch's words (plus the two bookkeeping rows), not all V.
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, scale, rho, max_iter, tol,
+                            gamma, mark, local, touched, prev_touched, prev_u, ebeta, sstats, sums, g):
+    """:func:`minibatch_gradient` for the lazy-decay layout; ``g`` must be zero except on the rows
+    of the previous call (``prev_touched[:prev_u]``), which this call clears. Returns (u, iters)."""
+    for j in range(prev_u):
+        b = prev_touched[j] * K
+        for k in range(K):
+            g[b + k] = 0.0
+    for i in range(V * K, (V + 2) * K):
+        g[i] = 0.0
+    es = math.exp(float(p[(V + 1) * K]))
+    a = indptr[lo]
+    b_ = indptr[hi]
+    u = relabel(indices, a, b_, mark, local, touched)
+    for k in range(K):
+        sums[k] = max(V * float(eta) + es * float(p[V * K + k]), LAMBDA_FLOOR)
+    psum = np.empty(K)
+    for k in range(K):
+        psum[k] = psi(sums[k])
+    eb = ebeta[:u]
+    ss = sstats[:u]
+    Kp = eb.shape[1]
+    for j in range(u):
+        b = touched[j] * K
+        for k in range(K):
+            eb[j, k] = exp_psi_minus(clean_lambda(eta + es * p[b + k]), psum[k])
+        for k in range(K, Kp):
+            eb[j, k] = 0.0
+        for k in range(Kp):
+            ss[j, k] = 0.0
+    ip = indptr[lo:hi + 1] - a
+    iters = estep_docs(ip, local[: b_ - a], data[a:b_], eb, alpha, max_iter, tol, gamma, ss, True)
+    f = scale / ((1.0 - rho) * es)
+    for j in range(u):
+        b = touched[j] * K
+        for k in range(K):
+            d = -f * ss[j, k] * eb[j, k]
+            g[b + k] = d
+            g[V * K + k] += d
+        prev_touched[j] = touched[j]
+    g[(V + 1) * K] = -math.log(1.0 - rho) / rho
+    return u, iters
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def lazy_to_lambda(p, K, V, eta, out):
+    """The V*K word-major lambda of a lazy-decay vector."""
+    es = math.exp(float(p[(V + 1) * K]))
+    for i in range(V * K):
+        out[i] = eta + es * p[i]

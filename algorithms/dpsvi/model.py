@@ -41,7 +41,32 @@ from .evaluate import heldout_loglik, infer_theta  # noqa: F401 (re-exported for
 
 class _ThreadState:
     __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sstats", "sums", "g", "X",
-                 "docs", "iters", "words")
+                 "docs", "iters", "words", "prev_touched", "prev_u")
+
+
+#: rules under which the lazy-decay layout is exact (they add the pushed increments linearly)
+LINEAR_RULES = ("sgd", "asgd", "ssgd")
+#: the lazy-decay layout is used only while exp(-s) stays below exp(LAZY_MAX_DECAY) (float32 range)
+LAZY_MAX_DECAY = 60.0
+
+
+def choose_sparse_push(setting, rule: str, rhos) -> bool:
+    """Resolve sparse_push True/False/'auto' (see :class:`SVIAlgorithm`); ``rhos``: the run's step sizes."""
+    if setting == "auto":
+        return rule in LINEAR_RULES and lazy_decay_fits(rhos)
+    if setting and rule not in LINEAR_RULES:
+        raise ValueError(f"sparse_push needs a linear server rule ({', '.join(LINEAR_RULES)}), got {rule!r}: "
+                         "delay compensation is not defined on the lazy-decay layout")
+    if setting and not lazy_decay_fits(rhos):
+        raise ValueError("sparse_push: the run's total decay exp(-sum log(1 - rho_t)) exceeds the float32 range "
+                         "of the lazy-decay layout; use fewer updates, a faster-decaying step size or sparse_push off")
+    return bool(setting)
+
+
+def lazy_decay_fits(rhos) -> bool:
+    """True when sum_t -log(1 - rho_t) over the run's step sizes stays below LAZY_MAX_DECAY."""
+    rho = np.minimum(np.asarray(rhos, np.float64), 1 - 1e-6)
+    return float(-np.log1p(-rho).sum()) < LAZY_MAX_DECAY
 
 
 class SVIAlgorithm(Algorithm):
@@ -54,13 +79,20 @@ class SVIAlgorithm(Algorithm):
     ``loader``: optional callable ``(worker, n_workers) -> CSR`` that loads a worker's shard the
     first time a thread of that worker needs it (so a server rank never loads training data).
     ``heldout``: optional (X_obs, X_test) for :meth:`evaluate` (held-out log-likelihood).
+    ``sparse_push``: the lazy-decay layout (see :mod:`.estep`): parameters (V+2) x K,
+    ``lambda = eta + exp(s) M``; an update changes only the minibatch's words, so pushes are
+    sparse (``push_block = K``) and no step touches all V words. Exact for the linear rules
+    (sgd, asgd, ssgd); use :meth:`lambda_of` to read lambda from the parameters.
     """
 
     def __init__(self, X, n_words: int, n_topics: int, *, alpha: float, eta: float, total_docs: float,
                  batch_size: int = 128, max_doc_update_iter: int = 100, mean_change_tol: float = 1e-3,
                  init: np.ndarray | None = None, local_shard: bool = False, loader=None, heldout=None,
-                 eval_threads: int = 1, gamma_rng=None):
+                 eval_threads: int = 1, gamma_rng=None, sparse_push: bool = False):
         self.X = X
+        self.sparse_push = bool(sparse_push)
+        if self.sparse_push:
+            self.push_block = int(n_topics)
         self.V = int(n_words)
         self.K = int(n_topics)
         self.alpha = float(alpha)
@@ -84,12 +116,27 @@ class SVIAlgorithm(Algorithm):
     # -- plug-in interface --------------------------------------------------------------
     def init_params(self, rng):
         if self.init is not None:
-            w = np.ascontiguousarray(self.init, np.float32).ravel()
+            w = np.ascontiguousarray(self.init, np.float32).ravel().copy()
             if w.size != self.V * self.K:
                 raise ValueError(f"initial lambda has {w.size} values, expected {self.V} x {self.K}")
-            return w.copy()
-        # scikit-learn's initialisation: Gamma(100, 1/100) for every topic-word entry
-        return rng.gamma(100.0, 0.01, self.V * self.K).astype(np.float32)
+        else:
+            # scikit-learn's initialisation: Gamma(100, 1/100) for every topic-word entry
+            w = rng.gamma(100.0, 0.01, self.V * self.K).astype(np.float32)
+        if not self.sparse_push:
+            return w
+        VK = self.V * self.K
+        p = np.zeros(VK + 2 * self.K, np.float32)  # M, then Msum, then s (= 0: exp(s) = 1)
+        p[:VK] = w - np.float32(self.eta)
+        p[VK:VK + self.K] = p[:VK].reshape(self.V, self.K).sum(axis=0, dtype=np.float64)
+        return p
+
+    def lambda_of(self, params) -> np.ndarray:
+        """The word-major V*K lambda held by a parameter vector of this algorithm."""
+        if not self.sparse_push:
+            return params
+        out = np.empty(self.V * self.K, np.float32)
+        E.lazy_to_lambda(np.asarray(params, np.float32), self.K, self.V, np.float32(self.eta), out)
+        return out
 
     def _data(self, ctx):
         if self.loader is not None:
@@ -123,7 +170,9 @@ class SVIAlgorithm(Algorithm):
         st.ebeta = np.empty((u, kp), np.float32)
         st.sstats = np.empty((u, kp), np.float32)
         st.sums = np.empty(self.K, np.float64)
-        st.g = np.empty(self.V * self.K, np.float32)
+        st.g = np.zeros(self.V * self.K + (2 * self.K if self.sparse_push else 0), np.float32)
+        st.prev_touched = np.empty(max(max_nnz, 1), np.int32)
+        st.prev_u = 0
         st.docs = 0
         st.iters = 0
         st.words = 0
@@ -140,6 +189,18 @@ class SVIAlgorithm(Algorithm):
         rng = self.gamma_rng if self.gamma_rng is not None else ctx.rng
         gamma = rng.gamma(100.0, 0.01, (hi - lo, self.K))
         indptr, indices, data = st.X
+        if self.sparse_push:
+            rho = min(float(ctx.lr), 1.0 - 1e-6)
+            u, iters = E.lazy_minibatch_gradient(
+                params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
+                self.total_docs / (hi - lo), rho, self.max_doc_update_iter, self.mean_change_tol,
+                gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats,
+                st.sums, st.g)
+            st.prev_u = u
+            st.docs += hi - lo
+            st.iters += iters
+            st.words += u
+            return st.g
         u, iters = E.minibatch_gradient(
             params, self.K, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
             np.float32(self.total_docs / (hi - lo)), self.max_doc_update_iter, self.mean_change_tol,
@@ -153,7 +214,7 @@ class SVIAlgorithm(Algorithm):
         if self.heldout is None:
             return {}
         Xo, Xt = self.heldout
-        beta = topic_word_from_lambda(params, self.V, self.K)
+        beta = topic_word_from_lambda(self.lambda_of(params), self.V, self.K)
         ll = heldout_loglik(beta, Xo, Xt, alpha=self.alpha, max_iter=self.max_doc_update_iter,
                             tol=self.mean_change_tol, threads=self.eval_threads)
         return {"heldout_loglik": ll, "perplexity": math.exp(-ll)}
@@ -212,14 +273,18 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Extra parameters: ``n_threads`` (threads per process; None: ``n_jobs``, else all cores),
     ``rule`` (the server's update rule under MPI: sgd, asgd, ssgd, dc-asgd-c, dc-asgd-a),
-    ``local_steps`` (local minibatches per push), ``max_seconds`` (time limit of ``fit``).
+    ``local_steps`` (local minibatches per push), ``max_seconds`` (time limit of ``fit``),
+    ``sparse_push`` (True/False/'auto': the lazy-decay layout whose updates and pushes touch only
+    the minibatch's words; 'auto' uses it with the linear rules sgd/asgd/ssgd when the run's
+    decay fits float32).
     """
 
     def __init__(self, n_components=10, *, doc_topic_prior=None, topic_word_prior=None,
                  learning_method="online", learning_decay=0.7, learning_offset=10.0, max_iter=10,
                  batch_size=128, evaluate_every=-1, total_samples=1e6, perp_tol=1e-1,
                  mean_change_tol=1e-3, max_doc_update_iter=100, n_jobs=None, verbose=0,
-                 random_state=None, n_threads=None, rule="asgd", local_steps=1, max_seconds=None):
+                 random_state=None, n_threads=None, rule="asgd", local_steps=1, max_seconds=None,
+                 sparse_push="auto"):
         self.n_components = n_components
         self.doc_topic_prior = doc_topic_prior
         self.topic_word_prior = topic_word_prior
@@ -240,6 +305,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.rule = rule
         self.local_steps = local_steps
         self.max_seconds = max_seconds
+        self.sparse_push = sparse_push
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -287,6 +353,8 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.sparse_push not in (True, False, "auto"):
+            raise ValueError(f"sparse_push must be True, False or 'auto', got {self.sparse_push!r}")
 
     def _validate_X(self, X, reset, whom):
         X = validate_data(self, X, reset=reset, accept_sparse="csr", dtype=[np.float64, np.float32])
@@ -346,6 +414,11 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         bounds = np.linspace(0, n, threads + 1).astype(np.int64)
         per_pass = int(sum(math.ceil((b - a) / self.batch_size) for a, b in zip(bounds[:-1], bounds[1:])))
         total = max(1, int(round(n_passes * per_pass)))
+        tau0 = float(self.learning_offset) + self.n_batch_iter_
+        alg.sparse_push = choose_sparse_push(self.sparse_push, self.rule,
+                                             (tau0 + np.arange(total)) ** -float(self.learning_decay))
+        if alg.sparse_push:
+            alg.push_block = K
         cfg = dpsgd.TrainConfig(
             rule=dpsgd.RuleConfig(name=self.rule), lr=1.0, schedule="power",
             # scikit-learn's rho uses n_batch_iter_ (1 at the first minibatch); dpsgd's t starts at 0
@@ -358,7 +431,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             # short LDA runs with a few threads trip it without meaning anything for SVI
             warnings.filterwarnings("ignore", message=".*outside the DPSGD convergence guarantee")
             result = dpsgd.train(alg, cfg)
-        lam = result.params
+        lam = alg.lambda_of(result.params)
         self.components_ = topic_word_from_lambda(lam, V, K).astype(self.components_.dtype)
         done = int(result.metrics.get("total_updates", total)) if result.metrics else total
         self.n_batch_iter_ += done
