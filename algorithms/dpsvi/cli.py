@@ -294,6 +294,7 @@ def run(args) -> int:
     alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
                        loader=loader, heldout=heldout, sparse_push=sparse)
+    alg.local_steps = cfg.local_steps
     load_seconds = time.perf_counter() - t0
     if is_root and not args.no_progress:
         print(f"dpsgd lda: {plan.n_docs} documents ({D} training, {plan.heldout_ids.size} held out), "

@@ -313,10 +313,15 @@ def estep_reference(X, exp_topic_word, alpha, max_iter, tol, gamma0):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, scale, rho, max_iter, tol,
+def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, scale, rho, lag, max_iter, tol,
                             gamma, mark, local, touched, prev_touched, prev_u, ebeta, sstats, sums, g):
     """:func:`minibatch_gradient` for the lazy-decay layout; ``g`` must be zero except on the rows
-    of the previous call (``prev_touched[:prev_u]``), which this call clears. Returns (u, iters)."""
+    of the previous call (``prev_touched[:prev_u]``), which this call clears. Returns (u, iters).
+
+    ``lag``: updates of other workers expected to reach the server between this step's pull and
+    its push. Each of them decays exp(s) by (1 - rho) before this increment lands, so the
+    increment is divided by (1 - rho)^lag to arrive with the weight sequential SVI gives it.
+    """
     for j in range(prev_u):
         b = prev_touched[j] * K
         for k in range(K):
@@ -345,7 +350,7 @@ def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, 
             ss[j, k] = 0.0
     ip = indptr[lo:hi + 1] - a
     iters = estep_docs(ip, local[: b_ - a], data[a:b_], eb, alpha, max_iter, tol, gamma, ss, True)
-    f = scale / ((1.0 - rho) * es)
+    f = scale / ((1.0 - rho) ** (1.0 + lag) * es)
     for j in range(u):
         b = touched[j] * K
         for k in range(K):

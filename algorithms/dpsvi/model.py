@@ -130,6 +130,16 @@ class SVIAlgorithm(Algorithm):
         p[VK:VK + self.K] = p[:VK].reshape(self.V, self.K).sum(axis=0, dtype=np.float64)
         return p
 
+    #: local updates per push of every worker (set from the run's config): see :meth:`stale_updates`
+    local_steps: int = 1
+    #: correct the lazy layout's increments for the expected staleness (see estep.lazy_minibatch_gradient)
+    staleness_correction: bool = True
+
+    def stale_updates(self, ctx) -> float:
+        """Updates of the other workers expected between a pull and the push that follows it:
+        with pushes arriving in turn, each of the other n_workers - 1 workers pushes once."""
+        return (ctx.n_workers - 1) * self.local_steps if self.staleness_correction else 0.0
+
     def lambda_of(self, params) -> np.ndarray:
         """The word-major V*K lambda held by a parameter vector of this algorithm."""
         if not self.sparse_push:
@@ -193,7 +203,8 @@ class SVIAlgorithm(Algorithm):
             rho = min(float(ctx.lr), 1.0 - 1e-6)
             u, iters = E.lazy_minibatch_gradient(
                 params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
-                self.total_docs / (hi - lo), rho, self.max_doc_update_iter, self.mean_change_tol,
+                self.total_docs / (hi - lo), rho, float(self.stale_updates(ctx)), self.max_doc_update_iter,
+                self.mean_change_tol,
                 gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats,
                 st.sums, st.g)
             st.prev_u = u
@@ -419,6 +430,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                                              (tau0 + np.arange(total)) ** -float(self.learning_decay))
         if alg.sparse_push:
             alg.push_block = K
+        alg.local_steps = self.local_steps
         cfg = dpsgd.TrainConfig(
             rule=dpsgd.RuleConfig(name=self.rule), lr=1.0, schedule="power",
             # scikit-learn's rho uses n_batch_iter_ (1 at the first minibatch); dpsgd's t starts at 0
