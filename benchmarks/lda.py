@@ -13,7 +13,11 @@ starting the 3 processes); ``docs per CPU-s`` = documents per second of CPU time
 used while training (all its threads; robust to other jobs on a shared machine); ``heldout ll`` = per-word held-out log-likelihood after the last
 pass; ``NPMI`` over the top-10 words with the whole corpus as reference; ``t(sk ll)`` = training
 seconds until the system first reached the final held-out log-likelihood of scikit-learn's run
-with the same seed (from the per-pass curve, linear interpolation; '-' when a run never did).
+with the same seed (from the per-pass curve, linear interpolation; '-' when a run never did);
+``kB/push`` = bytes a worker sends per push under mpiexec (measured, headers included). "lazy
+layout": DPSVI with ``sparse_push=True`` in one process (the default there is the dense layout);
+"dense pushes": ``mpiexec`` with ``--sparse-push off`` (every push carries all V x K values; the
+default under mpiexec is the lazy-decay layout, whose pushes carry the minibatch's words).
 
     python -m benchmarks.lda [--corpus benchmarks/data/pydoc.npz] [--topics 50] [--passes 2]
                              [--reps 3] [--mpi] [--synthetic] [--out benchmarks/results]
@@ -100,12 +104,13 @@ def run_sklearn(data, K, passes, batch, seed):
     return {"curve": curve, "train_s": train, "cpu_s": cpu, "fit_s": fit_s, "beta": m.components_}
 
 
-def run_dpsvi(data, K, passes, batch, seed, threads):
+def run_dpsvi(data, K, passes, batch, seed, threads, sparse="auto"):
     from algorithms.dpsvi import DPSVI
 
     X = data["Xtr"]
     n = X.shape[0]
-    m = DPSVI(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads)
+    m = DPSVI(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads,
+              sparse_push=sparse)
     m._check_params()
     m._validate_X(X, reset=True, whom="bench")
     m._init_latent_vars(X.shape[1])
@@ -117,12 +122,13 @@ def run_dpsvi(data, K, passes, batch, seed, threads):
         cpu += time.process_time() - c
         curve.append((train, (p + 1) * n, evaluate(m.components_, data, K)))
     t = time.perf_counter()
-    DPSVI(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads).fit(X)
+    DPSVI(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads,
+          sparse_push=sparse).fit(X)
     fit_s = time.perf_counter() - t
     return {"curve": curve, "train_s": train, "cpu_s": cpu, "fit_s": fit_s, "beta": m.components_}
 
 
-def run_dpsvi_mpi(data, K, passes, batch, seed, ranks=3, rule="asgd"):
+def run_dpsvi_mpi(data, K, passes, batch, seed, ranks=3, rule="asgd", sparse="auto"):
     """`mpiexec -n 3 dpsgd lda` (1 server + 2 workers x 1 thread) on the training documents."""
     from algorithms.dpsvi import DPSVI
 
@@ -136,6 +142,7 @@ def run_dpsvi_mpi(data, K, passes, batch, seed, ranks=3, rule="asgd"):
         cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "dpsgd.launch", "lda",
                "--corpus", path, "--topics", str(K), "--passes", str(passes), "--batch-size", str(batch),
                "--holdout", "0", "--out", out, "--threads", "1", "--rule", rule, "--seed", str(seed),
+               "--sparse-push", sparse,
                "--no-progress", "--quiet"]
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
@@ -256,9 +263,13 @@ def main(argv=None) -> int:
     print(header)
     systems = [("scikit-learn online", lambda K, s: run_sklearn(data, K, args.passes, args.batch_size, s)),
                ("DPSVI 1 thread", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 1)),
-               ("DPSVI 2 threads", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2))]
+               ("DPSVI 2 threads", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2)),
+               ("DPSVI 2 threads, lazy layout",
+                lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2, sparse=True))]
     if args.mpi:
         systems.append(("DPSVI mpiexec -n 3", lambda K, s: run_dpsvi_mpi(data, K, args.passes, args.batch_size, s)))
+        systems.append(("DPSVI mpiexec -n 3, dense pushes",
+                        lambda K, s: run_dpsvi_mpi(data, K, args.passes, args.batch_size, s, sparse="off")))
     for peer in args.peers:
         mod = "gensim" if peer.startswith("gensim") else peer
         try:
@@ -314,8 +325,8 @@ def report(results, args, n_train) -> str:
         lines += [f"\nK = {K}, {args.passes} pass(es), batch {args.batch_size}, median of {args.reps}:",
                   "",
                   "| system | train docs/s | x sklearn | fit docs/s | docs per CPU-s | heldout ll | NPMI | t(sk ll) s |"
-                  + (" recovery L1 |" if args.synthetic else ""),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.synthetic else "")]
+                  " kB/push |" + (" recovery L1 |" if args.synthetic else ""),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.synthetic else "")]
         for (k, name), rs in results.items():
             if k != K:
                 continue
@@ -328,12 +339,14 @@ def report(results, args, n_train) -> str:
             # against the scikit-learn run of the same repetition (same seed)
             tt = [time_to(r["curve"], s["curve"][-1][2]) for r, s in zip(rs, sk)]
             tt = np.median([t for t in tt if t is not None]) if all(t is not None for t in tt) else None
+            kb = [r["bytes_per_push"] / 1000 for r in rs if r.get("bytes_per_push")]
+            kb = f"{np.median(kb):,.0f}" if kb else "-"
             if name.startswith("tomotopy"):  # Gibbs sweeps are not passes of online inference
                 row = (f"| {name} | ({tr:,.0f} doc-sweeps/s) | - | - | - | {ll:.4f} | {nm:.3f} | "
-                       + (f"{tt:.2f}" if tt is not None else "-") + " |")
+                       + (f"{tt:.2f}" if tt is not None else "-") + " | - |")
             else:
                 row = (f"| {name} | {tr:,.0f} | {tr / sk_train:.2f} | {fit:,.0f} | {cpu} | {ll:.4f} | {nm:.3f} | "
-                       + (f"{tt:.2f}" if tt is not None else "-") + " |")
+                       + (f"{tt:.2f}" if tt is not None else "-") + f" | {kb} |")
             if args.synthetic:
                 rec = [r.get("recovery_l1") for r in rs if r.get("recovery_l1") is not None]
                 row += f" {np.median(rec):.3f} |" if rec else " - |"

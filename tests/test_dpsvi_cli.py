@@ -185,6 +185,7 @@ def test_sparse_push_needs_a_linear_rule():
 
     assert choose_sparse_push("auto", "dc-asgd-a", [0.1]) is False
     assert choose_sparse_push("auto", "asgd", [0.1] * 10) is True
+    assert choose_sparse_push("auto", "asgd", [0.1] * 10, distributed=False) is False  # nothing to send
     assert choose_sparse_push("auto", "asgd", [0.5] * 1000) is False  # exp(693): beyond float32
     with pytest.raises(ValueError, match="linear server rule"):
         choose_sparse_push(True, "dc-asgd-c", [0.1])

@@ -100,7 +100,7 @@ def register(subparsers) -> None:
     g.add_argument("--mean-change-tol", type=float, default=1e-3, help="E-step tolerance (default 1e-3)")
     g.add_argument("--sparse-push", choices=("auto", "on", "off"), default="auto",
                    help="lazy-decay layout: updates and pushes carry only the minibatch's words (auto: "
-                        "on with the rules sgd/asgd/ssgd when the run's decay fits float32)")
+                        "on under mpiexec with the rules sgd/asgd/ssgd when the run's decay fits float32)")
     o = p.add_argument_group("output and evaluation")
     o.add_argument("--out", required=True, metavar="DIR", help="output directory")
     o.add_argument("--holdout", type=float, default=0.1,
@@ -288,7 +288,8 @@ def run(args) -> int:
         from dpsgd.config import lr_at
 
         rhos = [lr_at(cfg, t) for t in range(total)]
-        sparse = choose_sparse_push({"on": True, "off": False}.get(args.sparse_push, "auto"), cfg.rule.name, rhos)
+        sparse = choose_sparse_push({"on": True, "off": False}.get(args.sparse_push, "auto"), cfg.rule.name, rhos,
+                                    distributed=size > 1)
     except ValueError as e:
         raise _usage(str(e)) from None
     alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
