@@ -219,6 +219,10 @@ def read_vocab(path: str) -> list[str]:
     return [w.strip() for w in words]
 
 
+#: the largest number of documents, words or non-zeros a UCI header may announce (int32 indices)
+MAX_UCI_COUNT = 2**31 - 1
+
+
 def uci_header(path: str) -> tuple[int, int, int]:
     """(D, W, NNZ) from the first three lines of a UCI docword file."""
     with _open_text(path) as f:
@@ -239,6 +243,10 @@ def uci_header(path: str) -> tuple[int, int, int]:
             vals.append(v)
     if vals[0] == 0 or vals[2] == 0:
         raise CorpusError(f"{path}: empty corpus (header says {vals[0]} documents, {vals[2]} non-zeros)")
+    for lineno, (v, what) in enumerate(zip(vals, ("documents", "words", "non-zeros")), 1):
+        if v > MAX_UCI_COUNT:
+            raise CorpusError(f"{path}:{lineno}: {v} {what} is beyond what this reader handles "
+                              f"({MAX_UCI_COUNT}); is the header right?")
     return vals[0], vals[1], vals[2]
 
 
@@ -271,11 +279,13 @@ def _parse_uci_lines(lines: list[bytes], lineno0: int, path: str):
         try:
             if len(parts) != 3:
                 raise ValueError
-            [int(p) for p in parts]
+            vals = [int(p) for p in parts]
         except ValueError:
             text = line[:60].decode("utf-8", "replace").strip()
             raise CorpusError(f"{path}:{lineno0 + i}: expected 'docID wordID count' (three integers), "
                               f"got {text!r}") from None
+        if any(abs(v) >= 2**63 for v in vals):
+            raise CorpusError(f"{path}:{lineno0 + i}: number out of range in {line[:60].decode('ascii', 'replace').strip()!r}")
     raise CorpusError(f"{path}:{lineno0}: malformed lines")  # pragma: no cover
 
 
@@ -365,20 +375,22 @@ def is_uci(path: str) -> bool:
 
 
 def read_npz(path: str, vocab_path: str | None = None) -> Corpus:
+    import zipfile
+
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError) as e:
         raise CorpusError(f"{path}: not a readable .npz file ({e})") from None
     if "format" in arrays and str(arrays["format"]) == "dpsvi-compact-v1":
         try:
             X, vocab = _from_compact(arrays)
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError, IndexError, OverflowError, MemoryError) as e:
             raise CorpusError(f"{path}: damaged dpsvi-compact-v1 file ({e})") from None
     else:
         try:
-            X = sp.load_npz(path)
-        except (OSError, ValueError, KeyError) as e:
+            X = _sparse_from_arrays(arrays)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as e:
             raise CorpusError(f"{path}: not a scipy sparse matrix saved with scipy.sparse.save_npz ({e})") from None
         vocab = None
         if vocab_path is None:
@@ -394,13 +406,46 @@ def read_npz(path: str, vocab_path: str | None = None) -> Corpus:
     return c
 
 
+def _sparse_from_arrays(a):
+    """The matrix of a ``scipy.sparse.save_npz`` file from its arrays (csr, csc or coo), checked."""
+    fmt = a.get("format")
+    if fmt is None or fmt.dtype.kind not in "SU" or fmt.ndim != 0:
+        raise ValueError("no 'format' entry naming the sparse format")
+    fmt = fmt.item().decode("ascii", "replace") if fmt.dtype.kind == "S" else str(fmt.item())
+    shape = a["shape"]
+    if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+        raise ValueError(f"shape must be two integers >= 0, got {shape.tolist()}")
+    shape = (int(shape[0]), int(shape[1]))
+    if fmt in ("csr", "csc"):
+        cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+        M = cls((a["data"], a["indices"], a["indptr"]), shape=shape)
+        M.check_format(full_check=True)
+        return M
+    if fmt == "coo":
+        return sp.coo_matrix((a["data"], (a["row"], a["col"])), shape=shape)
+    raise ValueError(f"unsupported sparse format {fmt!r} (csr, csc or coo)")
+
+
+def _int_array(a, key, ndim):
+    x = a[key]
+    if x.dtype.kind not in "iu" or x.ndim != ndim:
+        raise ValueError(f"'{key}' must be a {ndim}-D integer array, got {x.dtype} with shape {x.shape}")
+    return x.astype(np.int64)
+
+
 def _from_compact(a):
-    n, V = (int(v) for v in a["shape"])
-    lengths = a["lengths"].astype(np.int64)
+    shape = _int_array(a, "shape", 1)
+    if shape.size != 2 or (shape < 0).any():
+        raise ValueError(f"'shape' must be two integers >= 0, got {shape.tolist()}")
+    n, V = (int(v) for v in shape)
+    lengths = _int_array(a, "lengths", 1)
+    if lengths.size != n or (lengths < 0).any():
+        raise ValueError("inconsistent lengths")
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=indptr[1:])
-    delta = a["word_delta"].astype(np.int64)
-    if lengths.size != n or delta.size != indptr[-1]:
+    delta = _int_array(a, "word_delta", 1)
+    counts = a["counts"]
+    if delta.size != indptr[-1] or counts.ndim != 1 or counts.size != delta.size or counts.dtype.kind not in "iuf":
         raise ValueError("inconsistent lengths")
     # undo the per-document delta coding: cumulative sum restarted at every document
     cs = np.cumsum(delta)
@@ -409,8 +454,14 @@ def _from_compact(a):
     base[starts] = cs[starts] - delta[starts]
     np.maximum.accumulate(base, out=base)  # cs is increasing, so is the base of each document
     indices = cs - base
-    X = sp.csr_matrix((a["counts"].astype(np.float32), indices, indptr), shape=(n, V))
-    vocab = bytes(a["vocab_utf8"]).decode("utf-8").split("\n")
+    if indices.size and (indices.min() < 0 or indices.max() >= V):
+        raise ValueError(f"word index outside 0..{V - 1}")
+    X = sp.csr_matrix((counts.astype(np.float32), indices, indptr), shape=(n, V))
+    X.check_format(full_check=True)
+    raw = a["vocab_utf8"]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError("'vocab_utf8' must be a 1-D uint8 array")
+    vocab = bytes(raw).decode("utf-8").split("\n")
     return X, vocab
 
 
