@@ -228,6 +228,9 @@ def _abort_mpi(code: int) -> None:
     from mpi4py import MPI  # initialises MPI if this rank had not yet: the others may wait on it
 
     if not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+        from . import deathwatch
+
+        deathwatch.disarm()  # this rank said what went wrong itself
         sys.stdout.flush()
         sys.stderr.flush()
         MPI.COMM_WORLD.Abort(code)

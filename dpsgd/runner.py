@@ -217,6 +217,9 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
         fatal = core.fatal
         if core.reported_silent and fatal:
             # a silent worker would never join the final collectives: end here (the CLI aborts the job)
+            from . import deathwatch
+
+            deathwatch.disarm()
             raise FatalRunError(fatal)
     else:
         channel = MPIChannel(comm, n_servers, n, block)
@@ -250,35 +253,46 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
         metrics["sparse_pushes"] = int(ws_[:, 7].sum())
         metrics["dense_push_bytes"] = T.HEADER_BYTES * n_servers + 4 * n
         metrics["ranks"] = rank_map
+    from . import deathwatch
+
+    deathwatch.disarm()  # this rank ends normally, or reports its own error next
     if fatal:
         raise FatalRunError(fatal, secondary=rank >= n_servers)
     return TrainResult(params, metrics, rank, is_root)
 
 
 def _announce_ranks(comm, n_servers: int) -> list[dict] | None:
-    """Rank 0 prints which PID plays which role, one line on stderr.
+    """Rank 0 prints which PID plays which role, one line on stderr; every rank starts its
+    :mod:`deathwatch` (which names the rank if it is killed). Returns the table on rank 0.
 
-    When a rank dies by a signal (``kill -9``, the OOM killer) the launcher names only its
-    PID ("BAD TERMINATION ... PID 4242") and kills the other ranks at once, so none of them
-    can say which rank it was: this line, printed at start, maps that PID to a rank and role.
+    When a rank dies by a signal (``kill -9``, the OOM killer) the launcher kills the other
+    ranks at once, so none of them can say which rank it was: the watcher does, and this line
+    maps any PID the launcher names to a rank and role.
     """
     import socket
     import sys
+
+    from . import deathwatch
 
     size, me = comm.Get_size(), comm.Get_rank()
     mine = np.zeros(72, np.uint8)  # pid (8 bytes) + host name (64 bytes), fixed size: no pickle
     mine[:8] = np.frombuffer(np.int64(os.getpid()).tobytes(), np.uint8)
     host = socket.gethostname().encode()[:64]
     mine[8:8 + len(host)] = np.frombuffer(host, np.uint8)
-    table = np.zeros((size, 72), np.uint8) if me == 0 else None
-    comm.Gather(mine, table, root=0)
-    if me != 0:
-        return None
+    table = np.zeros((size, 72), np.uint8)
+    comm.Allgather(mine, table)
     out = []
     for r in range(size):
         role = ("server" if n_servers == 1 else f"server shard {r}") if r < n_servers else f"worker {r - n_servers}"
         out.append({"rank": r, "role": role, "pid": int(table[r, :8].view(np.int64)[0]),
                     "host": table[r, 8:].tobytes().rstrip(b"\0").decode(errors="replace")})
+    me_ = out[me]
+    t0 = np.array([time.time()], np.float64)
+    comm.Bcast(t0, root=0)  # rank 0's pid and clock: one id per job
+    job = f"{out[0]['host']}-{out[0]['pid']}-{int(t0[0] * 1e6)}"
+    deathwatch.start(me, f"{me_['role']}, pid {me_['pid']} on {me_['host']}", job)
+    if me != 0:
+        return None
     print("dpsgd ranks: " + ", ".join(f"rank {d['rank']} = {d['role']} (pid {d['pid']} on {d['host']})"
                                       for d in out), file=sys.stderr, flush=True)
     return out

@@ -65,6 +65,11 @@ def register(subparsers) -> None:
     g.add_argument("--local-steps", type=int, default=1, help="local updates per rank between pushes")
     g.add_argument("--eval-seconds", type=float, default=5.0,
                    help="under MPI: seconds between evaluations of the server's model on rank 0")
+    g.add_argument("--checkpoint-every", type=float, default=None,
+                   help="seconds between checkpoints of the server's model (OUT/checkpoints)")
+    g.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the checkpoints of an earlier run's --out DIR (the workers' "
+                        "optimizer statistics start afresh)")
     p.set_defaults(func=run)
 
 
@@ -94,6 +99,8 @@ def hparams_from_args(args) -> dict:
 
 
 def run(args) -> int:
+    import os
+
     from dpsgd.config import ConfigError
     from dpsgd.launch import is_root_rank
 
@@ -110,6 +117,12 @@ def run(args) -> int:
                  progress=not args.no_progress and is_root_rank())
         agent = HSA2C(args.env, **h)
         cfg = agent.train_config(args.total_steps)
+        if args.checkpoint_every is not None:
+            cfg.checkpoint_every = args.checkpoint_every
+            cfg.checkpoint_dir = os.path.join(args.out, "checkpoints")
+        if args.resume is not None:
+            sub = os.path.join(args.resume, "checkpoints")
+            cfg.resume = sub if os.path.isdir(sub) else args.resume
         from dpsgd.runner import mpi_world_size_from_env
 
         cfg.validate(mpi_world_size_from_env())
