@@ -521,17 +521,25 @@ class HSA2C(Algorithm):
         for r in rows:
             w.writerow([r[0], r[1], f"{r[2]:.4f}", r[3], r[4], r[5]])
         atomic_write_text(os.path.join(out, "progress.csv"), s.getvalue())
-        _tensorboard(out, rows)
+        _tensorboard(out, rows, self.metrics)
 
 
-def _tensorboard(out, rows):
+#: TensorBoard tags (CleanRL's names where there is one)
+TB_TAGS = {"train": "charts/episodic_return", "eval": "eval/episodic_return"}
+
+
+def _tensorboard(out, rows, metrics):
+    """OUT/tb: the episodes of progress.csv against env steps, and the run's steps per second,
+    when tensorboard is installed (``pip install tensorboard``)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # noqa: BLE001 - tensorboard is optional
         return
     w = SummaryWriter(os.path.join(out, "tb"))
-    for kind, steps, _, r, *_ in rows:
-        w.add_scalar(f"{kind}/episode_return", float(r), int(steps))
+    for kind, steps, wall, r, *_ in rows:
+        w.add_scalar(TB_TAGS[kind], float(r), int(steps), walltime=None)
+    if metrics.get("env_steps_per_second"):
+        w.add_scalar("charts/SPS", float(metrics["env_steps_per_second"]), int(metrics.get("env_steps", 0)))
     w.close()
 
 
