@@ -89,6 +89,8 @@ def test_lda_kill_9_and_resume(tmp_path):
     assert f["total_updates"] >= total
     # the resumed workers did only what was left after the checkpoint (+ the last push in flight)
     assert sum(f["local_updates_per_worker"]) <= total - done + 4
+    print(f"lda: checkpoint at {done}/{total} updates; resumed held-out ll {m['heldout_loglik']:.4f}, "
+          f"uninterrupted {[round(r_['heldout_loglik'], 4) for r_ in refs]}")
     assert m["heldout_loglik"] >= min(r_["heldout_loglik"] for r_ in refs) - 0.1, (m["heldout_loglik"], refs)
 
 
@@ -105,6 +107,8 @@ def test_a2c_kill_9_and_resume(tmp_path):
                timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    print(f"a2c: checkpoint at {done} updates; resumed run solved={m['solved']} at "
+          f"{m['env_steps_to_target']} env steps (counted from the start of the first run)")
     assert m["solved"] is True, m.get("final_eval_return_mean")
     f = m["framework"]
     # the server's count continues from the checkpoint: the resumed workers' own updates add to it
