@@ -35,8 +35,9 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.dc_asgd
 	$(BIN)/python -m benchmarks.ps_throughput
-	$(BIN)/python -m benchmarks.lda
+	$(BIN)/python -m benchmarks.lda --mpi --reps 5
 	$(BIN)/python -m benchmarks.rl
+	$(BIN)/python -m benchmarks.a3c_reference --seeds 5
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -224,13 +225,22 @@ def main(argv=None) -> int:
         vals = [r[key] for r in rows if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    print(f"\nCartPole-v1, {a.workers} worker processes x 1 env, target {a.target:g}, {a.seeds} seeds, medians:\n")
-    print("| system | solved | s to solve | env steps to solve | train env steps/s |")
-    print("|---|---:|---:|---:|---:|")
+    lines = [f"CartPole-v1, {a.workers} worker processes x 1 env, target {a.target:g}, {a.seeds} seeds, medians:", "",
+             "| system | solved | s to solve | env steps to solve | train env steps/s |", "|---|---:|---:|---:|---:|"]
     for name, rows in res.items():
         s, st, sps = med(rows, "seconds_to_target"), med(rows, "env_steps_to_target"), med(rows, "env_steps_per_second")
-        print(f"| {name} | {sum(r['solved'] for r in rows)}/{len(rows)} | {s if s is None else f'{s:.1f}'} | "
-              f"{st if st is None else f'{st:,.0f}'} | {sps:,.0f} |")
+        lines.append(f"| {name} | {sum(r['solved'] for r in rows)}/{len(rows)} | {s if s is None else f'{s:.1f}'} | "
+                     f"{st if st is None else f'{st:,.0f}'} | {sps:,.0f} |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "a3c_reference.md")
+    with open(out, "w") as f:
+        f.write(f"## A3C: dpsgd a3c against an independent classic PyTorch A3C\n\n"
+                f"`python -m benchmarks.a3c_reference --seeds {a.seeds}` "
+                f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(os.sched_getaffinity(0))} cores, "
+                f"the two systems interleaved per seed):\n\n{text}\n\nPer seed:\n\n```\n"
+                + "\n".join(f"seed {i} {name}: {r}" for name, rows in res.items() for i, r in enumerate(rows))
+                + "\n```\n")
     return 0
 
 
