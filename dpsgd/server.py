@@ -73,7 +73,8 @@ class ServerCore:
         self.dropped_stale = np.zeros(n_workers, np.int64)
         self.consecutive_bad = np.zeros(n_workers, np.int64)
         self.reject_reasons: dict[str, int] = {}
-        self.last_push_time = np.zeros(n_workers)
+        # a worker that has not said hello yet is silent since the server started (not since boot)
+        self.last_push_time = np.full(n_workers, time.perf_counter())
         self.active = np.ones(n_workers, bool)
         self.reported_silent: set[int] = set()
         self.hello_versions = np.zeros(n_workers, np.int64)  # server version at each worker's first pull
@@ -348,7 +349,14 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
                     core.fatal = (f"the run finished but worker(s) {silent} stopped answering for more than "
                                   f"worker_timeout={core.config.worker_timeout:g} s")
                 break
-        done = MPI.Request.Testsome(reqs, statuses)
+        try:
+            done = MPI.Request.Testsome(reqs, statuses)
+        except MPI.Exception as e:
+            # a worker's process died (kill -9, OOM): MPI may report it here before the launcher
+            # ends the job. Leave the dead rank's watcher (dpsgd.deathwatch) a moment to name it.
+            time.sleep(1.0)
+            core.fatal = core.fatal or f"lost a worker: MPI error {e.Get_error_string()!r}"
+            raise FatalRunError(core.fatal) from None
         if not done:
             backoff.idle()
             if housekeeping is not None:

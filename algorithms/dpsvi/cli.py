@@ -234,6 +234,17 @@ class CorpusPlan:
         return (Xo, Xt), Xh
 
 
+def _checkpoint_updates(directory: str) -> int:
+    """Updates counted in the checkpoint a --resume starts from; 0 if it cannot be read (the
+    server rank, which loads it too, reports why)."""
+    from dpsgd import checkpoint as ckpt
+
+    try:
+        return int(ckpt.load_latest(directory, 0, warn=lambda *_: None)[1].get("total_updates", 0))
+    except (ckpt.CheckpointError, OSError, ValueError, TypeError):
+        return 0
+
+
 def run(args) -> int:
     from dpsgd.launch import _rank_from_env, config_from_args
     from dpsgd.runner import mpi_world_size_from_env
@@ -296,6 +307,11 @@ def run(args) -> int:
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
                        loader=loader, heldout=heldout, sparse_push=sparse)
     alg.local_steps = cfg.local_steps
+    if cfg.resume and (size == 1 or rank >= n_servers):
+        # the worker threads go on through their documents from where the checkpoint's updates
+        # left them (starting at their first minibatch again would revisit those documents and,
+        # with --passes <= 1, never reach the rest)
+        alg.start_updates = _checkpoint_updates(cfg.resume)
     load_seconds = time.perf_counter() - t0
     if is_root and not args.no_progress:
         print(f"dpsgd lda: {plan.n_docs} documents ({D} training, {plan.heldout_ids.size} held out), "

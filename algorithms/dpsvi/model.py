@@ -139,6 +139,10 @@ class SVIAlgorithm(Algorithm):
 
     #: local updates per push of every worker (set from the run's config): see :meth:`stale_updates`
     local_steps: int = 1
+    #: updates of the run done before this one (``--resume``: the checkpoint's count): every
+    #: thread continues its pass over its documents where it would be after its share of them,
+    #: instead of starting again at its first minibatch
+    start_updates: int = 0
     #: correct the lazy layout's increments for the expected staleness (see estep.lazy_minibatch_gradient)
     staleness_correction: bool = True
 
@@ -174,6 +178,10 @@ class SVIAlgorithm(Algorithm):
         st = _ThreadState()
         st.X = (X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data.astype(np.float32))
         st.lo, st.hi, st.pos = lo, hi, lo
+        if self.start_updates > 0 and hi > lo:
+            # compute_update's cursor after this thread's share of the earlier updates
+            per_pass = -(-(hi - lo) // self.batch_size)
+            st.pos = lo + (int(self.start_updates) // ctx.n_global_threads) % per_pass * self.batch_size
         # the largest minibatch of this shard bounds the buffers
         ip = st.X[0]
         starts = np.arange(lo, hi, self.batch_size)
