@@ -37,7 +37,6 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.ps_throughput
 	$(BIN)/python -m benchmarks.lda --mpi --reps 5
 	$(BIN)/python -m benchmarks.rl
-	$(BIN)/python -m benchmarks.a3c_reference --seeds 5
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -8,7 +8,10 @@ Parts (each child is a separate process, pinned to one torch thread; systems int
    in a row; evaluation time excluded. Systems: ``hsa2c`` (one process, one thread, 8 envs),
    ``hsa2c-2t`` (one process, 2 Hogwild threads x 8 envs), ``hsa2c-mpi3`` (``mpiexec -n 3``:
    server + 2 workers x 8 envs, DC-ASGD-a; the server's model is evaluated every 0.25 s on rank 0,
-   not every 5000 steps), ``a3c`` (2 worker processes, 1 env each, t_max 5) and ``sb3`` (SB3 A2C,
+   not every 5000 steps), ``a3c`` (2 worker processes, 1 env each, t_max 5), ``a3c-classic``
+   (``benchmarks/a3c_classic.py``: an independent classic PyTorch A3C - local models, shared model
+   and shared RMSprop, 2 worker processes x 1 env, same network, hyperparameters and protocol as
+   ``a3c``; row "A3C classic (independent)", with our A3C's ratios to it) and ``sb3`` (SB3 A2C,
    rl-zoo CartPole hyperparameters: 8 envs, MlpPolicy, ent_coef 0). All A2C hyperparameters
    equal SB3's defaults (n_steps 5, lr 7e-4, RMSprop alpha .99 eps 1e-5, gamma .99, vf .5,
    grad-norm .5, 64-64 tanh separate policy/value nets). Median over seeds of wall seconds and
@@ -21,12 +24,14 @@ Parts (each child is a separate process, pinned to one torch thread; systems int
    budget; plus the raw preprocessed env step rate.
 4. ``minatar``: a learning curve of HSA2C on MinAtar/Breakout-v1 (PNG).
 
-    python -m benchmarks.rl                 # everything (about 30-40 minutes on 2 busy cores)
+    python -m benchmarks.rl                 # everything (about 35-45 minutes on 2 busy cores)
     python -m benchmarks.rl --quick         # 3 seeds, shorter Pong/MinAtar (about 10-15 minutes)
     python -m benchmarks.rl cartpole --seeds 5 --systems hsa2c,sb3
+    python -m benchmarks.rl cartpole --seeds 5 --systems a3c,a3c-classic --results-dir /tmp/rl
 
 Outputs: markdown on stdout and per part in ``benchmarks/results/rl_<part>[_quick].md`` (raw
-numbers in ``.json``), all parts' latest results in ``rl[_quick].md``, and ``rl_minatar[_quick].png``. Needs ``pip install -e '.[bench,rl]'``.
+numbers in ``.json``), all parts' latest results in ``rl[_quick].md``, and ``rl_minatar[_quick].png`` (``--results-dir``
+to write them elsewhere, e.g. for a partial run). Needs ``pip install -e '.[bench,rl]'``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 BIN = os.path.dirname(sys.executable)
 EVAL_SEED = 10 ** 6
-SYSTEMS = ("hsa2c", "hsa2c-2t", "hsa2c-mpi3", "a3c", "sb3")
+SYSTEMS = ("hsa2c", "hsa2c-2t", "hsa2c-mpi3", "a3c", "a3c-classic", "sb3")
+#: table labels where the system's name is not enough
+LABELS = {"a3c-classic": "A3C classic (independent)"}
 
 
 # ============================================================================ children
@@ -101,6 +108,18 @@ def child_a3c(args):
     a = A3C(args.env, workers=args.threads, n_envs=args.n_envs, seed=args.seed, target_return=args.target,
             eval_freq=args.eval_freq, eval_episodes=args.eval_episodes).learn(args.max_steps)
     return a.metrics
+
+
+def child_a3c_classic(args):
+    """benchmarks/a3c_classic.py (imports neither dpsgd nor algorithms), renamed to our keys."""
+    from benchmarks.a3c_classic import run
+
+    r = run(args.seed, args.threads, args.max_steps, args.target, env_id=args.env, eval_freq=args.eval_freq,
+            eval_episodes=args.eval_episodes)
+    return {"env": args.env, "algorithm": "a3c-classic", "solved": r["solved"],
+            "seconds_to_target": r["seconds_to_solve"], "env_steps_to_target": r["steps_to_solve"],
+            "env_steps": r["env_steps"], "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"],
+            "env_steps_per_second": r["steps_per_s"], "n_workers": r["n_workers"], "evaluations": r["evaluations"]}
 
 
 def child_sb3(args):
@@ -192,7 +211,8 @@ def run_child(args):
     import torch
 
     torch.set_num_threads(1)
-    fn = {"hsa2c": child_hsa2c, "a3c": child_a3c, "sb3": child_sb3, "raw": child_raw}[args.child]
+    fn = {"hsa2c": child_hsa2c, "a3c": child_a3c, "a3c-classic": child_a3c_classic, "sb3": child_sb3,
+          "raw": child_raw}[args.child]
     cpu0 = _cpu_seconds()
     out = fn(args)
     if out is not None:
@@ -210,14 +230,14 @@ def launch(system, env, seed, max_steps, *, target=None, eval_freq=5000, eval_ep
     """Run one child; returns its result dict (or {"error": ...})."""
     fd, path = tempfile.mkstemp(suffix=".json", prefix="rlbench-")
     os.close(fd)
-    kind = {"hsa2c": "hsa2c", "hsa2c-2t": "hsa2c", "hsa2c-mpi3": "hsa2c", "a3c": "a3c", "sb3": "sb3",
-            "raw": "raw"}[system.split(":")[0]]
+    kind = {"hsa2c": "hsa2c", "hsa2c-2t": "hsa2c", "hsa2c-mpi3": "hsa2c", "a3c": "a3c", "a3c-classic": "a3c-classic",
+            "sb3": "sb3", "raw": "raw"}[system.split(":")[0]]
     if n_envs is None:
-        n_envs = 1 if kind == "a3c" else 8
+        n_envs = 1 if kind.startswith("a3c") else 8
     if system == "hsa2c-2t":
         threads = 2
-    if kind == "a3c":
-        threads = 2
+    if kind.startswith("a3c"):
+        threads = 2  # worker processes
     cmd = ["-m", "benchmarks.rl", "--child", kind, "--env", env, "--seed", str(seed), "--max-steps", str(max_steps),
            "--eval-freq", str(eval_freq), "--eval-episodes", str(eval_episodes), "--n-envs", str(n_envs),
            "--threads", str(threads), "--json", path]
@@ -270,19 +290,26 @@ def part_cartpole(a, log):
     sb3_sps = med([r.get("env_steps_per_second") for r in sb3 if "error" not in r])
     lines = ["| system | solved | median s to 475 | x SB3 | median steps to 475 | median train steps/s | x SB3 |",
              "|---|---|---|---|---|---|---|"]
+    medians = {}
     for s in systems:
         rs = [r for r in runs[s] if "error" not in r]
         t = med([r["seconds_to_target"] for r in rs if r.get("solved")])
         st = med([r["env_steps_to_target"] for r in rs if r.get("solved")])
         sps = med([r["env_steps_per_second"] for r in rs])
-        lines.append(f"| {s} | {sum(bool(r.get('solved')) for r in rs)}/{len(runs[s])} | {fmt(t)} | "
+        medians[s] = (t, sps)
+        lines.append(f"| {LABELS.get(s, s)} | {sum(bool(r.get('solved')) for r in rs)}/{len(runs[s])} | {fmt(t)} | "
                      f"{fmt(t / sb3_t if t and sb3_t else None, '.2f')} | {fmt(st, '.0f')} | {fmt(sps, '.0f')} | "
                      f"{fmt(sps / sb3_sps if sps and sb3_sps else None, '.2f')} |")
+    if "a3c" in medians and "a3c-classic" in medians:
+        (t, sps), (tc, spsc) = medians["a3c"], medians["a3c-classic"]
+        lines.append(f"\nOur A3C / {LABELS['a3c-classic']} (same seeds, interleaved): median time to solve "
+                     f"{fmt(t / tc if t and tc else None, '.2f')} x, median train steps/s "
+                     f"{fmt(sps / spsc if sps and spsc else None, '.2f')} x.")
     lines.append(f"\nRaw CartPole-v1 (one env, random actions, our wrappers): {fmt(raw_rate, '.0f')} steps/s.")
     per_seed = ["\n| system | " + " | ".join(f"seed {i}" for i in range(a.seeds)) + " |",
                 "|---|" + "---|" * a.seeds]
     for s in systems:
-        per_seed.append(f"| {s} | " + " | ".join(
+        per_seed.append(f"| {LABELS.get(s, s)} | " + " | ".join(
             ("err" if "error" in r else (f"{r['seconds_to_target']:.1f} s / {r['env_steps_to_target']}" if r.get("solved")
                                           else f"not solved ({r['env_steps']} steps)")) for r in runs[s]) + " |")
     return "\n".join(lines + per_seed), {"runs": runs, "raw": raw}
@@ -332,7 +359,7 @@ def part_minatar(a, log):
     ev = r["evaluations"]
     log(f"  minatar: {r['env_steps']} steps, {r['env_steps_per_second']:.0f} steps/s, final "
         f"{r['final_eval_return_mean']}")
-    png = os.path.join(RESULTS, f"rl_minatar{a.suffix}.png")
+    png = os.path.join(a.results_dir, f"rl_minatar{a.suffix}.png")
     try:
         import matplotlib
 
@@ -361,7 +388,10 @@ def main(argv=None):
     p.add_argument("parts", nargs="*", default=["threads", "cartpole", "pong", "minatar"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="CartPole systems, comma-separated (default: all of "
+                   + ", ".join(SYSTEMS) + ")")
+    p.add_argument("--results-dir", default=RESULTS, help="where the .md/.json/.png results go "
+                   "(default benchmarks/results)")
     p.add_argument("--cartpole-steps", type=int, default=300_000, help="budget per CartPole run (default 3e5)")
     # child options
     p.add_argument("--child", default=None)
@@ -378,13 +408,16 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.child:
         return run_child(a)
+    bad = [s for s in a.systems.split(",") if s not in SYSTEMS]
+    if bad:
+        p.error(f"unknown system(s) {', '.join(bad)}; choose from {', '.join(SYSTEMS)}")
     a.suffix = "_quick" if a.quick else ""
     a.seeds = a.seeds or (3 if a.quick else 5)
     a.reps = 2 if a.quick else 3
     a.thread_steps = 40_000 if a.quick else 100_000
     a.pong_steps = 800 if a.quick else 2400
     a.minatar_steps = 100_000 if a.quick else 300_000
-    os.makedirs(RESULTS, exist_ok=True)
+    os.makedirs(a.results_dir, exist_ok=True)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -399,18 +432,18 @@ def main(argv=None):
                       "minatar": part_minatar}[part](a, log)
         text += f"\n\n({head}, {os.getloadavg()[0]:.1f} at the end; torch 1 thread per process.)\n"
         print(f"\n## {part}\n\n{text}", flush=True)
-        with open(os.path.join(RESULTS, f"rl_{part}{a.suffix}.md"), "w") as f:
+        with open(os.path.join(a.results_dir, f"rl_{part}{a.suffix}.md"), "w") as f:
             f.write(f"## {part}\n\n{text}")
-        with open(os.path.join(RESULTS, f"rl_{part}{a.suffix}.json"), "w") as f:
+        with open(os.path.join(a.results_dir, f"rl_{part}{a.suffix}.json"), "w") as f:
             json.dump(data, f, default=float, indent=1)
     # the combined report: every part's latest results
     sections = []
     for part in ("threads", "cartpole", "pong", "minatar"):
-        path = os.path.join(RESULTS, f"rl_{part}{a.suffix}.md")
+        path = os.path.join(a.results_dir, f"rl_{part}{a.suffix}.md")
         if os.path.exists(path):
             with open(path) as f:
                 sections.append(f.read())
-    with open(os.path.join(RESULTS, f"rl{a.suffix}.md"), "w") as f:
+    with open(os.path.join(a.results_dir, f"rl{a.suffix}.md"), "w") as f:
         f.write(f"# RL benchmark{' (quick)' if a.quick else ''}\n\n" + "\n".join(sections))
     return 0
 

@@ -535,7 +535,14 @@ def _tensorboard(out, rows, metrics):
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # noqa: BLE001 - tensorboard is optional
         return
-    w = SummaryWriter(os.path.join(out, "tb"))
+    tb = os.path.join(out, "tb")
+    # the run replaces progress.csv and metrics.json in OUT: replace its event files too (a second
+    # event file from an earlier run into the same OUT would show both runs as one)
+    if os.path.isdir(tb):
+        for name in os.listdir(tb):
+            if name.startswith("events.out.tfevents."):
+                os.unlink(os.path.join(tb, name))
+    w = SummaryWriter(tb)
     for kind, steps, wall, r, *_ in rows:
         w.add_scalar(TB_TAGS[kind], float(r), int(steps), walltime=None)
     if metrics.get("env_steps_per_second"):
