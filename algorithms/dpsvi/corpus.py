@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +50,22 @@ class Corpus:
 # ----------------------------------------------------------------------------- validation
 
 
-def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empty_docs: bool = True):
-    """Return X as CSR float32 with sorted, summed indices; raise CorpusError on bad counts."""
+#: counts above this become inf in float32
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _num(v) -> str:
+    v = float(v)
+    return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
+
+
+def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empty_docs: bool = True, doc_ids=None):
+    """Return X as CSR float32 with sorted, summed indices; raise CorpusError on bad counts.
+
+    ``doc_ids``: the document number of each row, for the messages (default: the row index)."""
+    def doc(row):
+        return int(doc_ids[row]) if doc_ids is not None else row
+
     if not sp.issparse(X):
         try:
             X = np.asarray(X)
@@ -60,8 +75,16 @@ def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empt
             raise CorpusError(f"{source}: counts must be numbers, got dtype {X.dtype}")
         if X.ndim != 2:
             raise CorpusError(f"{source}: expected a 2-D documents x words matrix, got shape {X.shape}")
+        if X.dtype == np.float16:  # scipy.sparse has no float16; float32 holds every value
+            X = X.astype(np.float32)
+        elif not X.dtype.isnative:  # nor big-endian types
+            X = X.astype(X.dtype.newbyteorder("="))
+    elif X.dtype.kind in "iu":  # repeated COO entries are summed: not in a small integer type that wraps around
+        X = X.astype(np.float64)
+    try:
         X = sp.csr_matrix(X)
-    X = sp.csr_matrix(X)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CorpusError(f"{source}: not a usable count matrix ({e})") from None
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise CorpusError(f"{source}: empty corpus (shape {X.shape})")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
@@ -69,24 +92,31 @@ def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empt
     data = X.data
     if data.size and not np.all(np.isfinite(data)):
         row = _row_of(X, np.flatnonzero(~np.isfinite(data))[0])
-        raise CorpusError(f"{source}: document {row}: count is NaN or infinite")
+        raise CorpusError(f"{source}: document {doc(row)}: count is NaN or infinite")
     if data.size and data.min() < 0:
         i = int(np.argmin(data))
-        raise CorpusError(f"{source}: document {_row_of(X, i)}, word {X.indices[i]}: negative count {data[i]}")
+        raise CorpusError(f"{source}: document {doc(_row_of(X, i))}, word {X.indices[i]}: negative count "
+                          f"{_num(data[i])}")
     if integer and data.size and np.issubdtype(data.dtype, np.floating):
         bad = np.flatnonzero(data != np.round(data))
         if bad.size:
             i = bad[0]
-            raise CorpusError(f"{source}: document {_row_of(X, i)}, word {X.indices[i]}: "
+            raise CorpusError(f"{source}: document {doc(_row_of(X, i))}, word {X.indices[i]}: "
                               f"non-integer count {data[i]}")
-    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
     X.sum_duplicates()
+    big = np.flatnonzero(X.data > _F32_MAX)
+    if big.size:  # float32 would make it inf
+        i = big[0]
+        raise CorpusError(f"{source}: document {doc(_row_of(X, i))}, word {X.indices[i]}: count {_num(X.data[i])} "
+                          f"is too large (float32 holds at most {_F32_MAX:.4g})")
+    X = sp.csr_matrix(X, dtype=np.float32)
     X.eliminate_zeros()
     X.sort_indices()
     if X.nnz == 0:
         raise CorpusError(f"{source}: empty corpus: no document has any word")
     if not allow_empty_docs and np.any(np.diff(X.indptr) == 0):
-        raise CorpusError(f"{source}: document {int(np.flatnonzero(np.diff(X.indptr) == 0)[0])} has no words")
+        raise CorpusError(f"{source}: document {doc(int(np.flatnonzero(np.diff(X.indptr) == 0)[0]))} has no words")
     return X
 
 
@@ -111,14 +141,22 @@ def drop_empty(X, source: str, doc_ids=None, warn: bool = True):
     return X, ids
 
 
-def from_matrix(X, vocab=None, source: str = "<array>") -> Corpus:
-    X = check_counts(X, source)
+#: without a vocabulary the words are named w0, w1, ...; beyond this many that is surely a mistake
+MAX_NUMBERED_WORDS = 2**24
+
+
+def from_matrix(X, vocab=None, source: str = "<array>", *, doc_ids=None) -> Corpus:
+    """A corpus from a matrix; ``doc_ids`` numbers its rows (default 0, 1, ...)."""
+    X = check_counts(X, source, doc_ids=doc_ids)
     if vocab is None:
+        if X.shape[1] > MAX_NUMBERED_WORDS:
+            raise CorpusError(f"{source}: {X.shape[1]} words and no vocabulary (unnamed words are numbered w0, w1, "
+                              f"... only up to {MAX_NUMBERED_WORDS}); give the vocabulary, e.g. --vocab FILE")
         vocab = [f"w{i}" for i in range(X.shape[1])]
     vocab = [str(v) for v in vocab]
     if len(vocab) != X.shape[1]:
         raise CorpusError(f"{source}: {X.shape[1]} words in the matrix but {len(vocab)} in the vocabulary")
-    return Corpus(X, vocab, source, np.arange(X.shape[0]))
+    return Corpus(X, vocab, source, np.arange(X.shape[0]) if doc_ids is None else np.asarray(doc_ids))
 
 
 # ----------------------------------------------------------------------------- text files
@@ -142,7 +180,7 @@ def _read_bytes(path: str) -> bytes:
     if path.endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise CorpusError(f"{path}: not a valid gzip file ({e})") from None
     return raw
 
@@ -230,7 +268,7 @@ def uci_header(path: str) -> tuple[int, int, int]:
         for lineno in (1, 2, 3):
             try:
                 line = f.readline()
-            except (OSError, EOFError) as e:
+            except (OSError, EOFError, zlib.error) as e:
                 raise CorpusError(f"{path}: cannot read: {e}") from None
             try:
                 v = int(line.decode("ascii").strip())
@@ -330,7 +368,7 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
                     _collect(arr, keep, docs, words, cnts)
                 n_lines += len(nonblank)
                 lineno += len(lines)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise CorpusError(f"{docword}: cannot read: {e}") from None
     if n_lines != NNZ:
         warnings.warn(f"{docword}: header says {NNZ} non-zeros, the file has {n_lines} lines", stacklevel=2)
@@ -339,14 +377,19 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
     d = np.concatenate(docs) if docs else np.zeros(0, np.int64)
     w = np.concatenate(words) if words else np.zeros(0, np.int64)
     c = np.concatenate(cnts) if cnts else np.zeros(0, np.float32)
-    ids = np.flatnonzero(keep) if keep is not None else np.arange(D)
-    # row of each kept document id
-    row_of = np.full(D, -1, np.int64)
-    row_of[ids] = np.arange(ids.size)
-    X = sp.csr_matrix((c, (row_of[d - 1], w - 1)), shape=(ids.size, W), dtype=np.float32)
+    # a row for each document that has a line; the header may announce up to 2**31 - 1 documents, so
+    # a table over all of them only when it is no bigger than the lines read (else sort the ids)
+    if D <= 2 * d.size + (1 << 16):
+        seen = np.zeros(D, bool)
+        seen[d - 1] = True
+        used = np.flatnonzero(seen)
+        rows = (np.cumsum(seen) - 1)[d - 1]
+    else:
+        used, rows = np.unique(d - 1, return_inverse=True)
+    X = sp.csr_matrix((c, (rows.ravel(), w - 1)), shape=(used.size, W), dtype=np.float32)
     X.sum_duplicates()
     X.sort_indices()
-    X, kept_ids = drop_empty(X, docword, ids, warn=False)
+    X, kept_ids = drop_empty(X, docword, used, warn=False)
     return Corpus(X, vocab, docword, kept_ids)
 
 
@@ -375,13 +418,18 @@ def is_uci(path: str) -> bool:
 
 
 def read_npz(path: str, vocab_path: str | None = None) -> Corpus:
-    import zipfile
-
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError) as e:
-        raise CorpusError(f"{path}: not a readable .npz file ({e})") from None
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not a .npz archive")
+        with z:
+            arrays = {}
+            for k in z.files:
+                arrays[k] = z[k]
+                if not isinstance(arrays[k], np.ndarray):
+                    raise ValueError(f"member {k!r} is not a .npy array")
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib and numpy raise a dozen kinds on a damaged archive
+        raise CorpusError(f"{path}: not a readable .npz file ({e or type(e).__name__})") from None
     if "format" in arrays and str(arrays["format"]) == "dpsvi-compact-v1":
         try:
             X, vocab = _from_compact(arrays)
@@ -401,7 +449,16 @@ def read_npz(path: str, vocab_path: str | None = None) -> Corpus:
                     break
         if vocab_path is not None:
             vocab = read_vocab(vocab_path)
-    c = from_matrix(X, vocab, path)
+    doc_ids = None
+    if X.format != "csr" and X.shape[0] > 2 * X.nnz + (1 << 16):
+        # csc, coo: the shape may announce far more documents than have words (a CSR matrix would
+        # need an index over all of them): keep only the rows that have entries
+        X = X.tocoo()
+        if X.nnz == 0:
+            raise CorpusError(f"{path}: empty corpus: no document has any word")
+        doc_ids, rows = np.unique(X.row, return_inverse=True)
+        X = sp.coo_matrix((X.data, (rows.ravel(), X.col)), shape=(doc_ids.size, X.shape[1]))
+    c = from_matrix(X, vocab, path, doc_ids=doc_ids)
     c.X, c.doc_ids = drop_empty(c.X, path, c.doc_ids)
     return c
 
@@ -456,7 +513,7 @@ def _from_compact(a):
     indices = cs - base
     if indices.size and (indices.min() < 0 or indices.max() >= V):
         raise ValueError(f"word index outside 0..{V - 1}")
-    X = sp.csr_matrix((counts.astype(np.float32), indices, indptr), shape=(n, V))
+    X = sp.csr_matrix((counts.astype(np.float64), indices, indptr), shape=(n, V))
     X.check_format(full_check=True)
     raw = a["vocab_utf8"]
     if raw.dtype != np.uint8 or raw.ndim != 1:
