@@ -45,7 +45,7 @@ DEFAULTS = dict(
     hidden=(64, 64), activation="tanh", arch=None, log_std_init=0.0,
     seed=0, threads=1, rule="dc-asgd-a", lam=None, local_steps=1, schedule="constant",
     eval_freq=5000, eval_episodes=10, eval_seconds=5.0, target_return=None, solve_evals=3, early_stop=True,
-    env_kwargs=None, progress=False, max_seconds=None, backend="auto",
+    env_kwargs=None, progress=False, max_seconds=None, backend="auto", env_backend="auto",
 )
 
 
@@ -84,6 +84,8 @@ def validate_hparams(h: dict) -> None:
     if h["max_seconds"] is not None:
         need(finite("max_seconds") > 0, f"max_seconds must be > 0, got {h['max_seconds']}")
     need(h["backend"] in ("auto", "torch"), f"unknown backend {h['backend']!r}; choose auto or torch")
+    need(h["env_backend"] in ("auto", "ale", "python"),
+         f"unknown env_backend {h['env_backend']!r}; choose auto, ale or python")
     need(h["optimizer"] in ("rmsprop", "adam", "sgd"),
          f"unknown optimizer {h['optimizer']!r}; choose rmsprop, adam or sgd")
     need(all(isinstance(k, (int, np.integer)) and k > 0 for k in h["hidden"]),
@@ -150,7 +152,9 @@ class HSA2C(Algorithm):
         model = build_model(self.model_config, seed=0)
         g = ctx.global_thread
         env_seed = self.seed * 100_003 + g * self.n_envs
-        venv = E.VecEnv(self.env_id, self.n_envs, seed=env_seed, train=True, **self.env_kwargs)
+        # Atari: ale-py's C++ vector environment (outside the GIL) unless env_backend="python"
+        venv = E.make_vec_env(self.env_id, self.n_envs, env_seed, train=True, backend=self.env_backend,
+                              **self.env_kwargs)
         return _ThreadState(model, venv, self.n_steps, ctx.rng)
 
     def compute_update(self, params: np.ndarray, st, ctx) -> np.ndarray:

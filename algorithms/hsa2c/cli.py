@@ -44,6 +44,9 @@ def add_rl_options(p: argparse.ArgumentParser, *, n_envs: int = 8, n_steps: int 
     h.add_argument("--normalize-advantage", action="store_true")
     h.add_argument("--hidden", type=_hidden, default=(64, 64), help="MLP sizes, e.g. 64,64")
     h.add_argument("--activation", default="tanh", help="tanh | relu (MLP)")
+    h.add_argument("--env-backend", default="auto", choices=("auto", "ale", "python"),
+                   help="Atari training environments: auto/ale = ale-py's C++ vector environment (default), "
+                        "python = one Gymnasium env per slot with Python wrappers")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-freq", type=int, default=5000, help="env steps between evaluations (default 5000)")
     e.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes per evaluation")
@@ -95,7 +98,7 @@ def hparams_from_args(args) -> dict:
                 normalize_advantage=args.normalize_advantage, hidden=args.hidden, activation=args.activation,
                 seed=args.seed, threads=args.threads, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
                 target_return=args.target_return, solve_evals=args.solve_evals,
-                early_stop=not args.no_early_stop, max_seconds=args.max_seconds)
+                early_stop=not args.no_early_stop, max_seconds=args.max_seconds, env_backend=args.env_backend)
 
 
 def run(args) -> int:

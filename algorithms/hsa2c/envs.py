@@ -13,7 +13,9 @@ return and length (before reward clipping and episodic life) in ``info["episode"
 
 :class:`VecEnv` steps a list of environments with "same-step" autoreset: when an episode ends,
 its final observation is kept (for bootstrapping on truncation) and the environment is reset
-at once, so the observation returned is the first of the next episode.
+at once, so the observation returned is the first of the next episode. :class:`AleVecEnv` does
+the same for Atari training with ale-py's C++ vector environment (emulators and preprocessing
+outside the GIL); :func:`make_vec_env` picks between the two (``env_backend`` of the agent).
 """
 
 from __future__ import annotations
@@ -325,3 +327,103 @@ class VecEnv:
     def close(self):
         for e in self.envs:
             e.close()
+
+
+class AleVecEnv:
+    """Atari training environments stepped by ale-py's C++ vector environment.
+
+    The same preprocessing as :func:`make_env` (``train=True``) - no-op starts, frame skip 4 with
+    max-pooling, 84x84 grey, frame stack 4, rewards clipped to {-1, 0, 1}, a lost life ends the
+    training episode while the game goes on, FIRE on reset - but the emulators, the preprocessing
+    and the frame stack run in C++ outside the GIL (``num_threads`` threads, default 1: the
+    framework's threads are the parallelism). Two differences from the Python wrappers: after a
+    lost life the game continues without pressing FIRE (the agent has FIRE among its actions), and
+    no-op starts draw 0-29 no-ops instead of 1-30.
+
+    The interface and the autoreset are :class:`VecEnv`'s: episodes end in ``terminated`` /
+    ``truncated``; a game that is over (or cut at the frame limit) has its final observation in
+    ``final_obs`` and is reset at once. ``episodes`` carries the true (unclipped) game returns.
+    """
+
+    def __init__(self, env_id: str, n: int, seed: int, num_threads: int = 1):
+        import gymnasium
+        from ale_py.vector_env import AtariVectorEnv
+
+        check_env_id(env_id)
+        spec = gymnasium.spec(env_id).kwargs
+        self.v = AtariVectorEnv(
+            spec["game"], n, num_threads=num_threads, repeat_action_probability=spec.get("repeat_action_probability", 0.0),
+            full_action_space=spec.get("full_action_space", False),
+            max_num_frames_per_episode=spec.get("max_num_frames_per_episode", 108_000),
+            autoreset_mode="NextStep", img_height=84, img_width=84, grayscale=True, stack_num=4, frameskip=4,
+            maxpool=True, noop_max=30, episodic_life=False, life_loss_info=True, reward_clipping=False,
+            use_fire_reset=True)
+        self.n = n
+        self.observation_space = self.v.single_observation_space
+        self.action_space = self.v.single_action_space
+        obs, info = self.v.reset(seed=int(seed))
+        self.obs = np.array(obs)
+        self.lives = np.array(info["lives"])
+        self.rewards = np.zeros(n, np.float32)
+        self._ret = np.zeros(n)
+        self._len = np.zeros(n, np.int64)
+
+    def step(self, actions):
+        obs, r, term, trunc, info = self.v.step(np.asarray(actions, np.int64))
+        obs = np.array(obs)
+        r = np.asarray(r, np.float64)
+        term = np.asarray(term, bool).copy()
+        trunc = np.asarray(trunc, bool).copy()
+        lives = np.array(info["lives"])  # a copy: reset below writes into it
+        self._ret += r
+        self._len += 1
+        np.sign(r, out=r)
+        self.rewards[:] = r
+        final_obs, episodes = {}, []
+        # a termination with a life lost and lives left is the end of a training episode only: the
+        # game goes on (no reset); anything else that ends (game over, frame limit) is reset now
+        life_lost = term & (lives > 0) & (lives < self.lives)
+        over = (term & ~life_lost) | trunc
+        self.lives = lives
+        if over.any():
+            idx = np.flatnonzero(over)
+            for i in idx:
+                final_obs[int(i)] = obs[i].copy()
+                episodes.append({"r": float(self._ret[i]), "l": int(self._len[i])})
+            self._ret[idx] = 0.0
+            self._len[idx] = 0
+            o2, info2 = self.v.reset(options={"reset_mask": over})
+            o2 = np.asarray(o2)
+            if o2.shape[0] == self.n:  # ale-py returns every environment's observation
+                obs[idx] = o2[idx]
+                self.lives[idx] = np.asarray(info2["lives"])[idx]
+            else:
+                obs[idx] = o2
+                self.lives[idx] = np.asarray(info2["lives"])
+        self.obs = obs
+        return obs, self.rewards, term, trunc, final_obs, episodes
+
+    def close(self):
+        self.v.close()
+
+
+def ale_vector_available() -> bool:
+    try:
+        from ale_py.vector_env import AtariVectorEnv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_vec_env(env_id: str, n: int, seed: int, train: bool = True, backend: str = "auto", **kwargs):
+    """:class:`AleVecEnv` for Atari training (``backend`` "auto" or "ale") when ale-py has its vector
+    environment and no extra environment arguments are given; :class:`VecEnv` otherwise."""
+    if backend not in ("auto", "ale", "python"):
+        raise EnvError(f"unknown environment backend {backend!r}; choose auto, ale or python")
+    use_ale = backend != "python" and train and is_atari(env_id) and not kwargs and ale_vector_available()
+    if backend == "ale" and not use_ale:
+        raise EnvError(f"environment backend 'ale' needs an Atari id without extra arguments and ale-py >= 0.10 "
+                       f"(got {env_id!r})")
+    if use_ale:
+        return AleVecEnv(env_id, n, seed)
+    return VecEnv(env_id, n, seed=seed, train=train, **kwargs)
