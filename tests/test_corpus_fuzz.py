@@ -1062,6 +1062,18 @@ def test_remap_columns(X, data):
 # ======================================================= bugs the properties found (regressions)
 
 
+@pytest.mark.parametrize("head,line,why", [
+    ("1000000000000\n2\n1\n", "1 1 3", ":1: 1000000000000 documents is beyond"),  # was a MemoryError
+    ("3\n2\n1\n", "1 1 99999999999999999999", ":4: number out of range"),  # was "malformed" without a reason
+])
+def test_found_uci_numbers_out_of_range(tmp_path, head, line, why):
+    (tmp_path / "vocab.h.txt").write_text("a\nb\n")
+    f = tmp_path / "docword.h.txt"
+    f.write_text(head + line + "\n")
+    with pytest.raises(CorpusError, match=why):
+        C.load_corpus(str(f))
+
+
 def test_found_corrupt_gzip_is_a_corpus_error(tmp_path):
     """A damaged deflate stream raised zlib.error (not an OSError) out of every gzip reader."""
     raw = bytearray(gzip.compress(b"2\n2\n2\n" + b"1 1 1\n2 2 2\n" * 200))
