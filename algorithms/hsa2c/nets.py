@@ -107,6 +107,9 @@ class ActorCritic(nn.Module):
         self.obs_scale = float(obs["scale"])
         self.onehot = bool(obs.get("onehot", False))
         self.obs_shape = tuple(obs["shape"])
+        # NHWC input for the Nature CNN: oneDNN's convolutions are ~8-12 % faster forward+backward
+        # (batch 16-80, one thread); the weights (views of the flat buffer) stay NCHW
+        self.channels_last = kind == "nature_cnn"
         if kind == "mlp":
             n_in = int(np.prod(self.obs_shape))
             hidden = list(config["hidden"])
@@ -179,6 +182,8 @@ class ActorCritic(nn.Module):
         x = torch.as_tensor(np.asarray(obs))
         if self.onehot:
             return torch.nn.functional.one_hot(x.long().reshape(-1), self.obs_shape[0]).float()
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if x.dtype != torch.float32:
             x = x.float()
         if self.obs_scale != 1.0:
