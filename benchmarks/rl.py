@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """HSA2C against the A3C baseline and Stable-Baselines3 A2C, in the same run on the same machine.
 
-Parts (each child is a separate process, pinned to one torch thread; systems interleaved per seed):
+Parts (each child is a separate process, one torch thread unless a row says otherwise; systems interleaved per seed):
 
 1. ``cartpole``: CartPole-v1 solved at 475 - the mean return of 10 deterministic evaluation
    episodes (seeds 1e6 + i, the same for every system) every 5000 env steps, three evaluations
@@ -19,9 +19,12 @@ Parts (each child is a separate process, pinned to one torch thread; systems int
 2. ``threads``: the GIL question - training env steps/s (no evaluation, fixed budget) of one
    thread x 8 envs, 2 threads x 8 envs, one thread x 16 envs (one batched forward), and
    ``mpiexec -n 3`` (2 worker processes x 8 envs).
-3. ``pong``: ALE/Pong-v5 with the same wrappers (ours) for both: agent steps/s of HSA2C (16 envs,
-   Nature CNN) against SB3 A2C (CnnPolicy, 16 envs, rl-zoo Atari ent 0.01 / vf 0.25), fixed
-   budget; plus the raw preprocessed env step rate.
+3. ``pong``: ALE/Pong-v5, the same preprocessing for all: training agent steps/s of HSA2C
+   (Nature CNN; 1 thread x 16 envs, 2 threads x 8 and x 16; its default Atari environments are
+   ale-py's C++ vector env, one row with the Python wrappers instead) against SB3 A2C (CnnPolicy,
+   16 envs in a DummyVecEnv of our Python wrappers, rl-zoo Atari ent 0.01 / vf 0.25) with torch
+   on 1 and on 2 threads, and with 32 envs on 2 threads; fixed budget, clocks from the first
+   update (SB3: after its first env reset); plus the raw preprocessed env step rate.
 4. ``minatar``: a learning curve of HSA2C on MinAtar/Breakout-v1 (PNG).
 
     python -m benchmarks.rl                 # everything (about 35-45 minutes on 2 busy cores)
@@ -90,7 +93,8 @@ def child_hsa2c(args):
     from algorithms.hsa2c.agent import HSA2C
 
     kw = dict(seed=args.seed, target_return=args.target, eval_freq=args.eval_freq,
-              eval_episodes=args.eval_episodes, threads=args.threads, n_envs=args.n_envs, eval_seconds=0.25)
+              eval_episodes=args.eval_episodes, threads=args.threads, n_envs=args.n_envs, eval_seconds=0.25,
+              env_backend=args.env_backend)
     if args.atari:
         kw.update(ent_coef=0.01, vf_coef=0.25)
     a = HSA2C(args.env, **kw)
@@ -130,7 +134,6 @@ def child_sb3(args):
 
     from algorithms.hsa2c.envs import make_env
 
-    torch.set_num_threads(1)
     if args.atari:
         venv = DummyVecEnv([lambda: make_env(args.env, train=True) for _ in range(args.n_envs)])
         venv.seed(args.seed)
@@ -145,6 +148,12 @@ def child_sb3(args):
         def __init__(self):
             super().__init__()
             self.next_eval, self.eval_s, self.evals, self.consec = args.eval_freq, 0.0, [], 0
+
+        def _on_training_start(self):
+            # the clock starts after SB3's first env reset (HSA2C's starts at its first update): a
+            # seeded Atari reset reloads the ROM, ~0.15 s per environment
+            nonlocal t0
+            t0 = time.perf_counter()
 
         def _on_step(self):
             if args.eval_episodes == 0 or self.num_timesteps < self.next_eval:
@@ -210,7 +219,7 @@ def _cpu_seconds():
 def run_child(args):
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.torch_threads)
     fn = {"hsa2c": child_hsa2c, "a3c": child_a3c, "a3c-classic": child_a3c_classic, "sb3": child_sb3,
           "raw": child_raw}[args.child]
     cpu0 = _cpu_seconds()
@@ -226,7 +235,7 @@ def run_child(args):
 
 
 def launch(system, env, seed, max_steps, *, target=None, eval_freq=5000, eval_episodes=10, n_envs=None,
-           threads=1, atari=False, timeout=1800):
+           threads=1, atari=False, timeout=1800, extra=()):
     """Run one child; returns its result dict (or {"error": ...})."""
     fd, path = tempfile.mkstemp(suffix=".json", prefix="rlbench-")
     os.close(fd)
@@ -245,6 +254,7 @@ def launch(system, env, seed, max_steps, *, target=None, eval_freq=5000, eval_ep
         cmd += ["--target", str(target)]
     if atari:
         cmd += ["--atari"]
+    cmd += list(extra)
     if system.startswith("hsa2c-mpi"):
         full = [os.path.join(BIN, "mpiexec"), "-n", "3", sys.executable, "-m", "mpi4py"] + cmd
     else:
@@ -334,20 +344,37 @@ def part_threads(a, log):
     return "\n".join(lines), res
 
 
+#: Pong configurations: (label, system, threads, envs per thread, extra child arguments)
+PONG = [
+    ("HSA2C, 1 thread x 16 envs", "hsa2c", 1, 16, ()),
+    ("HSA2C, 2 threads x 8 envs", "hsa2c", 2, 8, ()),
+    ("HSA2C, 2 threads x 16 envs", "hsa2c", 2, 16, ()),
+    ("HSA2C, 1 thread x 16 envs, Python env wrappers", "hsa2c", 1, 16, ("--env-backend", "python")),
+    ("SB3 A2C CnnPolicy, 16 envs, torch 1 thread", "sb3", 1, 16, ()),
+    ("SB3 A2C CnnPolicy, 16 envs, torch 2 threads", "sb3", 1, 16, ("--torch-threads", "2")),
+    # as many environments as HSA2C's fastest row: does a bigger batch alone close the gap?
+    ("SB3 A2C CnnPolicy, 32 envs, torch 2 threads", "sb3", 1, 32, ("--torch-threads", "2")),
+]
+
+
 def part_pong(a, log):
-    res = {"hsa2c": [], "sb3": [], "raw": []}
+    res = {label: [] for label, *_ in PONG}
     for rep in range(a.reps):
-        for s in ("hsa2c", "sb3"):
-            r = launch(s, "ALE/Pong-v5", rep, a.pong_steps, eval_episodes=0, n_envs=16, atari=True)
-            res[s].append(r.get("env_steps_per_second"))
-            log(f"  pong rep {rep} {s}: {r.get('env_steps_per_second', r.get('error'))}")
+        for label, system, threads, n_envs, extra in PONG:
+            r = launch(system, "ALE/Pong-v5", rep, a.pong_steps, eval_episodes=0, n_envs=n_envs, threads=threads,
+                       atari=True, extra=extra)
+            res[label].append(r.get("env_steps_per_second"))
+            log(f"  pong rep {rep} {label}: {r.get('env_steps_per_second', r.get('error'))}")
     raw = launch("raw", "ALE/Pong-v5", 0, 3000)
-    res["raw"].append(raw.get("env_steps_per_second"))
-    h, s3 = med(res["hsa2c"]), med(res["sb3"])
-    lines = [f"| ALE/Pong-v5, 16 envs, {a.pong_steps} agent steps | median agent steps/s | x SB3 |", "|---|---|---|",
-             f"| HSA2C (1 process, 1 thread) | {fmt(h, '.0f')} | {fmt(h / s3 if h and s3 else None, '.2f')} |",
-             f"| SB3 A2C CnnPolicy | {fmt(s3, '.0f')} | 1.00 |",
-             f"| raw env (random actions, same wrappers) | {fmt(med(res['raw']), '.0f')} | |"]
+    res["raw"] = [raw.get("env_steps_per_second")]
+    sb1, sb2 = med(res[PONG[4][0]]), med(res[PONG[5][0]])
+    lines = [f"| ALE/Pong-v5, {a.pong_steps} agent steps, {a.reps} runs | median agent steps/s | x SB3 1 thread "
+             "| x SB3 2 threads |", "|---|---|---|---|"]
+    for label, *_ in PONG:
+        v = med(res[label])
+        lines.append(f"| {label} | {fmt(v, '.0f')} | {fmt(v / sb1 if v and sb1 else None, '.2f')} "
+                     f"| {fmt(v / sb2 if v and sb2 else None, '.2f')} |")
+    lines.append(f"| raw env (one env, random actions, Python wrappers) | {fmt(med(res['raw']), '.0f')} | | |")
     return "\n".join(lines), res
 
 
@@ -404,6 +431,9 @@ def main(argv=None):
     p.add_argument("--n-envs", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--atari", action="store_true")
+    p.add_argument("--env-backend", default="auto", help="HSA2C's Atari environments: auto (ale-py's vector env) "
+                   "| python")
+    p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.child:
@@ -415,7 +445,7 @@ def main(argv=None):
     a.seeds = a.seeds or (3 if a.quick else 5)
     a.reps = 2 if a.quick else 3
     a.thread_steps = 40_000 if a.quick else 100_000
-    a.pong_steps = 800 if a.quick else 2400
+    a.pong_steps = 3200 if a.quick else 9600
     a.minatar_steps = 100_000 if a.quick else 300_000
     os.makedirs(a.results_dir, exist_ok=True)
 
@@ -430,7 +460,7 @@ def main(argv=None):
         log(f"== {part}")
         text, data = {"cartpole": part_cartpole, "threads": part_threads, "pong": part_pong,
                       "minatar": part_minatar}[part](a, log)
-        text += f"\n\n({head}, {os.getloadavg()[0]:.1f} at the end; torch 1 thread per process.)\n"
+        text += f"\n\n({head}, {os.getloadavg()[0]:.1f} at the end; torch 1 thread per process unless a row says otherwise.)\n"
         print(f"\n## {part}\n\n{text}", flush=True)
         with open(os.path.join(a.results_dir, f"rl_{part}{a.suffix}.md"), "w") as f:
             f.write(f"## {part}\n\n{text}")
