@@ -163,6 +163,12 @@ class Worker:
         self.max_unpushed = 2 * config.local_steps + self.n_threads
         self.last_lr = config.lr
         self.local_updates = 0
+        #: updates being computed now; with one worker the budget is known exactly here, so a
+        #: thread does not start an update that the server would answer with STOP (with several
+        #: threads the last ones used to compute up to threads-1 updates past the budget, thrown away)
+        self.in_flight = 0
+        self.pushing = 0  # updates in the push under way (counted by neither since_push nor server_total)
+        self.exact_budget = n_workers == 1
         self.rejected_seen = 0
         self.stop = threading.Event()
         self.count_lock = threading.Lock()
@@ -172,7 +178,7 @@ class Worker:
 
     # ------------------------------------------------------------------ schedule
     def lr_now(self) -> float:
-        return lr_at(self.config, self.server_total + self.since_push)
+        return lr_at(self.config, self.server_total + self.pushing + self.since_push)
 
     # ------------------------------------------------------------------ push/pull
     def _exchange(self, kind):
@@ -186,6 +192,7 @@ class Worker:
                                self.w[lo:hi], self.snap[lo:hi], inv)
             with self.count_lock:
                 self.since_push -= nsteps
+                self.pushing = nsteps
         flags, version, total = self.channel.exchange(kind, self.version, nsteps, lr, self.w_new)
         if kind == T.KIND_HELLO or flags & (T.FLAG_REJECTED | T.FLAG_DROPPED_STALE):
             if flags & T.FLAG_REJECTED:
@@ -195,10 +202,29 @@ class Worker:
             self.w_start[:] = self.w_new
         else:
             merge_pull(self.w, self.w_start, self.w_new, self.snap)
-        self.version, self.server_total = version, total
+        with self.count_lock:
+            self.version, self.server_total = version, total
+            self.pushing = 0
         if flags & T.FLAG_STOP:
             self.fatal = bool(flags & T.FLAG_FATAL)
             self.stop.set()
+
+    def _claim(self) -> bool:
+        """Reserve the next update of the budget (always granted with several workers: the
+        server's STOP ends those runs)."""
+        with self.count_lock:
+            if self.exact_budget and (self.server_total + self.pushing + self.since_push + self.in_flight
+                                      >= self.config.total_updates):
+                return False
+            self.in_flight += 1
+            return True
+
+    def _flush(self):
+        """The budget is spent: push the updates not pushed yet (``local_steps`` > 1), so that
+        the server reaches the budget and answers STOP."""
+        with self.push_lock:
+            if self.since_push > 0 and not self.stop.is_set():
+                self._exchange(T.KIND_PUSH)
 
     def _maybe_push(self):
         if self.since_push < self.config.local_steps or self.stop.is_set():
@@ -224,8 +250,16 @@ class Worker:
             state = self.alg.make_thread_state(ctx)
             n = self.w.size
             while not self.stop.is_set():
+                if not self._claim():
+                    self._flush()
+                    break
                 ctx.lr = self.lr_now()
-                g = self.alg.compute_update(self.w, state, ctx)
+                try:
+                    g = self.alg.compute_update(self.w, state, ctx)
+                except BaseException:
+                    with self.count_lock:
+                        self.in_flight -= 1
+                    raise
                 if not isinstance(g, np.ndarray) or g.dtype != np.float32 or g.shape != (n,):
                     raise WorkerError(
                         f"{type(self.alg).__name__}.compute_update must return a float32 array of "
@@ -236,6 +270,7 @@ class Worker:
                     self.last_lr = ctx.lr
                 ctx.step += 1
                 with self.count_lock:
+                    self.in_flight -= 1
                     self.since_push += 1
                     self.local_updates += 1
                 self._maybe_push()

@@ -86,7 +86,7 @@ def test_threads_converge_like_one_thread(optimizer):
                             schedule="linear" if optimizer != "sgd" else "constant")
     res = dpsgd.train(LS(), cfg)
     assert res.metrics["final"]["dist"] < 0.05, res.metrics["final"]
-    assert sum(res.metrics["local_updates_per_worker"]) >= 4000
+    assert sum(res.metrics["local_updates_per_worker"]) == 4000
 
 
 def test_local_optimizer_shares_state():
@@ -146,3 +146,36 @@ def test_algorithm_can_stop_the_run():
     m = res.metrics
     assert [r["updates"] for r in m["history"]] == [100, 200, 300]
     assert 300 <= m["total_updates"] < 10**6 and "final" not in m
+
+
+class _CountingLS(LS):
+    """LS whose updates take a little while, so that threads overlap at the end of the budget."""
+
+    def __init__(self):
+        super().__init__()
+        import threading
+
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def compute_update(self, w, rows, ctx):
+        import time
+
+        with self.lock:
+            self.calls += 1
+        time.sleep(0.002)
+        return super().compute_update(w, rows, ctx)
+
+
+@pytest.mark.parametrize("local_steps", [1, 3])
+def test_threads_compute_exactly_the_budget(local_steps):
+    """With one worker the budget is known exactly: no thread starts an update past it (they used
+    to compute up to threads-1 extra updates that the server's STOP threw away), and the updates
+    of a last partial push (budget not a multiple of local_steps) still reach the server."""
+    alg = _CountingLS()
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.02, total_updates=100, threads=4,
+                            local_steps=local_steps, progress=False)
+    res = dpsgd.train(alg, cfg)
+    assert res.metrics["total_updates"] == 100
+    assert alg.calls == 100
+    assert sum(res.metrics["local_updates_per_worker"]) == 100
