@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 #: LLVM fast-math flags of the kernels: reassociation (vectorised reductions) and contraction
 #: (FMA) but not 'nnan'/'ninf', so the guards against non-finite lambda values keep working
@@ -56,6 +58,55 @@ def psi(x):
     return math.log(y) - 0.5 * iy + t - num / (a * b * c)
 
 
+@intrinsic
+def _i64_as_f64(typingctx, bits):
+    """The float64 whose bit pattern is the int64 ``bits`` (an LLVM bitcast: vectorisable)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _f64_as_i64(typingctx, x):
+    """The int64 with the bit pattern of the float64 ``x`` (an LLVM bitcast: vectorisable)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(64))
+
+    return sig, codegen
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238  # ln 2 split in two (Cody & Waite): n * _LN2_HI is exact for |n| < 2^11
+_LN2_LO = 1.9082149292705877e-10
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def exp64(x):
+    """exp(x) for float64 in plain arithmetic, so that LLVM vectorises the loops that call it
+    (``math.exp`` is a scalar libm call unless Numba has Intel's SVML, which it does not here):
+    x = n ln 2 + r with |r| <= ln(2)/2, exp(r) by its Taylor series to r^11 (relative error
+    < 1e-14), 2^n built in the exponent bits. Arguments below -708 give exp(-708) (~3e-308)
+    instead of a subnormal or 0; above 709 give exp(709)."""
+    x = min(max(x, -708.0), 709.0)
+    n = math.floor(x * _LOG2E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    # Estrin's scheme (a short dependency chain) for sum_{i<=11} r^i / i!
+    r2 = r * r
+    r4 = r2 * r2
+    s0 = (1.0 + r) + (0.5 + r * (1.0 / 6.0)) * r2
+    s1 = (1.0 / 24.0 + r * (1.0 / 120.0)) + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2
+    s2 = (1.0 / 40320.0 + r * (1.0 / 362880.0)) + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2
+    p = s0 + (s1 + s2 * r4) * r4
+    # 2^n without a float -> int conversion (AVX2 has none for 64-bit lanes): n + 1023 + 2^52 holds
+    # the biased exponent n + 1023 (1..2046) in its low mantissa bits; shifted to the exponent field
+    return p * _i64_as_f64(_f64_as_i64(n + (1023.0 + 4503599627370496.0)) << 52)
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def exp_psi_minus(x, c):
     """exp(psi(x) - c) for 0 < x < 1e40 with one division and one exp (no log): with y = x + 6,
@@ -75,7 +126,7 @@ def exp_psi_minus(x, c):
     iy = den * inv  # 1/y
     f = iy * iy
     t = f * (-1.0 / 12 + f * (1.0 / 120 + f * (-1.0 / 252 + f * (1.0 / 240 + f * (-1.0 / 132)))))
-    return y * math.exp(t - 0.5 * iy - num * y * inv - c)
+    return y * exp64(t - 0.5 * iy - num * y * inv - c)
 
 
 def padded_topics(K: int) -> int:
