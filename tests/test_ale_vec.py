@@ -13,7 +13,16 @@ if not envs.ale_vector_available():
 from algorithms.hsa2c.envs import AleVecEnv, EnvError, VecEnv, make_vec_env  # noqa: E402
 
 
-def _roll(v, steps, seed=0):
+def _roll(env_id, n, env_seed, steps, seed=0):
+    """Random actions for ``steps`` steps in a fresh AleVecEnv (closed afterwards); counts."""
+    v = AleVecEnv(env_id, n, seed=env_seed)
+    try:
+        return _roll_env(v, steps, seed)
+    finally:
+        v.close()
+
+
+def _roll_env(v, steps, seed):
     rng = np.random.default_rng(seed)
     n_act = v.action_space.n
     out = {"term": 0, "trunc": 0, "finals": 0, "episodes": [], "rewards": set()}
@@ -43,11 +52,7 @@ def test_same_spaces_as_the_python_wrappers():
 
 
 def test_breakout_lives_end_training_episodes_but_not_the_game():
-    v = AleVecEnv("ALE/Breakout-v5", 4, seed=1)
-    try:
-        r = _roll(v, 1500)
-    finally:
-        v.close()
+    r = _roll("ALE/Breakout-v5", 4, 1, 1500)
     assert r["rewards"] <= {-1.0, 0.0, 1.0}  # clipped for training
     games = r["finals"]
     assert games >= 4 and len(r["episodes"]) == games
@@ -57,11 +62,7 @@ def test_breakout_lives_end_training_episodes_but_not_the_game():
 
 
 def test_pong_episode_returns_are_unclipped_game_scores():
-    v = AleVecEnv("ALE/Pong-v5", 4, seed=2)
-    try:
-        r = _roll(v, 1200)
-    finally:
-        v.close()
+    r = _roll("ALE/Pong-v5", 4, 2, 1200)
     assert r["episodes"], "random Pong games last ~800-1200 agent steps"
     for e in r["episodes"]:
         assert -21 <= e["r"] <= 21 and float(e["r"]).is_integer()

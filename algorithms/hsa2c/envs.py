@@ -392,14 +392,10 @@ class AleVecEnv:
                 episodes.append({"r": float(self._ret[i]), "l": int(self._len[i])})
             self._ret[idx] = 0.0
             self._len[idx] = 0
+            # ale-py returns every environment's observation and lives, the reset ones new
             o2, info2 = self.v.reset(options={"reset_mask": over})
-            o2 = np.asarray(o2)
-            if o2.shape[0] == self.n:  # ale-py returns every environment's observation
-                obs[idx] = o2[idx]
-                self.lives[idx] = np.asarray(info2["lives"])[idx]
-            else:
-                obs[idx] = o2
-                self.lives[idx] = np.asarray(info2["lives"])
+            obs[idx] = np.asarray(o2)[idx]
+            self.lives[idx] = np.asarray(info2["lives"])[idx]
         self.obs = obs
         return obs, self.rewards, term, trunc, final_obs, episodes
 
