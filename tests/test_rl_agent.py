@@ -60,6 +60,43 @@ def test_rollout_bootstraps_on_truncation_with_the_final_observation(monkeypatch
     assert (seen["nv"][:19] == 0).all()
 
 
+@pytest.mark.parametrize("env_id,module", [("MinAtar/Breakout-v1", "minatar"), ("ALE/Pong-v5", "ale_py")])
+def test_cnn_gradient_equals_one_full_batch_forward(monkeypatch, env_id, module):
+    """CNNs keep the convolutions' graphs of the rollout and run the dense layer and heads once over
+    the whole batch: the gradient must equal the textbook one (a single forward over all T * N
+    observations, as Stable-Baselines3 computes it)."""
+    pytest.importorskip(module)
+    from algorithms.hsa2c.losses import a2c_loss, clip_grad_norm_
+    from dpsgd.plugin import ThreadContext
+
+    seen = {}
+    real = agent_mod.compute_advantages
+
+    def spy(*args):
+        seen["adv"], seen["ret"] = real(*args)
+        return seen["adv"], seen["ret"]
+
+    monkeypatch.setattr(agent_mod, "compute_advantages", spy)
+    a = HSA2C(env_id, n_envs=3, n_steps=4, ent_coef=0.01, max_grad_norm=1e9, eval_freq=10**9, eval_episodes=1)
+    ctx = ThreadContext(0, 1, 0, 1, seed=0)
+    st = a.make_thread_state(ctx)
+    w = a.init_params(np.random.default_rng(0))
+    w += np.random.default_rng(1).normal(0, 0.02, w.size).astype(np.float32)  # non-trivial policy
+    g = a.compute_update(w, st, ctx).copy()
+    st.venv.close()
+    m = st.model
+    m.set_flat(w)
+    B = 12
+    head, values = m(m.obs_tensor(st.obs.reshape((B,) + st.obs.shape[2:])))
+    logp, ent = m.log_prob_entropy(head, torch.from_numpy(st.actions.reshape(B)))
+    loss, _ = a2c_loss(logp, ent, values, torch.from_numpy(seen["adv"].reshape(-1)),
+                       torch.from_numpy(seen["ret"].reshape(-1)), a.vf_coef, a.ent_coef, a.normalize_advantage)
+    ref = np.concatenate([gr.reshape(-1).numpy() for gr in torch.autograd.grad(loss, m._params)])
+    clip_grad_norm_(ref, a.max_grad_norm)
+    assert np.abs(g).sum() > 0
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+
+
 def test_identity_env_learned_in_seconds():
     a = HSA2C(ID, lr=3e-3, eval_freq=2000, eval_episodes=5, target_return=19, solve_evals=2)
     a.learn(20_000)

@@ -175,10 +175,14 @@ class HSA2C(Algorithm):
         venv = st.venv
         fast = m.numpy_forward is not None
         episodes = []
-        # Torch models (CNNs) keep each step's graph: the loss reuses the rollout's forward passes
-        # instead of a second forward over the whole batch (a quarter of the compute saved).
+        # Torch models keep each step's graph: the loss reuses the rollout's forward passes instead
+        # of a second forward over the whole batch (a quarter of the compute saved). CNNs keep only
+        # the convolutions' graphs; the dense layer and heads run again once over all T * N
+        # features, so their backward is one batched matrix product instead of T small ones
+        # (Nature CNN, T=5, N=16, one thread: 100 -> 82 ms per update, same gradient to 3e-7).
         keep_graph = not (fast and self.backend == "auto")
-        heads, vals = [], []
+        cnn = m.trunk is not None
+        heads, vals, feats = [], [], []
         for t in range(T):
             st.obs[t] = venv.obs
             obs = st.obs[t]  # a stable copy: the graph keeps it, venv.step overwrites venv.obs
@@ -188,6 +192,12 @@ class HSA2C(Algorithm):
                     h_t, v_t = m(m.obs_tensor(obs))
                     heads.append(h_t)
                     vals.append(v_t)
+            elif cnn:
+                f_t = m.features(m.obs_tensor(obs))
+                feats.append(f_t)
+                with torch.no_grad():
+                    h_t, v_t = m.heads(f_t)
+                head, v = h_t.numpy(), v_t.numpy()
             else:
                 h_t, v_t = m(m.obs_tensor(obs))
                 heads.append(h_t)
@@ -219,8 +229,10 @@ class HSA2C(Algorithm):
             clip_grad_norm_(g, self.max_grad_norm)
             self._count(B, episodes)
             return g
-        head = torch.cat(heads)
-        values = torch.cat(vals)
+        if cnn:
+            head, values = m.heads(torch.cat(feats))
+        else:
+            head, values = torch.cat(heads), torch.cat(vals)
         acts = torch.from_numpy(st.actions.reshape((B,) + st.actions.shape[2:]))
         logp, ent = m.log_prob_entropy(head, acts)
         loss, _ = a2c_loss(logp, ent, values, torch.from_numpy(adv.reshape(-1)), torch.from_numpy(ret.reshape(-1)),

@@ -195,7 +195,15 @@ class ActorCritic(nn.Module):
     def forward(self, x: torch.Tensor):
         if self.trunk is None:
             return self.pi_head(self.pi_body(x)), self.vf_head(self.vf_body(x)).squeeze(-1)
-        f = self.trunk(x)
+        return self.heads(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """CNN models: the flattened output of the convolutions (what ``heads`` takes)."""
+        return self.trunk[0](x)
+
+    def heads(self, f: torch.Tensor):
+        """CNN models: (logits or means, values) from ``features``: the dense layer and both heads."""
+        f = self.trunk[2](self.trunk[1](f))
         return self.pi_head(f), self.vf_head(f).squeeze(-1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
