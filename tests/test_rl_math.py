@@ -209,6 +209,24 @@ def test_image_networks(shape, kind):
     assert head.shape == (2, 6) and v.shape == (2,)
 
 
+@pytest.mark.parametrize("shape", [(4, 84, 84), (4, 10, 10)])
+def test_attached_dense_layer_has_autograds_gradient(shape):
+    """attach_dense(f, z) with z = dense(f) computed without a graph: same value, same gradients."""
+    S = spaces()
+    m = build_model(model_config(S.Box(0, 1, shape, np.float32), S.Discrete(6)), seed=0)
+    f = torch.randn(7, m.trunk[1].in_features, dtype=torch.float64).float().requires_grad_(True)
+    gz = torch.randn(7, m.trunk[1].out_features)
+    lin = m.trunk[1]
+    ref = torch.autograd.grad(m.dense(f), [f, lin.weight, lin.bias], gz)
+    with torch.no_grad():
+        z = m.dense(f)
+    assert (z == 0).any() and (z > 0).any()  # both sides of the ReLU are exercised
+    out = m.attach_dense(f, z)
+    assert torch.equal(out, z)
+    for a, b in zip(torch.autograd.grad(out, [f, lin.weight, lin.bias], gz), ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_unsupported_spaces_are_one_line_errors():
     S = spaces()
     with pytest.raises(UnsupportedSpace, match="action space") as e:

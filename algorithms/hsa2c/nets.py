@@ -94,6 +94,27 @@ def _mlp(sizes, act) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _AttachedDense(torch.autograd.Function):
+    """``relu(f @ weight.T + bias)`` given its value ``z``, computed earlier without a graph.
+
+    The rollout computes each step's dense layer without a graph (to choose actions); the loss
+    attaches all T * N rows at once here, so the backward is one batched matrix product per
+    gradient and the forward is not computed a second time.
+    """
+
+    @staticmethod
+    def forward(ctx, f, weight, bias, z):
+        ctx.save_for_backward(f, weight, z)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, gz):
+        f, weight, z = ctx.saved_tensors
+        ga = gz * (z > 0)
+        gf = ga @ weight if ctx.needs_input_grad[0] else None
+        return gf, ga.t() @ f, ga.sum(0), None
+
+
 class ActorCritic(nn.Module):
     """forward(obs tensor) -> (logits or Gaussian means [B, A], values [B])."""
 
@@ -203,8 +224,21 @@ class ActorCritic(nn.Module):
 
     def heads(self, f: torch.Tensor):
         """CNN models: (logits or means, values) from ``features``: the dense layer and both heads."""
-        f = self.trunk[2](self.trunk[1](f))
-        return self.pi_head(f), self.vf_head(f).squeeze(-1)
+        return self.head_outputs(self.dense(f))
+
+    def dense(self, f: torch.Tensor) -> torch.Tensor:
+        """CNN models: the dense layer (and its ReLU) on ``features``."""
+        return self.trunk[2](self.trunk[1](f))
+
+    def attach_dense(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``dense(f)`` when its value ``z`` is already known (computed without a graph): the same
+        value and gradient without computing the layer again."""
+        lin = self.trunk[1]
+        return _AttachedDense.apply(f, lin.weight, lin.bias, z)
+
+    def head_outputs(self, z: torch.Tensor):
+        """(logits or means, values) from the dense layer's output."""
+        return self.pi_head(z), self.vf_head(z).squeeze(-1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         if self.trunk is None:
