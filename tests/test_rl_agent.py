@@ -185,6 +185,23 @@ def test_minatar_smoke():
     assert a.metrics["env_steps"] >= 400 and a.metrics["final_eval_return_mean"] is not None
 
 
+def test_default_threads_follow_the_network():
+    """One thread for MLPs (GIL-bound), the framework's cores / ranks for CNNs; an explicit value wins."""
+    from dpsgd.config import default_threads
+
+    assert HSA2C("CartPole-v1").train_config(1000).threads == 1
+    assert HSA2C("CartPole-v1", threads=2).train_config(1000).threads == 2
+    pytest.importorskip("minatar")
+    a = HSA2C("MinAtar/Breakout-v1", n_envs=2, eval_freq=10**9, eval_episodes=1)
+    assert a.train_config(1000).threads is None
+    a.evaluate = lambda params: {}
+    a.learn(200)
+    assert a.metrics["threads_per_worker"] == default_threads(1)
+    assert HSA2C("MinAtar/Breakout-v1", threads=1).train_config(1000).threads == 1
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        HSA2C("CartPole-v1", threads=0)
+
+
 def _ctx():
     from dpsgd.plugin import ThreadContext
 

@@ -43,7 +43,7 @@ DEFAULTS = dict(
     n_envs=8, n_steps=5, gamma=0.99, gae_lambda=1.0, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5,
     lr=7e-4, optimizer="rmsprop", rms_alpha=0.99, opt_eps=1e-5, normalize_advantage=False,
     hidden=(64, 64), activation="tanh", arch=None, log_std_init=0.0,
-    seed=0, threads=1, rule="dc-asgd-a", lam=None, local_steps=1, schedule="constant",
+    seed=0, threads=None, rule="dc-asgd-a", lam=None, local_steps=1, schedule="constant",
     eval_freq=5000, eval_episodes=10, eval_seconds=5.0, target_return=None, solve_evals=3, early_stop=True,
     env_kwargs=None, progress=False, max_seconds=None, backend="auto", env_backend="auto",
 )
@@ -67,6 +67,8 @@ def validate_hparams(h: dict) -> None:
          f"got {h['eval_episodes']!r}")
     for name in ("n_envs", "n_steps", "eval_freq", "solve_evals", "local_steps", "threads"):
         v = h[name]
+        if name == "threads" and v is None:
+            continue  # chosen from the network: see HSA2C.train_config
         need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0,
              f"{name} must be a positive integer, got {v!r}")
     need(0 < finite("gamma") <= 1, f"gamma must be in (0, 1], got {h['gamma']}")
@@ -329,10 +331,15 @@ class HSA2C(Algorithm):
         from dpsgd.runner import mpi_world_size_from_env
 
         mpi = mpi_world_size_from_env() > 1
+        threads = self.threads
+        if threads is None:
+            # MLPs: one thread (the GIL serialises their small numpy operations, README); CNNs run
+            # outside the GIL, so the framework's default: cores / ranks on this machine
+            threads = 1 if self.model_config["kind"] == "mlp" else None
         return dpsgd.TrainConfig(
             rule=dpsgd.RuleConfig(name=self.rule, lam=self.lam), lr=self.lr, schedule=self.schedule,
             local_optimizer=self.optimizer, rms_alpha=self.rms_alpha, opt_eps=self.opt_eps,
-            local_steps=self.local_steps, threads=self.threads,
+            local_steps=self.local_steps, threads=threads,
             total_updates=max(1, -(-int(total_steps) // self.samples_per_update)),
             max_seconds=self.max_seconds, seed=self.seed, progress=self.progress,
             eval_every=self.eval_seconds if mpi else None,

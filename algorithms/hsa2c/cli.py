@@ -20,14 +20,15 @@ def _hidden(s: str):
 
 
 def add_rl_options(p: argparse.ArgumentParser, *, n_envs: int = 8, n_steps: int = 5, lr: float = 7e-4,
-                   threads_help: str = "threads per rank (default 1: see the README)") -> None:
+                   threads_help: str = "threads per rank (default: 1 for vector observations, where the GIL "
+                                       "serialises threads; cores / ranks on this machine for images)") -> None:
     """Options shared by ``a2c`` and ``a3c`` (the same network and loss code)."""
     p.add_argument("--env", required=True, help="Gymnasium id: CartPole-v1, ALE/Pong-v5, MinAtar/Breakout-v1 ...")
     p.add_argument("--total-steps", type=int, default=500_000, help="environment steps in total (default 5e5)")
     p.add_argument("--out", required=True, help="directory for metrics.json, progress.csv, the model and config")
     p.add_argument("--target-return", type=float, default=None,
                    help="solved when the mean evaluation return reaches this --solve-evals times in a row")
-    p.add_argument("--threads", type=int, default=1, help=threads_help)
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
     p.add_argument("--seed", type=int, default=0)
     h = p.add_argument_group("algorithm (defaults: Stable-Baselines3 A2C / rl-zoo CartPole)")
     h.add_argument("--n-envs", type=int, default=n_envs, help=f"environments per thread (default {n_envs})")
