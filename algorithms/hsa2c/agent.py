@@ -175,15 +175,14 @@ class HSA2C(Algorithm):
         m.set_flat(params)
         T, N = self.n_steps, self.n_envs
         venv = st.venv
-        fast = m.numpy_forward is not None
+        fast = m.numpy_forward is not None  # MLPs have a numpy forward; CNNs run in torch
         episodes = []
-        # Torch models keep each step's graph: the loss reuses the rollout's forward passes instead
-        # of a second forward over the whole batch (a quarter of the compute saved). CNNs keep only
+        # Autograd keeps each step's graph: the loss reuses the rollout's forward passes instead of
+        # a second forward over the whole batch (a quarter of the compute saved). CNNs keep only
         # the convolutions' graphs; the dense layer's outputs (computed without a graph) are
         # attached once for all T * N rows, so its backward is one batched matrix product instead
         # of T small ones (Nature CNN, T=5, N=16, one thread: 100 -> 82 ms per update).
         keep_graph = not (fast and self.backend == "auto")
-        cnn = m.trunk is not None
         heads, vals, feats, dense = [], [], [], []
         for t in range(T):
             st.obs[t] = venv.obs
@@ -194,7 +193,7 @@ class HSA2C(Algorithm):
                     h_t, v_t = m(m.obs_tensor(obs))
                     heads.append(h_t)
                     vals.append(v_t)
-            elif cnn:
+            else:  # CNN
                 f_t = m.features(m.obs_tensor(obs))
                 with torch.no_grad():
                     z_t = m.dense(f_t)
@@ -202,11 +201,6 @@ class HSA2C(Algorithm):
                 feats.append(f_t)
                 dense.append(z_t)
                 head, v = h_t.numpy(), v_t.numpy()
-            else:
-                h_t, v_t = m(m.obs_tensor(obs))
-                heads.append(h_t)
-                vals.append(v_t)
-                head, v = h_t.detach().numpy(), v_t.detach().numpy()
             a = m.sample(head, st.rng)
             st.actions[t] = a
             st.values[t] = v
@@ -233,10 +227,10 @@ class HSA2C(Algorithm):
             clip_grad_norm_(g, self.max_grad_norm)
             self._count(B, episodes)
             return g
-        if cnn:
-            head, values = m.head_outputs(m.attach_dense(torch.cat(feats), torch.cat(dense)))
-        else:
+        if fast:  # an MLP with backend="torch"
             head, values = torch.cat(heads), torch.cat(vals)
+        else:
+            head, values = m.head_outputs(m.attach_dense(torch.cat(feats), torch.cat(dense)))
         acts = torch.from_numpy(st.actions.reshape((B,) + st.actions.shape[2:]))
         logp, ent = m.log_prob_entropy(head, acts)
         loss, _ = a2c_loss(logp, ent, values, torch.from_numpy(adv.reshape(-1)), torch.from_numpy(ret.reshape(-1)),

@@ -216,15 +216,11 @@ class ActorCritic(nn.Module):
     def forward(self, x: torch.Tensor):
         if self.trunk is None:
             return self.pi_head(self.pi_body(x)), self.vf_head(self.vf_body(x)).squeeze(-1)
-        return self.heads(self.features(x))
+        return self.head_outputs(self.dense(self.features(x)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """CNN models: the flattened output of the convolutions (what ``heads`` takes)."""
+        """CNN models: the flattened output of the convolutions (what ``dense`` takes)."""
         return self.trunk[0](x)
-
-    def heads(self, f: torch.Tensor):
-        """CNN models: (logits or means, values) from ``features``: the dense layer and both heads."""
-        return self.head_outputs(self.dense(f))
 
     def dense(self, f: torch.Tensor) -> torch.Tensor:
         """CNN models: the dense layer (and its ReLU) on ``features``."""
