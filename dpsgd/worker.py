@@ -177,8 +177,12 @@ class Worker:
         self.fatal = False
 
     # ------------------------------------------------------------------ schedule
+    def _updates_done(self) -> int:
+        """Updates counted so far: the server's total, the push under way, the local ones not pushed."""
+        return self.server_total + self.pushing + self.since_push
+
     def lr_now(self) -> float:
-        return lr_at(self.config, self.server_total + self.pushing + self.since_push)
+        return lr_at(self.config, self._updates_done())
 
     # ------------------------------------------------------------------ push/pull
     def _exchange(self, kind):
@@ -213,8 +217,7 @@ class Worker:
         """Reserve the next update of the budget (always granted with several workers: the
         server's STOP ends those runs)."""
         with self.count_lock:
-            if self.exact_budget and (self.server_total + self.pushing + self.since_push + self.in_flight
-                                      >= self.config.total_updates):
+            if self.exact_budget and self._updates_done() + self.in_flight >= self.config.total_updates:
                 return False
             self.in_flight += 1
             return True
