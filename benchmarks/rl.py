@@ -21,10 +21,11 @@ Parts (each child is a separate process, one torch thread unless a row says othe
    ``mpiexec -n 3`` (2 worker processes x 8 envs).
 3. ``pong``: ALE/Pong-v5, the same preprocessing for all: training agent steps/s of HSA2C
    (Nature CNN; 1 thread x 16 envs, 2 threads x 8 and x 16; its default Atari environments are
-   ale-py's C++ vector env, one row with the Python wrappers instead) against SB3 A2C (CnnPolicy,
+   ale-py's C++ vector env, two rows with the Python wrappers instead) against SB3 A2C (CnnPolicy,
    16 envs in a DummyVecEnv of our Python wrappers, rl-zoo Atari ent 0.01 / vf 0.25) with torch
-   on 1 and on 2 threads, and with 32 envs on 2 threads; fixed budget, clocks from the first
-   update (SB3: after its first env reset); plus the raw preprocessed env step rate.
+   on 1 and on 2 threads, with 32 envs on 2 threads, and on SB3's own make_atari_env +
+   VecFrameStack; fixed budget, clocks from the first update (SB3: after its first env reset);
+   plus the raw preprocessed env step rate.
 4. ``minatar``: a learning curve of HSA2C on MinAtar/Breakout-v1 (PNG).
 
     python -m benchmarks.rl                 # everything (about 35-45 minutes on 2 busy cores)
@@ -135,21 +136,22 @@ def child_sb3(args):
 
     from algorithms.hsa2c.envs import make_env
 
-    if args.atari and args.sb3_wrappers:
-        # SB3's own Atari pipeline, as its users run it (rl-zoo): AtariWrapper + VecFrameStack(4)
-        import ale_py
-        import gymnasium as gym
-        from stable_baselines3.common.env_util import make_atari_env
-        from stable_baselines3.common.vec_env import VecFrameStack
+    if args.atari:
+        if args.sb3_wrappers:
+            # SB3's own Atari pipeline, as its users run it (rl-zoo): AtariWrapper + VecFrameStack(4)
+            import ale_py
+            import gymnasium as gym
+            from stable_baselines3.common.env_util import make_atari_env
+            from stable_baselines3.common.vec_env import VecFrameStack
 
-        gym.register_envs(ale_py)
-        # AtariWrapper skips frames itself: the v5 env's own frameskip and sticky actions off
-        venv = VecFrameStack(make_atari_env(args.env, n_envs=args.n_envs, seed=args.seed,
-                                            env_kwargs=dict(frameskip=1, repeat_action_probability=0.0)), n_stack=4)
-        model = A2C("CnnPolicy", venv, ent_coef=0.01, vf_coef=0.25, seed=args.seed, device="cpu", verbose=0)
-    elif args.atari:
-        venv = DummyVecEnv([lambda: make_env(args.env, train=True) for _ in range(args.n_envs)])
-        venv.seed(args.seed)
+            gym.register_envs(ale_py)
+            # AtariWrapper skips frames itself: the v5 env's own frameskip and sticky actions off
+            venv = VecFrameStack(make_atari_env(args.env, n_envs=args.n_envs, seed=args.seed,
+                                                env_kwargs=dict(frameskip=1, repeat_action_probability=0.0)),
+                                 n_stack=4)
+        else:
+            venv = DummyVecEnv([lambda: make_env(args.env, train=True) for _ in range(args.n_envs)])
+            venv.seed(args.seed)
         model = A2C("CnnPolicy", venv, ent_coef=0.01, vf_coef=0.25, seed=args.seed, device="cpu", verbose=0)
     else:
         from stable_baselines3.common.env_util import make_vec_env
