@@ -213,22 +213,24 @@ def run_vw(data, K, passes, batch, seed):
     X = data["Xtr"]
     n, V = X.shape
     tmp = tempfile.mkdtemp(prefix="lda-vw-")
-    corpus = os.path.join(tmp, "corpus.vw")
-    _vw_corpus_file(X, corpus)
-    curve, lam, train = [], None, 0.0
-    for p in range(1, passes + 1):
-        readable = os.path.join(tmp, f"topics{p}.txt")
-        args = (f"--lda {K} --lda_alpha {1.0 / K} --lda_rho {1.0 / K} --lda_D {n} --minibatch {batch} "
-                f"--ring_size {max(256, 2 * batch)} --power_t 0.5 --initial_t 1 -l 1 --lda_epsilon 0.001 -b {max(int(V - 1).bit_length(), 1)} "
-                f"--passes {p} -c -k --cache_file {os.path.join(tmp, 'cache')} --holdout_off "
-                f"--random_seed {seed} --quiet -d {corpus}")
-        t = time.perf_counter()
-        ws = Workspace(args + f" --readable_model {readable}")
-        ws.finish()  # writes the readable model
-        train = time.perf_counter() - t
-        lam = _vw_lambda(readable, K, V)
-        curve.append((train, p * n, evaluate(lam, data, K)))
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        corpus = os.path.join(tmp, "corpus.vw")
+        _vw_corpus_file(X, corpus)
+        curve, lam, train = [], None, 0.0
+        for p in range(1, passes + 1):
+            readable = os.path.join(tmp, f"topics{p}.txt")
+            args = (f"--lda {K} --lda_alpha {1.0 / K} --lda_rho {1.0 / K} --lda_D {n} --minibatch {batch} "
+                    f"--ring_size {max(256, 2 * batch)} --power_t 0.5 --initial_t 1 -l 1 --lda_epsilon 0.001 "
+                    f"-b {max(int(V - 1).bit_length(), 1)} --passes {p} -c -k "
+                    f"--cache_file {os.path.join(tmp, 'cache')} --holdout_off --random_seed {seed} --quiet -d {corpus}")
+            t = time.perf_counter()
+            ws = Workspace(args + f" --readable_model {readable}")
+            ws.finish()  # writes the readable model
+            train = time.perf_counter() - t
+            lam = _vw_lambda(readable, K, V)
+            curve.append((train, p * n, evaluate(lam, data, K)))
+    finally:  # the corpus copy and cache go even when VW fails
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"curve": curve, "train_s": train, "fit_s": train, "beta": lam}
 
 
