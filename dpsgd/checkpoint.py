@@ -36,11 +36,28 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the mode of every file written here: 0644 under the usual umask 022, like any other tool's output
+#: (mkstemp's temp files are 0600, which a shared cluster's group could not read)
+FILE_MODE = 0o666 & ~_umask()
+
+
+def _mkstemp(d: str, suffix: str):
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str, write) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it into place."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = _mkstemp(d, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -65,7 +82,7 @@ def save_npz(path: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
     prev = path[:-4] + ".prev.npz" if path.endswith(".npz") else path + ".prev"
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npz")
+    fd, tmp = _mkstemp(d, ".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from .rules import RuleConfig
 
 SCHEDULES = ("constant", "power", "linear")
-LOCAL_OPTIMIZERS = ("sgd", "rmsprop", "adam")
+LOCAL_OPTIMIZERS = ("sgd", "rmsprop", "rmsprop_tf", "adam")
 
 
 class ConfigError(ValueError):

@@ -31,6 +31,23 @@ def rmsprop_step(w, g, sq, lr, alpha, eps):
 
 
 @njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+def rmsprop_tf_step(w, g, sq, lr, alpha, eps):
+    """TensorFlow's RMSprop (the original A2C's, Stable-Baselines3's ``RMSpropTFLike``): ``eps``
+    inside the square root, ``sq`` starting at ones (see :class:`LocalOptimizer`).
+
+    With ``sq`` starting at zero and ``eps`` outside (torch's RMSprop), the first steps are
+    ``lr * g / |g| * sqrt(1 / (1 - alpha))`` - ten times ``lr`` in every parameter at alpha 0.99,
+    whatever the gradient's size - which the A2C Atari settings (lr 7e-4, eps 1e-5) do not survive.
+    """
+    one_m = 1.0 - alpha
+    for i in range(w.shape[0]):
+        gi = g[i]
+        s = alpha * sq[i] + one_m * gi * gi
+        sq[i] = s
+        w[i] -= lr * gi / np.sqrt(s + eps)
+
+
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def adam_step(w, g, m, v, lr, b1, b2, eps, t):
     """Adam with shared moments; ``t`` (>= 1) is the rank's update count for bias correction."""
     c1 = 1.0 - b1 ** t
@@ -69,15 +86,37 @@ def merge_pull(w, w_start, w_new, snap):
 
 
 class LocalOptimizer:
-    """The rule each thread applies to the rank's buffer: sgd, or rmsprop/adam with shared state."""
+    """The rule each thread applies to the rank's buffer: sgd, or rmsprop/rmsprop_tf/adam with
+    shared state (``rmsprop_tf``: TensorFlow's variant, square statistics starting at ones)."""
 
     def __init__(self, name: str, n_params: int, alpha=0.99, betas=(0.9, 0.999), eps=1e-5):
         self.name = name
         self.alpha = np.float32(alpha)
         self.b1, self.b2 = np.float32(betas[0]), np.float32(betas[1])
         self.eps = np.float32(eps)
-        self.sq = np.zeros(n_params if name in ("rmsprop", "adam") else 0, np.float32)
+        self.sq = np.zeros(n_params if name in ("rmsprop", "rmsprop_tf", "adam") else 0, np.float32)
+        if name == "rmsprop_tf":
+            self.sq[:] = 1.0
         self.m = np.zeros(n_params if name == "adam" else 0, np.float32)
+
+    def state_arrays(self, prefix: str = "local_opt_") -> dict[str, np.ndarray]:
+        """The statistics to checkpoint (empty for sgd)."""
+        out = {}
+        if self.sq.size:
+            out[prefix + "sq"] = self.sq
+        if self.m.size:
+            out[prefix + "m"] = self.m
+        return out
+
+    def load_state_arrays(self, arrays: dict, prefix: str = "local_opt_") -> bool:
+        """Restore statistics saved by :meth:`state_arrays`; False (and nothing changed) when
+        ``arrays`` holds none for this optimizer or holds another optimizer's."""
+        want = self.state_arrays(prefix)
+        if not want or any(k not in arrays or arrays[k].shape != v.shape for k, v in want.items()):
+            return False
+        for k, v in want.items():
+            v[...] = arrays[k]
+        return True
 
     def step(self, w: np.ndarray, g: np.ndarray, lr: float, t: int) -> None:
         lr = np.float32(lr)
@@ -85,5 +124,7 @@ class LocalOptimizer:
             sgd_step(w, g, lr)
         elif self.name == "rmsprop":
             rmsprop_step(w, g, self.sq, lr, self.alpha, self.eps)
+        elif self.name == "rmsprop_tf":
+            rmsprop_tf_step(w, g, self.sq, lr, self.alpha, self.eps)
         else:
             adam_step(w, g, self.m, self.sq, lr, self.b1, self.b2, self.eps, np.float32(max(t, 1)))

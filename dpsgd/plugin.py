@@ -111,6 +111,11 @@ class Algorithm:
         """
         return False
 
+    def resumed(self, total_updates: int, seconds: float) -> None:
+        """Called on the serving process after ``--resume`` restored a checkpoint taken after
+        ``total_updates`` updates and ``seconds`` of training, before any update; optional
+        (an algorithm that counts samples or keeps a clock continues them from here)."""
+
     #: samples (documents, env steps, examples) one compute_update consumes, for throughput
     samples_per_update: int = 1
 

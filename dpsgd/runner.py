@@ -123,11 +123,17 @@ class Housekeeper:
         row.update({k: float(v) for k, v in m.items()})
         self.history.append(row)
 
+    #: callable returning more arrays to checkpoint (one process: the worker's optimizer statistics)
+    extra_arrays = None
+
     def write_checkpoint(self):
         if self.core.model_broken:
             return  # keep the last good checkpoint rather than replace it by a model full of inf/NaN
         meta = dict(self.meta, **self.core.state_scalars())
-        ckpt.save_npz(ckpt.shard_path(self.config.checkpoint_dir, self.core.shard), self.core.state_arrays(), meta)
+        arrays = self.core.state_arrays()
+        if self.extra_arrays is not None:
+            arrays.update(self.extra_arrays())
+        ckpt.save_npz(ckpt.shard_path(self.config.checkpoint_dir, self.core.shard), arrays, meta)
         self.checkpoints_written += 1
 
     def close(self):
@@ -135,7 +141,8 @@ class Housekeeper:
             self(), self.bar.close()
 
 
-def _resume(core: ServerCore, config: TrainConfig, meta: dict, warn) -> None:
+def _resume(core: ServerCore, config: TrainConfig, meta: dict, warn) -> dict[str, np.ndarray]:
+    """Restore ``core`` from the checkpoint in ``config.resume``; returns the checkpoint's arrays."""
     arrays, saved = ckpt.load_latest(config.resume, core.shard, warn=warn)
     for key in ("n_params", "n_servers"):
         if saved.get(key) != meta[key]:
@@ -147,6 +154,13 @@ def _resume(core: ServerCore, config: TrainConfig, meta: dict, warn) -> None:
         core.load_state(arrays, saved)
     except (ValueError, KeyError) as e:
         raise ckpt.CheckpointError(f"{ckpt.shard_path(config.resume, core.shard)}: {e}") from None
+    return arrays
+
+
+def _tell_resumed(algorithm, core: ServerCore) -> None:
+    hook = getattr(algorithm, "resumed", None)
+    if hook is not None:
+        hook(int(core.total_updates), float(core.elapsed_offset))
 
 
 def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
@@ -178,11 +192,16 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     if comm is None:
         core = ServerCore(w0, config, 1)
         core.stop_hook = getattr(algorithm, "should_stop", None)
-        if config.resume:
-            _resume(core, config, meta, warn=print)
+        saved = _resume(core, config, meta, warn=print) if config.resume else None
+        if saved is not None:
+            _tell_resumed(algorithm, core)
         hk = Housekeeper(core, algorithm, config, evaluate=True, show_progress=config.progress, meta=meta)
         # the one process does the server's periodic work too, after each push
         worker = Worker(algorithm, config, LocalChannel(core, housekeeping=hk), 0, 1, core.w)
+        # the worker's optimizer statistics (RMSprop/Adam) go into the checkpoints and come back on resume
+        hk.extra_arrays = worker.opt.state_arrays
+        if saved is not None and not worker.opt.load_state_arrays(saved) and worker.opt.state_arrays():
+            print(f"dpsgd: {config.resume} holds no {config.local_optimizer} statistics: they start afresh")
         try:
             wstats = worker.run()
         finally:
@@ -206,6 +225,8 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
         core.stop_hook = getattr(algorithm, "should_stop", None)
         if config.resume:
             _resume(core, config, meta, warn=print if is_root else (lambda *_: None))
+            if is_root:
+                _tell_resumed(algorithm, core)
         hk = Housekeeper(core, algorithm, config, evaluate=(n_servers == 1),
                          show_progress=config.progress and is_root, meta=meta)
         try:

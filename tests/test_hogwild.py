@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import dpsgd
-from dpsgd.hogwild import LocalOptimizer, adam_step, merge_pull, rmsprop_step, sgd_step, snapshot_delta
+from dpsgd.hogwild import (LocalOptimizer, adam_step, merge_pull, rmsprop_step, rmsprop_tf_step, sgd_step,
+                           snapshot_delta)
 
 sys.path.insert(0, str(Path(__file__).parent / "progs"))
 from train_ls import LS  # noqa: E402
@@ -25,6 +26,12 @@ def test_kernels_match_numpy():
     s = 0.99 * 0.5 + 0.01 * g.astype(np.float64) ** 2
     np.testing.assert_allclose(sq, s, rtol=1e-5)
     np.testing.assert_allclose(w2, w - 0.01 * g / (np.sqrt(s) + 1e-5), rtol=1e-5, atol=1e-7)
+    # TensorFlow's RMSprop: eps inside the root (statistics 0.5 here; LocalOptimizer starts them at 1)
+    sq = np.full(100, 0.5, np.float32)
+    w4 = w.copy()
+    rmsprop_tf_step(w4, g, sq, np.float32(0.01), np.float32(0.99), np.float32(1e-5))
+    np.testing.assert_allclose(sq, s, rtol=1e-5)
+    np.testing.assert_allclose(w4, w - 0.01 * g / np.sqrt(s + 1e-5), rtol=1e-5, atol=1e-7)
     m, v = np.zeros(100, np.float32), np.zeros(100, np.float32)
     w3 = w.copy()
     adam_step(w3, g, m, v, np.float32(0.01), np.float32(0.9), np.float32(0.999), np.float32(1e-8), np.float32(1))
@@ -77,7 +84,7 @@ def test_one_thread_run_is_reproducible():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop", "rmsprop_tf", "adam"])
 def test_threads_converge_like_one_thread(optimizer):
     """Hogwild with 4 threads reaches the least-squares solution within tolerance."""
     lr = 0.02 if optimizer == "sgd" else 0.01
@@ -93,7 +100,35 @@ def test_local_optimizer_shares_state():
     opt = LocalOptimizer("rmsprop", 10)
     w = np.zeros(10, np.float32)
     opt.step(w, np.ones(10, np.float32), 0.1, 1)
-    assert opt.sq.any()
+    np.testing.assert_allclose(opt.sq, 0.01, rtol=1e-6)  # (1 - alpha) * g^2 from zero statistics
+    np.testing.assert_allclose(w, -0.1 / (0.1 + 1e-5), rtol=1e-5)  # torch's first step: 10 lr whatever g
+
+
+def test_rmsprop_tf_first_step_scales_with_the_gradient():
+    """The TF variant starts its statistics at 1, so a small gradient makes a small first step
+    (torch's RMSprop moves every coordinate by ~10 lr at alpha 0.99, the Atari failure mode)."""
+    opt = LocalOptimizer("rmsprop_tf", 4, alpha=0.99, eps=1e-5)
+    np.testing.assert_array_equal(opt.sq, 1.0)
+    w = np.zeros(4, np.float32)
+    g = np.array([1e-3, -1e-3, 0.5, 0.0], np.float32)
+    opt.step(w, g, 7e-4, 1)
+    s = 0.99 + 0.01 * g.astype(np.float64) ** 2
+    np.testing.assert_allclose(w, -7e-4 * g / np.sqrt(s + 1e-5), rtol=1e-5, atol=1e-12)
+    assert abs(w[0]) < 1e-6 and w[3] == 0.0
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "rmsprop_tf", "adam"])
+def test_local_optimizer_state_round_trip(name):
+    a = LocalOptimizer(name, 6)
+    w = np.zeros(6, np.float32)
+    for t in range(1, 4):
+        a.step(w, np.arange(6, dtype=np.float32) - 2.5, 0.01, t)
+    saved = {k: v.copy() for k, v in a.state_arrays().items()}
+    b = LocalOptimizer(name, 6)
+    assert b.load_state_arrays(saved) == bool(saved)
+    for k, v in b.state_arrays().items():
+        np.testing.assert_array_equal(v, saved[k])
+    assert not LocalOptimizer(name, 7).load_state_arrays(saved)  # another size: refused, untouched
 
 
 def test_nan_updates_are_rejected_and_run_recovers():

@@ -251,9 +251,14 @@ def test_numpy_mlp_gradient_equals_torch_autograd(discrete, act, norm):
     adv, ret = rng.normal(size=B).astype(np.float32), rng.normal(size=B).astype(np.float32)
     head, v = m(m.obs_tensor(obs))
     logp, ent = m.log_prob_entropy(head, torch.as_tensor(acts))
-    loss, _ = a2c_loss(logp, ent, v, torch.as_tensor(adv), torch.as_tensor(ret), 0.5, 0.01, norm)
+    loss, parts = a2c_loss(logp, ent, v, torch.as_tensor(adv), torch.as_tensor(ret), 0.5, 0.01, norm)
     m.zero_grad()
     loss.backward()
     expected = m.flat_grad()
-    got = m.mlp_loss_grad(obs, acts, adv, ret, 0.5, 0.01, norm, np.empty(m.flat.size, np.float32))
+    got_parts = {}
+    got = m.mlp_loss_grad(obs, acts, adv, ret, 0.5, 0.01, norm, np.empty(m.flat.size, np.float32), got_parts)
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-6)
+    # the loss parts it reports (the live log's losses/*) are a2c_loss's
+    assert set(got_parts) == set(parts)
+    for k, t in parts.items():
+        np.testing.assert_allclose(got_parts[k], float(t.detach()), rtol=1e-4, atol=1e-6, err_msg=k)

@@ -31,6 +31,7 @@ from dpsgd.plugin import Algorithm
 
 from . import envs as E
 from .losses import a2c_loss, clip_grad_norm_, compute_advantages
+from .runlog import TB_TAGS, clear_event_files
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "model.json"
@@ -88,8 +89,8 @@ def validate_hparams(h: dict) -> None:
     need(h["backend"] in ("auto", "torch"), f"unknown backend {h['backend']!r}; choose auto or torch")
     need(h["env_backend"] in ("auto", "ale", "python"),
          f"unknown env_backend {h['env_backend']!r}; choose auto, ale or python")
-    need(h["optimizer"] in ("rmsprop", "adam", "sgd"),
-         f"unknown optimizer {h['optimizer']!r}; choose rmsprop, adam or sgd")
+    need(h["optimizer"] in ("rmsprop", "rmsprop_tf", "adam", "sgd"),
+         f"unknown optimizer {h['optimizer']!r}; choose rmsprop, rmsprop_tf, adam or sgd")
     need(all(isinstance(k, (int, np.integer)) and k > 0 for k in h["hidden"]),
          f"hidden sizes must be positive integers, got {list(h['hidden'])}")
 
@@ -222,8 +223,11 @@ class HSA2C(Algorithm):
         B = T * N
         g = st.grad
         if not keep_graph:  # MLP: the same gradient by hand in numpy (no autograd overhead)
+            parts = {} if self._live is not None else None
             m.mlp_loss_grad(st.obs.reshape((B,) + st.obs.shape[2:]), st.actions.reshape((B,) + st.actions.shape[2:]),
-                            adv, ret, self.vf_coef, self.ent_coef, self.normalize_advantage, g)
+                            adv, ret, self.vf_coef, self.ent_coef, self.normalize_advantage, g, parts)
+            if parts is not None:
+                self._live.losses(parts)
             clip_grad_norm_(g, self.max_grad_norm)
             self._count(B, episodes)
             return g
@@ -233,8 +237,11 @@ class HSA2C(Algorithm):
             head, values = m.head_outputs(m.attach_dense(torch.cat(feats), torch.cat(dense)))
         acts = torch.from_numpy(st.actions.reshape((B,) + st.actions.shape[2:]))
         logp, ent = m.log_prob_entropy(head, acts)
-        loss, _ = a2c_loss(logp, ent, values, torch.from_numpy(adv.reshape(-1)), torch.from_numpy(ret.reshape(-1)),
-                           self.vf_coef, self.ent_coef, self.normalize_advantage)
+        loss, parts = a2c_loss(logp, ent, values, torch.from_numpy(adv.reshape(-1)),
+                               torch.from_numpy(ret.reshape(-1)), self.vf_coef, self.ent_coef,
+                               self.normalize_advantage)
+        if self._live is not None:
+            self._live.losses({k: float(v.detach()) for k, v in parts.items()})
         grads = torch.autograd.grad(loss, m._params)
         for gr, (lo, hi) in zip(grads, m.slices):
             g[lo:hi] = gr.reshape(-1).numpy()
@@ -277,17 +284,34 @@ class HSA2C(Algorithm):
         self._t0 = time.perf_counter()
         self._started = False
         self._local_eval = False
+        self._live = None
+        self._wall_offset = 0.0
+        self._resumed_steps = 0
+        self._stop_requested = None  # the signal that asked the run to stop (SIGINT/SIGTERM)
 
     def _wall(self) -> float:
-        return time.perf_counter() - self._t0 - self._eval_seconds
+        return self._wall_offset + time.perf_counter() - self._t0 - self._eval_seconds
+
+    def resumed(self, total_updates: int, seconds: float) -> None:
+        """The dpsgd resume hook: continue the step count and the clock of the checkpointed run
+        (its seconds include that run's evaluations, which this run's clock excludes)."""
+        self._env_steps = int(total_updates) * self.samples_per_update
+        self._next_eval = (self._env_steps // self.eval_freq + 1) * self.eval_freq
+        self._wall_offset = float(seconds)
+        self._resumed_steps = self._env_steps
 
     def _count(self, n, episodes):
+        live = self._live
         with self._lock:
             self._env_steps += n
-            if episodes:
-                w = self._wall()
-                for ep in episodes:
-                    self._episodes.append((self._env_steps, w, float(ep["r"]), int(ep["l"])))
+            steps = self._env_steps
+            w = self._wall()
+            for ep in episodes:
+                self._episodes.append((steps, w, float(ep["r"]), int(ep["l"])))
+        if live is not None:
+            for ep in episodes:
+                live.episode(steps, w, float(ep["r"]), int(ep["l"]))
+            live.tick(steps, w)
 
     def _maybe_eval(self, params):
         if self.eval_episodes == 0 or self._env_steps < self._next_eval or not self._lock.acquire(blocking=False):
@@ -297,10 +321,14 @@ class HSA2C(Algorithm):
                 return
             steps, wall = self._env_steps, self._wall()
             self._next_eval = (steps // self.eval_freq + 1) * self.eval_freq
-            m = self.evaluate(params.copy())
+            snapshot = params.copy()
+            m = self.evaluate(snapshot)
             self._eval_log.append({"env_steps": steps, "wall_seconds": wall,
                                    "eval_return_mean": m["eval_return_mean"],
                                    "eval_return_std": m["eval_return_std"]})
+            if self._live is not None:
+                self._live.evaluation(steps, wall, m["eval_return_mean"], m["eval_return_std"])
+                self._save_params(self._live.out, snapshot)  # `dpsgd evaluate OUT` works during the run
         finally:
             self._lock.release()
 
@@ -313,8 +341,10 @@ class HSA2C(Algorithm):
             self._solved_stop = True  # should_stop() tells the server to end the run
 
     def should_stop(self) -> bool:
-        """The dpsgd stop hook: solved (target return reached solve_evals times in a row)."""
-        return self._solved_stop
+        """The dpsgd stop hook: solved (target return reached solve_evals times in a row), or a
+        SIGINT/SIGTERM asked the run to end (it then ends like a finished one: final checkpoint,
+        model and metrics written)."""
+        return self._solved_stop or self._stop_requested is not None
 
     # ------------------------------------------------------------------ training
     def train_config(self, total_steps: int):
@@ -339,30 +369,47 @@ class HSA2C(Algorithm):
             eval_every=self.eval_seconds if mpi else None,
         )
 
-    def learn(self, total_steps: int, config=None) -> "HSA2C":
+    def learn(self, total_steps: int, config=None, out: str | None = None, append: bool = False) -> "HSA2C":
         """Train for ``total_steps`` environment steps (all workers); returns self.
 
         A second call continues from the current parameters (the optimizer statistics start afresh).
 
         ``config`` (a dpsgd.TrainConfig) overrides the framework settings derived from the
         hyperparameters (its ``total_updates`` counts updates of ``n_envs * n_steps`` steps).
+        ``out``: in one process, write ``progress.csv``, TensorBoard events and (at every
+        evaluation) the model into this directory while training (:mod:`.runlog`); ``append``
+        continues an earlier run's ``progress.csv`` there.
         """
         import torch
 
         import dpsgd
         from dpsgd.runner import mpi_world_size_from_env
 
+        from .runlog import LiveLog
+
         torch.set_num_threads(1)
         cfg = config if config is not None else self.train_config(total_steps)
         self._reset_run_state()
         self._local_eval = mpi_world_size_from_env() <= 1
-        result = dpsgd.train(self, cfg)
-        self._last_result = result
-        if result.params is not None:
-            self.params = np.array(result.params, np.float32, copy=True)
-            self._model = None
-        if result.is_root:
-            self.metrics = self._summarize(result.metrics, cfg)
+        if out is not None and self._local_eval:
+            self._live = LiveLog(out, append=append)
+            self._save_config(out)
+        try:
+            with _stop_on_signals(self):
+                result = dpsgd.train(self, cfg)
+            self._last_result = result
+            if result.params is not None:
+                self.params = np.array(result.params, np.float32, copy=True)
+                self._model = None
+            if result.is_root:
+                self.metrics = self._summarize(result.metrics, cfg)
+                if self._live is not None:
+                    m = self.metrics
+                    self._live.close(m["env_steps"], m["train_seconds"] + self._wall_offset,
+                                     m["env_steps_per_second"])
+        finally:
+            if self._live is not None:
+                self._live.close()
         return self
 
     def _summarize(self, fm: dict, cfg) -> dict:
@@ -400,10 +447,12 @@ class HSA2C(Algorithm):
             "wall_seconds": wall,
             "train_seconds": train_wall,
             "eval_seconds": self._eval_seconds,
-            "env_steps_per_second": env_steps / train_wall,
+            "env_steps_per_second": (env_steps - self._resumed_steps) / train_wall,  # this run's
+            "resumed_at_env_steps": self._resumed_steps or None,
             "final_eval_return_mean": final.get("eval_return_mean"),
             "final_eval_return_std": final.get("eval_return_std"),
             "final_eval_episodes": self.eval_episodes,
+            "stopped_by_signal": self._stop_requested,
             "n_workers": fm.get("n_workers"),
             "threads_per_worker": fm.get("threads_per_worker"),
             "rule": fm.get("rule"),
@@ -476,19 +525,32 @@ class HSA2C(Algorithm):
 
     def save(self, path: str) -> str:
         """Write ``model.pt`` (torch state_dict of tensors) and ``model.json`` into directory ``path``."""
-        import torch
-
-        from dpsgd.checkpoint import atomic_write_bytes, atomic_write_text
-
         if self.params is None:
             raise RuntimeError("nothing to save: call learn() first")
+        self._save_params(path, self.params)
+        return path
+
+    def _save_config(self, path: str) -> None:
+        from dpsgd.checkpoint import atomic_write_text
+
         os.makedirs(path, exist_ok=True)
-        sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        atomic_write_text(os.path.join(path, CONFIG_FILE), json.dumps(self.config_dict(), indent=1))
+
+    def _save_params(self, path: str, params: np.ndarray) -> None:
+        """``model.pt`` of ``params`` (atomically) and ``model.json`` into ``path``."""
+        import torch
+
+        from dpsgd.checkpoint import atomic_write_bytes
+
+        from .nets import build_model
+
+        model = build_model(self.model_config, seed=0)
+        model.set_flat(params)
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
         buf = io.BytesIO()
         torch.save(sd, buf)
+        self._save_config(path)
         atomic_write_bytes(os.path.join(path, MODEL_FILE), lambda f: f.write(buf.getvalue()))
-        atomic_write_text(os.path.join(path, CONFIG_FILE), json.dumps(self.config_dict(), indent=1))
-        return path
 
     @classmethod
     def load(cls, path: str) -> "HSA2C":
@@ -524,12 +586,18 @@ class HSA2C(Algorithm):
         return agent
 
     def write_run(self, out: str) -> None:
-        """metrics.json, progress.csv, the model and the config into ``out`` (rank 0)."""
+        """metrics.json, progress.csv, the model and the config into ``out`` (rank 0).
+
+        When the run wrote ``progress.csv`` and TensorBoard events live into ``out`` (``learn(out=...)``)
+        those files are complete already and are kept as they are.
+        """
         from dpsgd.checkpoint import atomic_write_text
 
         os.makedirs(out, exist_ok=True)
         self.save(out)
         atomic_write_text(os.path.join(out, "metrics.json"), json.dumps(self.metrics, indent=1, default=float))
+        if self._live is not None and os.path.abspath(self._live.out) == os.path.abspath(out):
+            return
         s = io.StringIO()
         w = csv.writer(s)
         w.writerow(["kind", "env_steps", "wall_seconds", "episode_return", "episode_length", "return_std"])
@@ -543,10 +611,6 @@ class HSA2C(Algorithm):
         _tensorboard(out, rows, self.metrics)
 
 
-#: TensorBoard tags (CleanRL's names where there is one)
-TB_TAGS = {"train": "charts/episodic_return", "eval": "eval/episodic_return"}
-
-
 def _tensorboard(out, rows, metrics):
     """OUT/tb: the episodes of progress.csv against env steps, and the run's steps per second,
     when tensorboard is installed (``pip install tensorboard``)."""
@@ -555,12 +619,8 @@ def _tensorboard(out, rows, metrics):
     except Exception:  # noqa: BLE001 - tensorboard is optional
         return
     tb = os.path.join(out, "tb")
-    # the run replaces progress.csv and metrics.json in OUT: replace its event files too (a second
-    # event file from an earlier run into the same OUT would show both runs as one)
-    if os.path.isdir(tb):
-        for name in os.listdir(tb):
-            if name.startswith("events.out.tfevents."):
-                os.unlink(os.path.join(tb, name))
+    # the run replaces progress.csv and metrics.json in OUT: replace its event files too
+    clear_event_files(tb)
     w = SummaryWriter(tb)
     for kind, steps, wall, r, *_ in rows:
         w.add_scalar(TB_TAGS[kind], float(r), int(steps), walltime=None)
@@ -591,3 +651,43 @@ class _ThreadState:
         self.grad = np.zeros(model.n_params, np.float32)
         self.zero = np.zeros(model.n_params, np.float32)
         del torch
+
+
+class _stop_on_signals:
+    """While training in the main thread: SIGINT/SIGTERM ask the run to stop (``should_stop``)
+    instead of killing it, so it ends like a finished run. A second signal acts as usual."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.old = {}
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.old[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        import signal
+        import sys
+
+        name = signal.Signals(signum).name
+        if self.agent._stop_requested is not None:  # the second one: what it would have done
+            old = self.old.get(signum)
+            if callable(old):
+                return old(signum, frame)
+            raise KeyboardInterrupt
+        self.agent._stop_requested = name
+        print(f"dpsgd: {name}: stopping after the current updates (model, metrics and checkpoint are "
+              f"written); send it again to stop at once", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        return False

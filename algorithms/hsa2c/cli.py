@@ -39,7 +39,10 @@ def add_rl_options(p: argparse.ArgumentParser, *, n_envs: int = 8, n_steps: int 
     h.add_argument("--vf-coef", type=float, default=0.5)
     h.add_argument("--max-grad-norm", type=float, default=0.5)
     h.add_argument("--lr", type=float, default=lr, help=f"step size (default {lr})")
-    h.add_argument("--optimizer", default="rmsprop", help="rmsprop (default) | adam | sgd")
+    h.add_argument("--optimizer", default="rmsprop",
+                   help="rmsprop (default; torch's: eps outside the root, statistics from 0) | rmsprop_tf "
+                        "(TensorFlow's / SB3's RMSpropTFLike: eps inside, statistics from 1; use it for Atari) "
+                        "| adam | sgd")
     h.add_argument("--rms-alpha", type=float, default=0.99)
     h.add_argument("--opt-eps", type=float, default=1e-5)
     h.add_argument("--normalize-advantage", action="store_true")
@@ -84,6 +87,12 @@ def register_evaluate(subparsers) -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10 ** 6, help="episode i uses seed + i")
     p.add_argument("--env", default=None, help="evaluate on another (compatible) environment id")
+    p.add_argument("--gif", default=None, metavar="FILE",
+                   help="also write an animated GIF of one deterministic episode (seed --seed) to FILE")
+    p.add_argument("--gif-frames", type=int, default=600,
+                   help="at most this many GIF frames (default 600), one every --gif-every agent steps")
+    p.add_argument("--gif-every", type=int, default=2, help="agent steps between two GIF frames (default 2)")
+    p.add_argument("--gif-fps", type=float, default=30.0, help="GIF frames per second (default 30)")
     p.set_defaults(func=run_evaluate)
 
 
@@ -132,19 +141,27 @@ def run(args) -> int:
         cfg.validate(mpi_world_size_from_env())
     except (EnvError, UnsupportedSpace) as e:
         raise ConfigError(str(e)) from None
-    agent.learn(args.total_steps, config=cfg)
+    if is_root_rank():  # the run directory exists from the start (config.json; progress.csv as it trains)
+        write_run_config(args.out, "a2c", args, agent, cfg)
+    agent.learn(args.total_steps, config=cfg, out=args.out, append=args.resume is not None)
     if agent.metrics:
-        import json
-        import os
-
-        from dpsgd.checkpoint import atomic_write_text
-
         agent.write_run(args.out)
-        run_cfg = {"command": "a2c", "argv": sys.argv[1:], "env": args.env, "total_steps": args.total_steps,
-                   "hyperparameters": agent.config_dict()["hyperparameters"], "train_config": cfg.to_dict()}
-        atomic_write_text(os.path.join(args.out, "config.json"), json.dumps(run_cfg, indent=1, default=str))
         print(summary_line("a2c", agent.metrics))
     return 0
+
+
+def write_run_config(out: str, command: str, args, agent, cfg) -> None:
+    """OUT/config.json: the command line, the hyperparameters and the framework configuration."""
+    import json
+    import os
+
+    from dpsgd.checkpoint import atomic_write_text
+
+    os.makedirs(out, exist_ok=True)
+    run_cfg = {"command": command, "argv": sys.argv[1:], "env": args.env, "total_steps": args.total_steps,
+               "hyperparameters": agent.config_dict()["hyperparameters"],
+               "train_config": cfg.to_dict() if cfg is not None else None}
+    atomic_write_text(os.path.join(out, "config.json"), json.dumps(run_cfg, indent=1, default=str))
 
 
 def summary_line(cmd: str, m: dict) -> str:
@@ -166,6 +183,11 @@ def run_evaluate(args) -> int:
 
     if args.episodes <= 0:
         return _err("evaluate", f"--episodes must be a positive integer, got {args.episodes}")
+    for name in ("gif_frames", "gif_every"):
+        if getattr(args, name) <= 0:
+            return _err("evaluate", f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not args.gif_fps > 0:
+        return _err("evaluate", f"--gif-fps must be > 0, got {args.gif_fps}")
     if not os.path.isfile(os.path.join(args.dir, "model.json")):
         return _err("evaluate", f"{args.dir}: no model.json (not a run directory of dpsgd a2c/a3c)")
     from .agent import HSA2C
@@ -181,9 +203,19 @@ def run_evaluate(args) -> int:
                 return _err("evaluate", f"{args.env} has other spaces than {agent.env_id}, the model's environment")
             agent.env_id = args.env
         rets = agent.evaluate_returns(None, args.episodes, seed=args.seed)
+        gif = None
+        if args.gif:
+            from .gif import record_episode, write_gif
+
+            frames, ret, steps = record_episode(agent, seed=args.seed, max_frames=args.gif_frames,
+                                                every=args.gif_every)
+            n = write_gif(frames, args.gif, fps=args.gif_fps)
+            gif = {"file": args.gif, "frames": n, "episode_return": ret, "episode_steps": steps}
     except (EnvError, ValueError, OSError) as e:
         return _err("evaluate", str(e).splitlines()[0] if str(e) else type(e).__name__)
     out = {"env": agent.env_id, "episodes": int(args.episodes), "return_mean": float(rets.mean()),
            "return_std": float(rets.std()), "return_min": float(rets.min()), "return_max": float(rets.max())}
+    if gif is not None:
+        out["gif"] = gif
     print(json.dumps(out))
     return 0

@@ -278,11 +278,12 @@ class ActorCritic(nn.Module):
         raise KeyError("not a parameter of this model")
 
     def mlp_loss_grad(self, obs, actions, advantages, returns, vf_coef: float, ent_coef: float,
-                      normalize_advantage: bool, out: np.ndarray) -> np.ndarray:
+                      normalize_advantage: bool, out: np.ndarray, parts: dict | None = None) -> np.ndarray:
         """Gradient of :func:`losses.a2c_loss` for an MLP model, by hand in numpy, into ``out``.
 
         The same value as torch's autograd on the same loss (the tests compare them), without
         autograd's per-operation overhead, which dominates for small MLPs and small batches.
+        ``parts`` (a dict) receives the loss's parts as floats, as ``a2c_loss`` returns them.
         """
         if self.trunk is not None:
             raise TypeError("mlp_loss_grad needs an MLP model")
@@ -315,6 +316,9 @@ class ActorCritic(nn.Module):
             onehot = np.zeros_like(z)
             onehot[np.arange(B), np.asarray(actions).reshape(-1).astype(np.int64)] = 1.0
             dz = -(adv[:, None] * inv_b) * (onehot - p) + np.float32(ent_coef) * inv_b * p * (logp_all + H)
+            if parts is not None:
+                parts["policy_loss"] = -float(np.mean(adv * (logp_all * onehot).sum(1)))
+                parts["entropy"] = float(H.mean())
         else:
             a = np.asarray(actions, np.float32).reshape(z.shape)
             log_std = self.log_std.detach().numpy()
@@ -324,7 +328,13 @@ class ActorCritic(nn.Module):
             zz = diff * diff * inv_var
             lo, hi = self._slice_of(self.log_std)
             out[lo:hi] = (-(adv[:, None] * inv_b) * (zz - 1.0)).sum(0) - np.float32(ent_coef)
+            if parts is not None:
+                logp = (-0.5 * zz - log_std - 0.5 * LOG_2PI).sum(1)
+                parts["policy_loss"] = -float(np.mean(adv * logp))
+                parts["entropy"] = float((0.5 + 0.5 * LOG_2PI + log_std).sum())
         dv = (np.float32(2.0 * vf_coef) * inv_b) * (v - ret)
+        if parts is not None:
+            parts["value_loss"] = float(np.mean((v - ret) ** 2))
         for (hs, lins, head), dout in zip(caches, (dz, dv[:, None])):
             lo, hi = self._slice_of(head.weight)
             out[lo:hi] = (dout.T @ hs[-1]).reshape(-1)
