@@ -43,17 +43,18 @@ def run(args) -> int:
         a3c = A3C(args.env, workers=workers, start_method=args.start_method, **h)
     except (EnvError, UnsupportedSpace) as e:
         raise ConfigError(str(e)) from None
-    a3c.learn(args.total_steps)
     import json
     import os
 
     from dpsgd.checkpoint import atomic_write_text
 
-    a3c.write_run(args.out)
+    os.makedirs(args.out, exist_ok=True)  # the run directory exists from the start
     cfg = {"command": "a3c", "argv": sys.argv[1:], "env": args.env, "total_steps": args.total_steps,
            "workers": a3c.workers, "start_method": a3c.start_method,
            "hyperparameters": a3c.agent.config_dict()["hyperparameters"]}
     atomic_write_text(os.path.join(args.out, "config.json"), json.dumps(cfg, indent=1, default=str))
+    a3c.learn(args.total_steps, out=args.out)
+    a3c.write_run(args.out)
     print(summary_line("a3c", a3c.metrics))
     return 0
 

@@ -16,7 +16,6 @@ stops there when ``early_stop`` is set.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -31,7 +30,8 @@ from dpsgd.plugin import Algorithm
 
 from . import envs as E
 from .losses import a2c_loss, clip_grad_norm_, compute_advantages
-from .runlog import TB_TAGS, clear_event_files
+from .runlog import LiveLog, write_progress
+from .tracker import EvalTracker, run_metrics
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "model.json"
@@ -103,7 +103,10 @@ class HSA2C(Algorithm):
     >>> agent.save("run/"); HSA2C.load("run/")
     """
 
-    def __init__(self, env: str = "CartPole-v1", **hparams):
+    def __init__(self, env: str = "CartPole-v1", model_config: dict | None = None, **hparams):
+        """``model_config``: the network's JSON architecture (:func:`.nets.model_config`; ``load``
+        passes the saved one); None derives it from the environment's spaces and ``hidden``,
+        ``activation``, ``log_std_init``, ``arch``."""
         unknown = set(hparams) - set(DEFAULTS)
         if unknown:
             raise ConfigError(f"unknown hyperparameter(s): {', '.join(sorted(unknown))}")
@@ -118,11 +121,13 @@ class HSA2C(Algorithm):
         for k, v in h.items():
             setattr(self, k, v)
         self.env_kwargs = dict(h["env_kwargs"] or {})
-        from .nets import model_config
+        if model_config is None:
+            from .nets import model_config as derive
 
-        obs_space, act_space = E.env_spaces(env) if not self.env_kwargs else self._spaces_kw()
-        self.model_config = model_config(obs_space, act_space, hidden=h["hidden"], activation=h["activation"],
-                                         log_std_init=h["log_std_init"], arch=h["arch"])
+            obs_space, act_space = E.env_spaces(env) if not self.env_kwargs else self._spaces_kw()
+            model_config = derive(obs_space, act_space, hidden=h["hidden"], activation=h["activation"],
+                                  log_std_init=h["log_std_init"], arch=h["arch"])
+        self.model_config = model_config
         self.samples_per_update = self.n_envs * self.n_steps
         self.params: np.ndarray | None = None
         self.metrics: dict = {}
@@ -170,7 +175,7 @@ class HSA2C(Algorithm):
                     self._started = True
         if self._local_eval:
             self._maybe_eval(params)
-        if self._solved_stop:
+        if self.tracker.stop:
             return st.zero  # solved: nothing more to learn, the run is being stopped
         m = st.model
         m.set_flat(params)
@@ -268,19 +273,16 @@ class HSA2C(Algorithm):
         out = {"eval_return_mean": float(np.mean(rets)), "eval_return_std": float(np.std(rets)),
                "eval_seconds_before": before}
         self._eval_seconds += time.perf_counter() - t0
-        self._note_eval(out["eval_return_mean"])
+        # under MPI the server evaluates the initial model first: it never counts towards solved
+        self.tracker.note(out["eval_return_mean"], counts=self._local_eval or self.tracker.n_evals > 0)
         return out
 
     # ------------------------------------------------------------------ bookkeeping
     def _reset_run_state(self):
         self._env_steps = 0
         self._episodes: list[tuple] = []  # (env_steps, wall_excl_eval, return, length)
-        self._eval_log: list[dict] = []
         self._eval_seconds = 0.0
-        self._next_eval = self.eval_freq
-        self._consec = 0
-        self._n_evals = 0
-        self._solved_stop = False
+        self.tracker = EvalTracker(self.eval_freq, self.target_return, self.solve_evals, self.early_stop)
         self._t0 = time.perf_counter()
         self._started = False
         self._local_eval = False
@@ -296,7 +298,7 @@ class HSA2C(Algorithm):
         """The dpsgd resume hook: continue the step count and the clock of the checkpointed run
         (its seconds include that run's evaluations, which this run's clock excludes)."""
         self._env_steps = int(total_updates) * self.samples_per_update
-        self._next_eval = (self._env_steps // self.eval_freq + 1) * self.eval_freq
+        self.tracker.reset(self._env_steps)
         self._wall_offset = float(seconds)
         self._resumed_steps = self._env_steps
 
@@ -313,38 +315,36 @@ class HSA2C(Algorithm):
                 live.episode(steps, w, float(ep["r"]), int(ep["l"]))
             live.tick(steps, w)
 
+    def pop_episodes(self) -> list[tuple]:
+        """The training episodes finished since the last call: (env steps, wall seconds, return, length)."""
+        with self._lock:
+            out, self._episodes = self._episodes, []
+        return out
+
     def _maybe_eval(self, params):
-        if self.eval_episodes == 0 or self._env_steps < self._next_eval or not self._lock.acquire(blocking=False):
+        tr = self.tracker
+        if self.eval_episodes == 0 or not tr.due(self._env_steps) or not self._lock.acquire(blocking=False):
             return
         try:
-            if self._env_steps < self._next_eval:
+            if not tr.due(self._env_steps):
                 return
             steps, wall = self._env_steps, self._wall()
-            self._next_eval = (steps // self.eval_freq + 1) * self.eval_freq
+            tr.take(steps)
             snapshot = params.copy()
-            m = self.evaluate(snapshot)
-            self._eval_log.append({"env_steps": steps, "wall_seconds": wall,
-                                   "eval_return_mean": m["eval_return_mean"],
-                                   "eval_return_std": m["eval_return_std"]})
+            m = self.evaluate(snapshot)  # notes the return in the tracker
+            tr.log.append({"env_steps": steps, "wall_seconds": wall, "eval_return_mean": m["eval_return_mean"],
+                           "eval_return_std": m["eval_return_std"]})
             if self._live is not None:
                 self._live.evaluation(steps, wall, m["eval_return_mean"], m["eval_return_std"])
                 self._save_params(self._live.out, snapshot)  # `dpsgd evaluate OUT` works during the run
         finally:
             self._lock.release()
 
-    def _note_eval(self, mean):
-        self._n_evals += 1
-        if self.target_return is None or (not self._local_eval and self._n_evals == 1):
-            return  # under MPI the server evaluates the initial model first: it never counts
-        self._consec = self._consec + 1 if mean >= self.target_return else 0
-        if self._consec >= self.solve_evals and self.early_stop and not self._solved_stop:
-            self._solved_stop = True  # should_stop() tells the server to end the run
-
     def should_stop(self) -> bool:
         """The dpsgd stop hook: solved (target return reached solve_evals times in a row), or a
         SIGINT/SIGTERM asked the run to end (it then ends like a finished one: final checkpoint,
         model and metrics written)."""
-        return self._solved_stop or self._stop_requested is not None
+        return self.tracker.stop or self._stop_requested is not None
 
     # ------------------------------------------------------------------ training
     def train_config(self, total_steps: int):
@@ -385,8 +385,6 @@ class HSA2C(Algorithm):
         import dpsgd
         from dpsgd.runner import mpi_world_size_from_env
 
-        from .runlog import LiveLog
-
         torch.set_num_threads(1)
         cfg = config if config is not None else self.train_config(total_steps)
         self._reset_run_state()
@@ -414,9 +412,8 @@ class HSA2C(Algorithm):
 
     def _summarize(self, fm: dict, cfg) -> dict:
         wall = time.perf_counter() - self._t0
-        train_wall = max(wall - self._eval_seconds, 1e-9)
         if self._local_eval:
-            evals = list(self._eval_log)
+            evals = list(self.tracker.log)
             env_steps = self._env_steps
         else:  # MPI: the server's periodic evaluations (history rows of dpsgd)
             evals = [{"env_steps": int(r["updates"]) * self.samples_per_update,
@@ -424,42 +421,13 @@ class HSA2C(Algorithm):
                       "eval_return_mean": r["eval_return_mean"], "eval_return_std": r["eval_return_std"]}
                      for r in fm.get("history", []) if "eval_return_mean" in r]
             env_steps = int(fm.get("total_updates", 0)) * self.samples_per_update
-        solved_at = None
-        if self.target_return is not None:
-            run = 0
-            for e in evals:
-                if e["env_steps"] == 0:
-                    continue  # the initial model (the server's first evaluation under MPI)
-                run = run + 1 if e["eval_return_mean"] >= self.target_return else 0
-                if run >= self.solve_evals:
-                    solved_at = e
-                    break
-        final = fm.get("final", {})
-        out = {
-            "env": self.env_id,
-            "algorithm": "hsa2c",
-            "solved": bool(solved_at) if self.target_return is not None else None,
-            "target_return": self.target_return,
-            "solve_evals": self.solve_evals,
-            "seconds_to_target": solved_at["wall_seconds"] if solved_at else None,
-            "env_steps_to_target": solved_at["env_steps"] if solved_at else None,
-            "env_steps": env_steps,
-            "wall_seconds": wall,
-            "train_seconds": train_wall,
-            "eval_seconds": self._eval_seconds,
-            "env_steps_per_second": (env_steps - self._resumed_steps) / train_wall,  # this run's
-            "resumed_at_env_steps": self._resumed_steps or None,
-            "final_eval_return_mean": final.get("eval_return_mean"),
-            "final_eval_return_std": final.get("eval_return_std"),
-            "final_eval_episodes": self.eval_episodes,
-            "stopped_by_signal": self._stop_requested,
-            "n_workers": fm.get("n_workers"),
-            "threads_per_worker": fm.get("threads_per_worker"),
-            "rule": fm.get("rule"),
-            "evaluations": evals,
-            "framework": {k: v for k, v in fm.items() if k not in ("history", "push_workers", "final")},
-        }
-        return out
+        return run_metrics(
+            env=self.env_id, algorithm="hsa2c", tracker=self.tracker, evals=evals, env_steps=env_steps,
+            wall_seconds=wall, train_seconds=wall - self._eval_seconds, eval_seconds=self._eval_seconds,
+            steps_this_run=env_steps - self._resumed_steps, final=fm.get("final"), eval_episodes=self.eval_episodes,
+            resumed_at_env_steps=self._resumed_steps or None, stopped_by_signal=self._stop_requested,
+            n_workers=fm.get("n_workers"), threads_per_worker=fm.get("threads_per_worker"), rule=fm.get("rule"),
+            framework={k: v for k, v in fm.items() if k not in ("history", "push_workers", "final")})
 
     # ------------------------------------------------------------------ evaluation / inference
     def evaluate_returns(self, params: np.ndarray | None = None, episodes: int = 10, seed: int = 10 ** 6):
@@ -491,6 +459,15 @@ class HSA2C(Algorithm):
         finally:
             for e in envs:
                 e.close()
+
+    def set_params(self, params: np.ndarray) -> None:
+        """Use ``params`` (a flat float32 vector in the model's layout) as the agent's parameters."""
+        params = np.asarray(params, np.float32)
+        m = self.model
+        if params.shape != (m.n_params,):
+            raise ValueError(f"expected {m.n_params} parameters, got shape {params.shape}")
+        self.params = params.copy()
+        m.set_flat(self.params)
 
     @property
     def model(self):
@@ -565,19 +542,8 @@ class HSA2C(Algorithm):
             cfg = json.load(f)
         if cfg.get("format") != FORMAT:
             raise ValueError(f"{cfg_path}: unknown format {cfg.get('format')!r}")
-        h = dict(DEFAULTS, **cfg["hyperparameters"])
-        agent = cls.__new__(cls)
-        agent.env_id = cfg["env"]
-        agent.h = h
-        for k, v in h.items():
-            setattr(agent, k, v)
-        agent.h["hidden"] = tuple(h["hidden"])
-        agent.env_kwargs = dict(h.get("env_kwargs") or {})
-        agent.model_config = cfg["model"]
-        agent.samples_per_update = agent.n_envs * agent.n_steps
-        agent.metrics = {}
-        agent._lock = threading.Lock()
-        agent._reset_run_state()
+        h = {k: v for k, v in cfg["hyperparameters"].items() if k in DEFAULTS}  # an older file's extras go
+        agent = cls(cfg["env"], model_config=cfg["model"], **h)
         model = build_model(agent.model_config, seed=0)
         sd = torch.load(os.path.join(path, MODEL_FILE), weights_only=True)
         model.load_state_dict(sd)
@@ -598,35 +564,7 @@ class HSA2C(Algorithm):
         atomic_write_text(os.path.join(out, "metrics.json"), json.dumps(self.metrics, indent=1, default=float))
         if self._live is not None and os.path.abspath(self._live.out) == os.path.abspath(out):
             return
-        s = io.StringIO()
-        w = csv.writer(s)
-        w.writerow(["kind", "env_steps", "wall_seconds", "episode_return", "episode_length", "return_std"])
-        rows = [("train", st, wt, r, ln, "") for st, wt, r, ln in self._episodes]
-        rows += [("eval", e["env_steps"], e["wall_seconds"], e["eval_return_mean"], "", e["eval_return_std"])
-                 for e in self.metrics.get("evaluations", [])]
-        rows.sort(key=lambda r: (r[1], r[0]))
-        for r in rows:
-            w.writerow([r[0], r[1], f"{r[2]:.4f}", r[3], r[4], r[5]])
-        atomic_write_text(os.path.join(out, "progress.csv"), s.getvalue())
-        _tensorboard(out, rows, self.metrics)
-
-
-def _tensorboard(out, rows, metrics):
-    """OUT/tb: the episodes of progress.csv against env steps, and the run's steps per second,
-    when tensorboard is installed (``pip install tensorboard``)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard is optional
-        return
-    tb = os.path.join(out, "tb")
-    # the run replaces progress.csv and metrics.json in OUT: replace its event files too
-    clear_event_files(tb)
-    w = SummaryWriter(tb)
-    for kind, steps, wall, r, *_ in rows:
-        w.add_scalar(TB_TAGS[kind], float(r), int(steps), walltime=None)
-    if metrics.get("env_steps_per_second"):
-        w.add_scalar("charts/SPS", float(metrics["env_steps_per_second"]), int(metrics.get("env_steps", 0)))
-    w.close()
+        write_progress(out, self._episodes, self.metrics)
 
 
 class _ThreadState:

@@ -65,7 +65,7 @@ class LiveLog:
                 tb = os.path.join(out, "tb")
                 if not append:
                     clear_event_files(tb)
-                self._tb = SummaryWriter(tb, flush_secs=max(1, int(self.flush_seconds)))
+                self._tb = SummaryWriter(tb, flush_secs=max(1, int(min(self.flush_seconds, 120))))
         self._last_flush = time.monotonic()
         self._sums = {k: 0.0 for k in LOSS_PARTS}
         self._n_loss = 0
@@ -151,3 +151,19 @@ class LiveLog:
             self._f.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def write_progress(out: str, episodes, metrics: dict) -> None:
+    """``progress.csv`` and ``tb/`` at the end of a run that did not write them live: the training
+    ``episodes`` (env steps, wall seconds, return, length), ``metrics["evaluations"]`` and the
+    run's rate, in the live files' layout (the same reader serves both)."""
+    log = LiveLog(out, flush_seconds=float("inf"))
+    rows = [(st, 1, "train", (st, wt, r, ln)) for st, wt, r, ln in episodes]
+    rows += [(e["env_steps"], 0, "eval", e) for e in metrics.get("evaluations", [])]
+    rows.sort(key=lambda r: r[:2])
+    for _, _, kind, x in rows:
+        if kind == "train":
+            log.episode(*x)
+        else:
+            log.evaluation(x["env_steps"], x["wall_seconds"], x["eval_return_mean"], x["eval_return_std"])
+    log.close(int(metrics.get("env_steps", 0)), metrics.get("train_seconds"), metrics.get("env_steps_per_second"))
