@@ -236,9 +236,10 @@ def test_unsupported_spaces_are_one_line_errors():
         model_config(S.Tuple((S.Discrete(2), S.Discrete(3))), S.Discrete(2))
 
 
+@pytest.mark.parametrize("vf,ent", [(0.5, 0.01), (0.25, 0.0), (1.0, 0.2)])
 @pytest.mark.parametrize("discrete,act,norm", [(True, "tanh", False), (True, "relu", True), (False, "tanh", False),
                                                (False, "tanh", True)])
-def test_numpy_mlp_gradient_equals_torch_autograd(discrete, act, norm):
+def test_numpy_mlp_gradient_equals_torch_autograd(discrete, act, norm, vf, ent):
     S = spaces()
     action = S.Discrete(3) if discrete else S.Box(-1, 1, (2,))
     m = build_model(model_config(S.Box(-1, 1, (5,)), action, hidden=(16, 8), activation=act, log_std_init=-0.3),
@@ -250,13 +251,13 @@ def test_numpy_mlp_gradient_equals_torch_autograd(discrete, act, norm):
     acts = rng.integers(0, 3, B) if discrete else rng.normal(size=(B, 2)).astype(np.float32)
     adv, ret = rng.normal(size=B).astype(np.float32), rng.normal(size=B).astype(np.float32)
     head, v = m(m.obs_tensor(obs))
-    logp, ent = m.log_prob_entropy(head, torch.as_tensor(acts))
-    loss, parts = a2c_loss(logp, ent, v, torch.as_tensor(adv), torch.as_tensor(ret), 0.5, 0.01, norm)
+    logp, ent_t = m.log_prob_entropy(head, torch.as_tensor(acts))
+    loss, parts = a2c_loss(logp, ent_t, v, torch.as_tensor(adv), torch.as_tensor(ret), vf, ent, norm)
     m.zero_grad()
     loss.backward()
     expected = m.flat_grad()
     got_parts = {}
-    got = m.mlp_loss_grad(obs, acts, adv, ret, 0.5, 0.01, norm, np.empty(m.flat.size, np.float32), got_parts)
+    got = m.mlp_loss_grad(obs, acts, adv, ret, vf, ent, norm, np.empty(m.flat.size, np.float32), got_parts)
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-6)
     # the loss parts it reports (the live log's losses/*) are a2c_loss's
     assert set(got_parts) == set(parts)

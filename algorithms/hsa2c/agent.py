@@ -29,7 +29,9 @@ from dpsgd.config import ConfigError
 from dpsgd.plugin import Algorithm
 
 from . import envs as E
-from .losses import a2c_loss, clip_grad_norm_, compute_advantages
+from .gradient import a2c_gradient
+from .losses import clip_grad_norm_, compute_advantages
+from .rollout import RolloutBuffer, collect
 from .runlog import LiveLog, write_progress
 from .tracker import EvalTracker, run_metrics
 
@@ -163,105 +165,35 @@ class HSA2C(Algorithm):
         # Atari: ale-py's C++ vector environment (outside the GIL) unless env_backend="python"
         venv = E.make_vec_env(self.env_id, self.n_envs, env_seed, train=True, backend=self.env_backend,
                               **self.env_kwargs)
-        return _ThreadState(model, venv, self.n_steps, ctx.rng)
+        return RolloutBuffer(model, venv, self.n_steps, ctx.rng)
 
     def compute_update(self, params: np.ndarray, st, ctx) -> np.ndarray:
-        import torch
+        """The plug-in hook: roll out from ``params`` (:mod:`.rollout`), return the clipped A2C
+        gradient (:mod:`.gradient`)."""
+        self._start_clock()
+        if self._local_eval:
+            self._maybe_eval(params)
+        if self.tracker.stop:
+            return st.zero  # solved: nothing more to learn, the run is being stopped
+        st.model.set_flat(params)
+        keep_graph = not (st.model.numpy_forward is not None and self.backend == "auto")
+        graph, last_v, episodes = collect(st, keep_graph)
+        adv, ret = compute_advantages(st.rewards, st.values, st.term, st.trunc, st.next_values, last_v,
+                                      self.gamma, self.gae_lambda)
+        parts = {} if self._live is not None else None
+        g = a2c_gradient(st, graph, adv, ret, self.vf_coef, self.ent_coef, self.normalize_advantage, st.grad, parts)
+        if parts is not None:
+            self._live.losses(parts)
+        clip_grad_norm_(g, self.max_grad_norm)
+        self._count(st.n_samples, episodes)
+        return g
 
+    def _start_clock(self):
         if not self._started:  # the clock starts with the first update (environment creation excluded)
             with self._lock:
                 if not self._started:
                     self._t0 = time.perf_counter()
                     self._started = True
-        if self._local_eval:
-            self._maybe_eval(params)
-        if self.tracker.stop:
-            return st.zero  # solved: nothing more to learn, the run is being stopped
-        m = st.model
-        m.set_flat(params)
-        T, N = self.n_steps, self.n_envs
-        venv = st.venv
-        fast = m.numpy_forward is not None  # MLPs have a numpy forward; CNNs run in torch
-        episodes = []
-        # Autograd keeps each step's graph: the loss reuses the rollout's forward passes instead of
-        # a second forward over the whole batch (a quarter of the compute saved). CNNs keep only
-        # the convolutions' graphs; the dense layer's outputs (computed without a graph) are
-        # attached once for all T * N rows, so its backward is one batched matrix product instead
-        # of T small ones (Nature CNN, T=5, N=16, one thread: 100 -> 82 ms per update).
-        keep_graph = not (fast and self.backend == "auto")
-        heads, vals, feats, dense = [], [], [], []
-        for t in range(T):
-            st.obs[t] = venv.obs
-            obs = st.obs[t]  # a stable copy: the graph keeps it, venv.step overwrites venv.obs
-            if fast:
-                head, v = m.numpy_forward(obs)
-                if keep_graph:
-                    h_t, v_t = m(m.obs_tensor(obs))
-                    heads.append(h_t)
-                    vals.append(v_t)
-            else:  # CNN
-                f_t = m.features(m.obs_tensor(obs))
-                with torch.no_grad():
-                    z_t = m.dense(f_t)
-                    h_t, v_t = m.head_outputs(z_t)
-                feats.append(f_t)
-                dense.append(z_t)
-                head, v = h_t.numpy(), v_t.numpy()
-            a = m.sample(head, st.rng)
-            st.actions[t] = a
-            st.values[t] = v
-            _, r, term, trunc, finals, eps = venv.step(m.env_actions(a))
-            st.rewards[t] = r
-            st.term[t] = term
-            st.trunc[t] = trunc
-            if finals:
-                idx = [i for i in finals if trunc[i] and not term[i]]
-                if idx:
-                    fo = np.stack([finals[i] for i in idx])
-                    st.next_values[t, idx] = self._values(m, fo, fast)
-            if eps:
-                episodes.extend(eps)
-        last_v = self._values(m, venv.obs, fast)
-        adv, ret = compute_advantages(st.rewards, st.values, st.term, st.trunc, st.next_values, last_v,
-                                      self.gamma, self.gae_lambda)
-        st.next_values[:] = 0
-        B = T * N
-        g = st.grad
-        if not keep_graph:  # MLP: the same gradient by hand in numpy (no autograd overhead)
-            parts = {} if self._live is not None else None
-            m.mlp_loss_grad(st.obs.reshape((B,) + st.obs.shape[2:]), st.actions.reshape((B,) + st.actions.shape[2:]),
-                            adv, ret, self.vf_coef, self.ent_coef, self.normalize_advantage, g, parts)
-            if parts is not None:
-                self._live.losses(parts)
-            clip_grad_norm_(g, self.max_grad_norm)
-            self._count(B, episodes)
-            return g
-        if fast:  # an MLP with backend="torch"
-            head, values = torch.cat(heads), torch.cat(vals)
-        else:
-            head, values = m.head_outputs(m.attach_dense(torch.cat(feats), torch.cat(dense)))
-        acts = torch.from_numpy(st.actions.reshape((B,) + st.actions.shape[2:]))
-        logp, ent = m.log_prob_entropy(head, acts)
-        loss, parts = a2c_loss(logp, ent, values, torch.from_numpy(adv.reshape(-1)),
-                               torch.from_numpy(ret.reshape(-1)), self.vf_coef, self.ent_coef,
-                               self.normalize_advantage)
-        if self._live is not None:
-            self._live.losses({k: float(v.detach()) for k, v in parts.items()})
-        grads = torch.autograd.grad(loss, m._params)
-        for gr, (lo, hi) in zip(grads, m.slices):
-            g[lo:hi] = gr.reshape(-1).numpy()
-        clip_grad_norm_(g, self.max_grad_norm)
-        self._count(B, episodes)
-        return g
-
-    @staticmethod
-    def _values(m, obs, fast):
-        if fast:
-            return m.numpy_forward(obs)[1]
-        import torch
-
-        with torch.inference_mode():
-            return m.value(m.obs_tensor(obs)).numpy()
 
     def evaluate(self, params: np.ndarray) -> dict:
         """Deterministic evaluation of ``params`` (the plug-in hook; on rank 0 under MPI)."""
@@ -565,30 +497,6 @@ class HSA2C(Algorithm):
         if self._live is not None and os.path.abspath(self._live.out) == os.path.abspath(out):
             return
         write_progress(out, self._episodes, self.metrics)
-
-
-class _ThreadState:
-    def __init__(self, model, venv, n_steps, rng):
-        import torch
-
-        self.model = model
-        self.venv = venv
-        self.rng = rng
-        N = venv.n
-        obs_shape = venv.obs.shape[1:]
-        self.obs = np.zeros((n_steps, N) + obs_shape, venv.obs.dtype)
-        if model.discrete:
-            self.actions = np.zeros((n_steps, N), np.int64)
-        else:
-            self.actions = np.zeros((n_steps, N, model.config["action"]["dim"]), np.float32)
-        self.values = np.zeros((n_steps, N), np.float32)
-        self.rewards = np.zeros((n_steps, N), np.float32)
-        self.term = np.zeros((n_steps, N), bool)
-        self.trunc = np.zeros((n_steps, N), bool)
-        self.next_values = np.zeros((n_steps, N), np.float32)
-        self.grad = np.zeros(model.n_params, np.float32)
-        self.zero = np.zeros(model.n_params, np.float32)
-        del torch
 
 
 class _stop_on_signals:
