@@ -82,3 +82,33 @@ def test_console_script_exists():
     assert exe.exists() or shutil.which("dpsgd"), "pip install -e . installs the dpsgd console script"
     p = run([str(exe) if exe.exists() else "dpsgd", "--help"])
     assert p.returncode == 0 and "info" in p.stdout and "run" in p.stdout
+
+
+def test_framework_and_dpsvi_do_not_import_torch_or_gymnasium():
+    """`pip install .` (no rl extra) gives the framework and DPSVI: neither may import torch or gymnasium."""
+    code = ("import sys, dpsgd, dpsgd.runner, dpsgd.simulate, algorithms.dpsvi, algorithms.dpsvi.cli, "
+            "algorithms.hsa2c.cli, algorithms.a3c.cli\n"
+            "from dpsgd.launch import build_parser\n"
+            "build_parser()\n"
+            "bad = [m for m in ('torch', 'gymnasium') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    p = run([sys.executable, "-c", code])
+    assert p.returncode == 0, p.stderr
+
+
+def test_rl_commands_without_the_rl_extra_are_a_one_line_error(monkeypatch, tmp_path):
+    import contextlib
+    import importlib.util
+    import io
+
+    from dpsgd.launch import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    for cmd in (["a2c", "--env", "CartPole-v1", "--out", str(tmp_path)], ["a3c", "--env", "CartPole-v1", "--out",
+                str(tmp_path)], ["evaluate", str(tmp_path)]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(cmd)
+        assert code == 2, err.getvalue()
+        assert "pip install 'dpsgd[rl]'" in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1

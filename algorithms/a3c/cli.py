@@ -25,6 +25,9 @@ def run(args) -> int:
     from dpsgd.config import ConfigError
     from dpsgd.runner import mpi_world_size_from_env
 
+    from algorithms.hsa2c.cli import require_rl
+
+    require_rl("a3c")
     from algorithms.hsa2c.envs import EnvError
     from algorithms.hsa2c.nets import UnsupportedSpace
 

@@ -96,6 +96,18 @@ def register_evaluate(subparsers) -> None:
     p.set_defaults(func=run_evaluate)
 
 
+def require_rl(cmd: str) -> None:
+    """ConfigError (one line) when torch or gymnasium, the RL extra, is not installed."""
+    import importlib.util
+
+    from dpsgd.config import ConfigError
+
+    missing = [m for m in ("torch", "gymnasium") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"dpsgd {cmd} needs {' and '.join(missing)}: pip install 'dpsgd[rl]' (torch==2.13.0 CPU, "
+                          "gymnasium, ale-py, minatar)")
+
+
 def _err(cmd: str, msg: str) -> int:
     print(f"dpsgd {cmd}: error: {msg}", file=sys.stderr)
     return EXIT_USAGE
@@ -117,6 +129,7 @@ def run(args) -> int:
     from dpsgd.config import ConfigError
     from dpsgd.launch import is_root_rank
 
+    require_rl("a2c")
     from .envs import EnvError
     from .nets import UnsupportedSpace
 
@@ -179,6 +192,7 @@ def run_evaluate(args) -> int:
     import json
     import os
 
+    require_rl("evaluate")
     from .envs import EnvError
 
     if args.episodes <= 0:
