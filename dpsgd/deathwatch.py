@@ -32,7 +32,13 @@ except OSError:
 sys.stderr.write(f"dpsgd: rank {rank} ({what}) ended without finishing: killed by a signal "
                  "(kill -9, the OOM killer) or crashed; the launcher now stops the other ranks\n")
 sys.stderr.flush()
-sys.stderr.close()
+# close the descriptors themselves (sys.stderr.close() leaves fd 2 open): the launcher forwards this
+# stderr and waits for its end before it exits, so an open fd 2 kept the job alive for the sleep below
+for fd in (0, 1, 2):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 import time
 time.sleep(10)  # long after the other watchers of the job have looked for the token
 os.unlink(token)

@@ -140,9 +140,12 @@ def test_kill_9_ends_the_job_and_the_checkpoint_resumes(tmp_path, victim):
             time.sleep(0.1)
         pid = int((pids / f"rank{victim}.pid").read_text())
         os.kill(pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        proc.wait(timeout=30)
-        assert time.monotonic() - t0 < 30
+        # fail fast: the job ends within seconds (0.1 s measured; the dead rank's watcher used to keep
+        # the launcher's stderr open for 10 s). A guard against that regression, not a timing claim.
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the job did not end within 5 s of kill -9")
         assert proc.returncode != 0
     finally:
         if proc.poll() is None:
