@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -75,8 +76,14 @@ class Housekeeper:
     """Periodic work of a server shard: checkpoints, evaluation, progress bar."""
 
     def __init__(self, core: ServerCore, algorithm, config: TrainConfig, evaluate: bool, show_progress: bool,
-                 meta: dict):
+                 meta: dict, background_eval: bool = False):
         self.core, self.alg, self.config = core, algorithm, config
+        #: evaluate a snapshot of the model in a thread while the server goes on serving pushes
+        #: (under MPI: an evaluation in the serving loop stalled every worker waiting for an answer)
+        self.background_eval = background_eval
+        self._eval_thread: threading.Thread | None = None
+        self._eval_error: BaseException | None = None
+        self._hist_lock = threading.Lock()
         self.evaluate = evaluate and config.eval_every is not None
         self.evaluate_updates = evaluate and config.eval_every_updates is not None
         self.next_eval_updates = config.eval_every_updates or 0
@@ -98,6 +105,7 @@ class Housekeeper:
                 pass
 
     def __call__(self):
+        self._raise_eval_error()
         now = time.perf_counter()
         if self.bar is not None:
             self.bar.update(min(self.core.total_updates, self.config.total_updates) - self.bar.n)
@@ -115,13 +123,39 @@ class Housekeeper:
     def record_eval(self):
         if self.core.model_broken:
             return
+        if not self.background_eval:
+            self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates)
+            return
+        if self._eval_thread is not None and self._eval_thread.is_alive():
+            return  # the previous evaluation is still running: this one is skipped
+        args = (self.core.w.copy(), self.core.elapsed, self.core.version, self.core.total_updates)
+        self._eval_thread = threading.Thread(target=self._evaluate, args=args, name="dpsgd-eval", daemon=True)
+        self._eval_thread.start()
+
+    def _evaluate(self, w, seconds, version, updates):
+        """One history row: the model's metrics at ``updates``; ``seconds`` is when the snapshot was
+        taken (background) or, when None, the time after the evaluation (the serving paused meanwhile)."""
         t0 = time.perf_counter()
-        m = self.alg.evaluate(self.core.w.copy())
-        self.eval_seconds += time.perf_counter() - t0
-        row = {"seconds": self.core.elapsed, "version": self.core.version,
-               "updates": self.core.total_updates}
+        try:
+            m = self.alg.evaluate(w)
+        except BaseException as e:  # noqa: BLE001 - raised again in the serving thread
+            if not self.background_eval:
+                raise
+            self._eval_error = e
+            return
+        dt = time.perf_counter() - t0
+        row = {"seconds": self.core.elapsed if seconds is None else seconds, "version": version, "updates": updates}
         row.update({k: float(v) for k, v in m.items()})
-        self.history.append(row)
+        row["eval_duration"] = dt
+        row["eval_background"] = float(self.background_eval)
+        with self._hist_lock:
+            self.eval_seconds += dt
+            self.history.append(row)
+
+    def _raise_eval_error(self):
+        if self._eval_error is not None:
+            e, self._eval_error = self._eval_error, None
+            raise e
 
     #: callable returning more arrays to checkpoint (one process: the worker's optimizer statistics)
     extra_arrays = None
@@ -137,6 +171,9 @@ class Housekeeper:
         self.checkpoints_written += 1
 
     def close(self):
+        if self._eval_thread is not None:
+            self._eval_thread.join()
+        self._raise_eval_error()
         if self.bar is not None:
             self(), self.bar.close()
 
@@ -228,7 +265,7 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
             if is_root:
                 _tell_resumed(algorithm, core)
         hk = Housekeeper(core, algorithm, config, evaluate=(n_servers == 1),
-                         show_progress=config.progress and is_root, meta=meta)
+                         show_progress=config.progress and is_root, meta=meta, background_eval=True)
         try:
             serve(comm, core, list(range(n_servers, size)), housekeeping=hk)
         finally:

@@ -344,18 +344,23 @@ class HSA2C(Algorithm):
 
     def _summarize(self, fm: dict, cfg) -> dict:
         wall = time.perf_counter() - self._t0
+        paused = self._eval_seconds  # evaluation time during which training waited
         if self._local_eval:
             evals = list(self.tracker.log)
             env_steps = self._env_steps
         else:  # MPI: the server's periodic evaluations (history rows of dpsgd)
+            hist = [r for r in fm.get("history", []) if "eval_return_mean" in r]
+            # evaluations in the server's background thread did not pause training: not excluded
+            paused -= sum(r.get("eval_duration", 0.0) for r in hist if r.get("eval_background"))
             evals = [{"env_steps": int(r["updates"]) * self.samples_per_update,
-                      "wall_seconds": float(r["seconds"]) - float(r.get("eval_seconds_before", 0.0)),
+                      "wall_seconds": float(r["seconds"]) - (0.0 if r.get("eval_background")
+                                                             else float(r.get("eval_seconds_before", 0.0))),
                       "eval_return_mean": r["eval_return_mean"], "eval_return_std": r["eval_return_std"]}
-                     for r in fm.get("history", []) if "eval_return_mean" in r]
+                     for r in hist]
             env_steps = int(fm.get("total_updates", 0)) * self.samples_per_update
         return run_metrics(
             env=self.env_id, algorithm="hsa2c", tracker=self.tracker, evals=evals, env_steps=env_steps,
-            wall_seconds=wall, train_seconds=wall - self._eval_seconds, eval_seconds=self._eval_seconds,
+            wall_seconds=wall, train_seconds=wall - paused, eval_seconds=self._eval_seconds,
             steps_this_run=env_steps - self._resumed_steps, final=fm.get("final"), eval_episodes=self.eval_episodes,
             resumed_at_env_steps=self._resumed_steps or None, stopped_by_signal=self._stop_requested,
             n_workers=fm.get("n_workers"), threads_per_worker=fm.get("threads_per_worker"), rule=fm.get("rule"),
