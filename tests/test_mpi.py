@@ -41,6 +41,18 @@ def test_two_server_shards(rule, threads):
     assert r["final"]["dist"] < 0.05, r
 
 
+@pytest.mark.parametrize("args", [["--rule", "dc-asgd-a"], ["--n-servers", 2, "--rule", "asgd", "--threads", 2]],
+                         ids=["dc-asgd-a", "2-shards"])
+def test_network_path_without_shared_memory(args):
+    """MPICH forced off shared memory (TCP loopback, as between hosts): the same run converges."""
+    from conftest import NETWORK_ENV
+
+    n = 4 if "--n-servers" in args else 3
+    r = result_of(mpirun(n, [PROGS / "train_ls.py", "--updates", 3000, *args], env_extra=NETWORK_ENV))
+    assert r["final"]["dist"] < 0.05, r
+    assert r["rejected_pushes"] == 0 and all(u > 0 for u in r["local_updates_per_worker"])
+
+
 def test_same_program_without_mpiexec():
     r = result_of(run([sys.executable, str(PROGS / "train_ls.py"), "--updates", 3000]))
     assert r["n_workers"] == 1 and r["final"]["dist"] < 0.05
