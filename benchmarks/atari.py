@@ -16,9 +16,15 @@ Parts:
              an interrupted run continues with ``--resume`` (the command is printed too).
 ``report``   the table, the JSON and the curves (PNG: evaluation return and training episode return
              against wall time and against frames) from run directories, finished or still running.
+``minatar``  HSA2C (one process, its defaults: 2 threads x 16 envs on 2 cores; with torch's and with
+             TF's RMSprop) and the A3C baseline (2 worker processes x 1 env, its defaults) on MinAtar
+             Breakout and Space Invaders for a fixed budget of env steps, 3 seeds each, one run at
+             a time: the training return as the MinAtar paper plots it (moving average over 100
+             episodes) at fixed frames, the final evaluation, steps/s; PNG of the curves.
 
     python -m benchmarks.atari pong --seeds 0 --max-seconds 7200     # ~2 h a seed on 2 cores
     python -m benchmarks.atari report runs/atari/pong-hsa2c-s0       # any time, also mid-run
+    python -m benchmarks.atari minatar --steps 300000 --seeds 0 1 2  # ~15 min
 
 Outputs: ``benchmarks/results/atari/pong.{md,json,png}`` (``--results-dir``). The run directories
 (models of 7 MB, checkpoints) stay out of git.
@@ -218,6 +224,132 @@ def report(dirs, a) -> int:
     return 0
 
 
+# ============================================================================ MinAtar
+
+MINATAR_GAMES = ("MinAtar/Breakout-v1", "MinAtar/SpaceInvaders-v1")
+#: system -> (command, extra arguments): each system's own defaults otherwise
+MINATAR_SYSTEMS = {
+    "hsa2c": ("a2c", ["--n-envs", "16"]),
+    "hsa2c-rmsprop_tf": ("a2c", ["--n-envs", "16", "--optimizer", "rmsprop_tf"]),
+    "a3c": ("a3c", []),
+}
+#: the MinAtar paper's curves (Young & Tian 2019, github.com/kenjyoung/MinAtar img/learning_curves.gif:
+#: moving average of training returns over 100 episodes, 30 seeds), read off the figure at 0.5M and
+#: 1M frames (MinAtar frames = env steps): (DQN, AC(0.8))
+MINATAR_PAPER = {"MinAtar/Breakout-v1": {500_000: (8.5, 6.5), 1_000_000: (9.5, 9.5)},
+                 "MinAtar/SpaceInvaders-v1": {500_000: (25, 30), 1_000_000: (30, 50)}}
+
+
+def moving_return(train, at_steps, window=100):
+    """Mean return of the last ``window`` training episodes finished by ``at_steps`` env steps."""
+    done = [r for s, _, r in train if s <= at_steps]
+    return statistics.mean(done[-window:]) if done else None
+
+
+def part_minatar(a) -> int:
+    os.makedirs(a.runs_dir, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_THREADING_LAYER="threadsafe")
+    results = []
+    for game in MINATAR_GAMES:
+        for seed in a.seeds:
+            for system, (cmd, extra) in MINATAR_SYSTEMS.items():
+                out = os.path.join(a.runs_dir, f"{game.split('/')[1].split('-')[0].lower()}-{system}-s{seed}")
+                argv = [os.path.join(BIN, "dpsgd"), cmd, "--env", game, "--total-steps", str(a.steps), "--seed",
+                        str(seed), "--eval-freq", str(max(10_000, a.steps // 10)), "--eval-episodes", "10",
+                        "--no-progress", "--out", out] + extra
+                print("$ " + shlex.join(argv), file=sys.stderr, flush=True)
+                r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+                if r.returncode != 0:
+                    results.append({"game": game, "system": system, "seed": seed, "error": r.stderr[-400:]})
+                    continue
+                run = read_run(out)
+                m = run["metrics"]
+                row = {"game": game, "system": system, "seed": seed, "steps_per_second": m["env_steps_per_second"],
+                       "final_eval": m["final_eval_return_mean"], "env_steps": m["env_steps"],
+                       "train_seconds": m["train_seconds"], "dir": out,
+                       "train_return": {k: moving_return(run["train"], k) for k in (a.steps // 2, a.steps)},
+                       "evals": [(e[0], e[2]) for e in run["evals"]],
+                       "curve": [(s_, r_) for s_, _, r_ in run["train"]]}
+                results.append(row)
+                print(f"  {game} {system} seed {seed}: {row['steps_per_second']:.0f} steps/s, final eval "
+                      f"{row['final_eval']:.1f}, train return (last 100 ep.) {row['train_return'][a.steps]}",
+                      file=sys.stderr, flush=True)
+    return minatar_report(results, a)
+
+
+def minatar_report(results, a) -> int:
+    ok = [r for r in results if "error" not in r]
+    half, full = a.steps // 2, a.steps
+    lines = [f"MinAtar, {a.steps:,} env steps per run, seeds {', '.join(map(str, a.seeds))}, one run at a time on the "
+             "2 cores; medians over seeds. Training return = mean of the last 100 training episodes (the MinAtar "
+             "paper's measure); final eval = 10 deterministic episodes of the final model.", "",
+             f"| game | system | env steps/s | training return at {half:,} | at {full:,} | final eval | "
+             f"paper DQN / AC(0.8) at {half:,} | at {min(full, 1_000_000):,} |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for game in MINATAR_GAMES:
+        paper = MINATAR_PAPER.get(game, {})
+        for system in MINATAR_SYSTEMS:
+            rs = [r for r in ok if r["game"] == game and r["system"] == system]
+            if not rs:
+                continue
+
+            def med(f):
+                xs = [f(r) for r in rs if f(r) is not None]
+                return statistics.median(xs) if xs else None
+            p1 = paper.get(half)
+            p2 = paper.get(min(full, 1_000_000))
+            lines.append(f"| {game} | {system} | {_f(med(lambda r: r['steps_per_second']), ',.0f')} | "
+                         f"{_f(med(lambda r: r['train_return'][half]), '.1f')} | "
+                         f"{_f(med(lambda r: r['train_return'][full]), '.1f')} | "
+                         f"{_f(med(lambda r: r['final_eval']), '.1f')} | "
+                         f"{'%g / %g' % p1 if p1 else '-'} | {'%g / %g' % p2 if p2 else '-'} |")
+    errs = [r for r in results if "error" in r]
+    if errs:
+        lines.append(f"\nFailed runs: {len(errs)} ({'; '.join(r['system'] + ' ' + r['game'] for r in errs)}).")
+    lines.append("\nThe paper's figures are read off its learning-curve figure (30 seeds, its own AC(lambda) with "
+                 "one environment and eligibility traces, and DQN): orientation at equal frames, not a same-run peer.")
+    head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
+            f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
+    lines.append(f"\n(written {head}.)\n\n![MinAtar curves](minatar.png)")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(a.results_dir, exist_ok=True)
+    with open(os.path.join(a.results_dir, "minatar.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(a.results_dir, "minatar.json"), "w") as f:
+        json.dump([{k: v for k, v in r.items() if k != "curve"} for r in results], f, indent=1, default=float)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(MINATAR_GAMES), figsize=(11, 4))
+        colors = {"hsa2c": "C0", "hsa2c-rmsprop_tf": "C2", "a3c": "C1"}
+        for ax, game in zip(axes, MINATAR_GAMES):
+            for r in ok:
+                if r["game"] != game or not r["curve"]:
+                    continue
+                c = r["curve"]
+                sm = [statistics.mean(x[1] for x in c[max(0, i - 99):i + 1]) for i in range(len(c))]
+                ax.plot([x[0] / 1e6 for x in c], sm, color=colors[r["system"]], lw=1, alpha=0.8,
+                        label=r["system"] if r["seed"] == a.seeds[0] else None)
+            for steps, (dqn, ac) in MINATAR_PAPER.get(game, {}).items():
+                if steps <= a.steps:
+                    ax.plot([steps / 1e6], [ac], "k^", ms=6, label="paper AC(0.8)" if steps == half else None)
+                    ax.plot([steps / 1e6], [dqn], "ks", ms=5, label="paper DQN" if steps == half else None)
+            ax.set_title(game)
+            ax.set_xlabel("env steps (M)")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("training return (mean of 100 episodes)")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(a.results_dir, "minatar.png"), dpi=100)
+    except ImportError:
+        pass
+    return 0
+
+
 def median_solved(rows, key):
     xs = sorted(r[key] if r["solved"] else float("inf") for r in rows)
     m = statistics.median(xs) if xs else float("inf")
@@ -226,7 +358,7 @@ def median_solved(rows, key):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=("pong", "report"))
+    p.add_argument("part", choices=("pong", "report", "minatar"))
     p.add_argument("dirs", nargs="*", help="report: run directories")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--target", type=float, default=18.0)
@@ -234,11 +366,14 @@ def main(argv=None):
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--total-steps", type=int, default=20_000_000)
     p.add_argument("--max-seconds", type=float, default=7200.0)
+    p.add_argument("--steps", type=int, default=300_000, help="minatar: env steps per run")
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "atari"))
     p.add_argument("--results-dir", default=RESULTS)
     a = p.parse_args(argv)
     if a.part == "pong":
         return part_pong(a)
+    if a.part == "minatar":
+        return part_minatar(a)
     if not a.dirs:
         p.error("report needs run directories")
     return report(a.dirs, a)
