@@ -138,10 +138,19 @@ class TrainConfig:
         return cls(**d)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where that is unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads(n_ranks_on_node: int = 1) -> int:
     """Threads per rank so that ranks x threads <= cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, n_ranks_on_node))
+    return max(1, available_cores() // max(1, n_ranks_on_node))
+
+
+def ranks_on_this_node(world_size: int) -> int:
+    """The ranks of a job of ``world_size`` on this host (MPICH's MPI_LOCALNRANKS, else all of them)."""
+    return max(1, min(int(os.environ.get("MPI_LOCALNRANKS", world_size)), world_size))
 
 
 def lr_at(config: TrainConfig, t: int) -> float:

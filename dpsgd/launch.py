@@ -17,7 +17,7 @@ import sys
 import traceback
 from importlib import metadata
 
-from .config import ConfigError, TrainConfig, default_threads
+from .config import ConfigError, TrainConfig, available_cores, default_threads
 from .rules import RULES, RuleConfig
 from .runner import mpi_world_size_from_env
 
@@ -89,8 +89,7 @@ def info_dict() -> dict:
 
     d = {"dpsgd": metadata.version("dpsgd") if _installed("dpsgd") else "not installed",
          "python": platform.python_version(), "platform": platform.platform(),
-         "cores": os.cpu_count(), "cores_available": len(os.sched_getaffinity(0))
-         if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+         "cores": os.cpu_count(), "cores_available": available_cores(),
          "numpy": numpy.__version__, "numba": numba.__version__}
     for mod in ("scipy", "sklearn", "torch", "gymnasium", "mpi4py"):
         try:

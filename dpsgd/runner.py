@@ -18,7 +18,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import transport as T
-from .config import ConfigError, TrainConfig, default_threads
+from .config import ConfigError, TrainConfig, default_threads, ranks_on_this_node
 from .rules import all_finite
 from .server import FatalRunError, ServerCore, serve
 from .worker import LocalChannel, MPIChannel, Worker
@@ -210,8 +210,7 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     n_servers = config.n_servers if comm is not None else 1
     n_workers = size - n_servers if comm is not None else 1
     if config.threads is None:
-        local = int(os.environ.get("MPI_LOCALNRANKS", size))
-        config.threads = default_threads(max(1, min(local, size)))
+        config.threads = default_threads(ranks_on_this_node(size))
     is_root = rank == 0
     if is_root:
         for msg in convergence_warnings(config, n_workers, config.threads):

@@ -403,3 +403,25 @@ def test_plugin_shards_documents_between_threads():
         st = alg.make_thread_state(ThreadContext(worker=0, n_workers=1, thread=t, n_threads=2, seed=0))
         spans.append((st.lo, st.hi))
     assert spans == [(0, 50), (50, 100)]
+
+
+def test_one_run_plan_for_the_estimator_and_the_cli():
+    """algorithms.dpsvi.plan: the updates of a pass are every reader's minibatches; the estimator
+    runs exactly the plan's updates, and the CLI's plan for 2 workers x 1 thread equals it."""
+    from algorithms.dpsvi.plan import make_plan, reader_shares
+
+    assert reader_shares(1000, 1, 2) == [500, 500] == reader_shares(1000, 2, 1)
+    assert sum(reader_shares(1001, 3, 2)) == 1001
+    p = make_plan(1000, 128, 1, threads=2)
+    assert p.updates_per_pass == 8 and p.total_updates == 8  # 2 x ceil(500 / 128)
+    assert make_plan(1000, 128, 2.5, n_workers=2, threads=1).total_updates == 20
+    assert p.tau0 == 11.0 and p.kappa == 0.7 and not p.sparse_push  # one process: dense
+    np.testing.assert_allclose(p.rhos()[:2], [11.0 ** -0.7, 12.0 ** -0.7])
+    assert p.documents(8, 1000) == 1000
+    assert make_plan(1000, 128, 1, rule="asgd", distributed=True).sparse_push  # auto over MPI
+    with pytest.raises(ValueError, match="linear server rule"):
+        make_plan(1000, 128, 1, rule="dc-asgd-a", sparse_push=True)
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(rng.poisson(0.3, (300, 40)).astype(np.float32))
+    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0).fit(X)
+    assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=2).total_updates == 6

@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-from dpsgd.config import ConfigError
+from dpsgd.config import ConfigError, available_cores
 
 #: workers per default: one per core
-DEFAULT_WORKERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+DEFAULT_WORKERS = available_cores()
 
 
 def _worker(i, n_workers, env_id, hparams, flat, sq, counter, total_steps, go, stop, episodes_q, t0, errors_q,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 EXIT_USAGE = 2
 
@@ -256,57 +257,53 @@ def run(args) -> int:
     n_workers = size - n_servers if size > 1 else 1
     is_root = rank == 0
 
-    import math
     import time
-
-    import numpy as np
 
     from .corpus import CorpusError
     from .model import SVIAlgorithm
 
     t0 = time.perf_counter()
     try:
-        plan = CorpusPlan(args, args.seed)
+        corpus = CorpusPlan(args, args.seed)
     except CorpusError as e:
         raise _usage(str(e)) from None
-    V = len(plan.vocab)
+    V = len(corpus.vocab)
     K = args.topics
     alpha = args.alpha if args.alpha is not None else 1.0 / K
     eta = args.eta if args.eta is not None else 1.0 / K
-    D = int(plan.train_ids.size)
+    D = int(corpus.train_ids.size)
     heldout, Xh = (None, None)
     if is_root:
         try:
-            heldout, Xh = plan.heldout(args.seed)
+            heldout, Xh = corpus.heldout(args.seed)
         except CorpusError as e:
             raise _usage(str(e)) from None
-    # minibatches per pass, over all workers and threads
-    per_pass = max(1, math.ceil(D / args.batch_size))
-    total = max(1, int(round(args.passes * per_pass)))
-    cfg = config_from_args(args, total_updates=total, out=args.out,
-                           tau0=args.learning_offset + 1.0, kappa=args.learning_decay,
+    from dpsgd.config import default_threads, ranks_on_this_node
+
+    from .plan import make_plan
+
+    # the run plan before the config: the schedule's tau0 and the total come from it
+    threads = args.threads or default_threads(ranks_on_this_node(size))
+    try:
+        run_plan = make_plan(D, args.batch_size, args.passes, n_workers=n_workers, threads=threads,
+                             learning_offset=args.learning_offset, learning_decay=args.learning_decay,
+                             batches_done=1, sparse_push={"on": True, "off": False}.get(args.sparse_push, "auto"),
+                             rule=args.rule, distributed=size > 1)
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    total = run_plan.total_updates
+    cfg = config_from_args(args, total_updates=total, out=args.out, tau0=run_plan.tau0, kappa=run_plan.kappa,
                            eval_every=args.eval_every if heldout is not None else None)
 
     def loader(worker, n_w):
         try:
-            return plan.shard(worker, n_w)
+            return corpus.shard(worker, n_w)
         except CorpusError as e:  # raised in a worker thread: keep it one line
             raise RuntimeError(str(e)) from None
 
-    from .model import choose_sparse_push
-
-    try:
-        from dpsgd.config import lr_at
-
-        rhos = [lr_at(cfg, t) for t in range(total)]
-        sparse = choose_sparse_push({"on": True, "off": False}.get(args.sparse_push, "auto"), cfg.rule.name, rhos,
-                                    distributed=size > 1)
-    except ValueError as e:
-        raise _usage(str(e)) from None
     alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
-                       loader=loader, heldout=heldout, sparse_push=sparse)
-    alg.local_steps = cfg.local_steps
+                       loader=loader, heldout=heldout, sparse_push=run_plan.sparse_push, local_steps=cfg.local_steps)
     if cfg.resume and (size == 1 or rank >= n_servers):
         # the worker threads go on through their documents from where the checkpoint's updates
         # left them (starting at their first minibatch again would revisit those documents and,
@@ -314,7 +311,7 @@ def run(args) -> int:
         alg.start_updates = _checkpoint_updates(cfg.resume)
     load_seconds = time.perf_counter() - t0
     if is_root and not args.no_progress:
-        print(f"dpsgd lda: {plan.n_docs} documents ({D} training, {plan.heldout_ids.size} held out), "
+        print(f"dpsgd lda: {corpus.n_docs} documents ({D} training, {corpus.heldout_ids.size} held out), "
               f"{V} words, K={K}, {total} minibatches of {args.batch_size}, rule={cfg.rule.name}, "
               f"{n_workers} worker(s) x {cfg.threads or 'auto'} thread(s)", file=sys.stderr)
     import dpsgd
@@ -322,37 +319,74 @@ def run(args) -> int:
     result = dpsgd.train(alg, cfg)
     if not result.is_root:
         return 0
-    return _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, D, load_seconds)
+    return _write_outputs(LdaRun(args, cfg, result, alg, corpus, run_plan, heldout, Xh, V, K, alpha, eta, D,
+                                 load_seconds))
 
 
-def _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, D, load_seconds) -> int:
-    import json
-    import math
+@dataclass
+class LdaRun:
+    """Everything ``dpsgd lda`` writes its outputs from (rank 0, after training)."""
 
-    from dpsgd.checkpoint import atomic_write_text
+    args: object
+    cfg: object  # dpsgd.TrainConfig
+    result: object  # dpsgd.TrainResult
+    alg: object  # SVIAlgorithm
+    corpus: object  # CorpusPlan
+    plan: object  # plan.RunPlan
+    heldout: tuple | None
+    Xh: object
+    V: int
+    K: int
+    alpha: float
+    eta: float
+    D: int
+    load_seconds: float
 
-    from .evaluate import npmi, top_words
-    from .model import DPSVI, topic_word_from_lambda
 
-    m = dict(result.metrics)
+def _write_outputs(run: LdaRun) -> int:
+    from .evaluate import top_words
+    from .model import topic_word_from_lambda
+
+    m = dict(run.result.metrics)
     history = m.pop("history", [])
     m.pop("push_workers", None)
-    comp = topic_word_from_lambda(alg.lambda_of(result.params), V, K)
+    comp = topic_word_from_lambda(run.alg.lambda_of(run.result.params), run.V, run.K)
     beta = comp / comp.sum(axis=1, keepdims=True)
+    out = _run_metrics(run, m, beta)
+    os.makedirs(run.args.out, exist_ok=True)
+    tops = top_words(beta, run.args.top_words)
+    lines = [f"topic {k:3d}: " + " ".join(run.corpus.vocab[w] for w in tops[k]) for k in range(run.K)]
+    _write_files(run, m, out, history, comp, lines)
+    if not run.args.quiet:
+        print("\n".join(lines))
+    ll = out["heldout_loglik"]
+    print(f"dpsgd lda: {out['documents_seen']} documents in {out['wall_seconds']:.2f} s "
+          f"({out['docs_per_second']:.0f} docs/s in training)"
+          + (f", held-out log-likelihood {ll:.4f} per word (perplexity {out['perplexity']:.1f})" if ll is not None else "")
+          + (f", NPMI {out['npmi']:.3f}" if out["npmi"] is not None else "")
+          + f"; wrote {run.args.out}", file=sys.stderr)
+    return 0
+
+
+def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
+    """metrics.json: quality, rates and sizes of the run (``m``: the framework's metrics)."""
+    import math
+
+    from .evaluate import npmi
+
+    alg, result = run.alg, run.result
     final = m.pop("final", {}) or {}
-    # documents per minibatch on average (a thread's last minibatch of a pass is shorter); the
-    # root rank of an MPI run does not see the workers' own counts
-    per_pass = max(1, math.ceil(D / args.batch_size))
-    docs = int(round(int(m.get("total_updates", 0)) * D / per_pass))
+    # the root rank of an MPI run does not see the workers' own document counts: the plan's average
+    docs = run.plan.documents(int(m.get("total_updates", 0)), run.D)
+    if alg.states and all(st.docs for st in alg.states):
+        docs = sum(st.docs for st in alg.states)
     wall = float(m["wall_seconds"])
     train_seconds = max(wall - float(m.get("eval_seconds", 0.0)), 1e-9)
     # NPMI needs many reference documents: the whole corpus when this rank has it in memory
-    if plan.full is not None:
-        ref, ref_name = plan.full.X, "whole corpus"
+    if run.corpus.full is not None:
+        ref, ref_name = run.corpus.full.X, "whole corpus"
     else:
-        ref, ref_name = Xh, "held-out documents"
-    if alg.states and all(s.docs for s in alg.states):
-        docs = sum(s.docs for s in alg.states)
+        ref, ref_name = run.Xh, "held-out documents"
     out = {
         "heldout_loglik": final.get("heldout_loglik"),
         "perplexity": final.get("perplexity"),
@@ -363,13 +397,14 @@ def _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, 
         "docs_per_second_wall": docs / wall,
         "wall_seconds": wall,
         "train_seconds": train_seconds,
-        "load_seconds": load_seconds,
-        "n_documents": int(plan.n_docs),
-        "n_training_documents": D,
-        "n_heldout_documents": int(heldout[0].shape[0]) if heldout is not None else 0,
-        "n_words": V,
-        "n_topics": K,
-        "passes": args.passes,
+        "load_seconds": run.load_seconds,
+        "n_documents": int(run.corpus.n_docs),
+        "n_training_documents": run.D,
+        "n_heldout_documents": int(run.heldout[0].shape[0]) if run.heldout is not None else 0,
+        "n_words": run.V,
+        "n_topics": run.K,
+        "passes": run.args.passes,
+        "updates_per_pass": run.plan.updates_per_pass,
         "sparse_push": bool(alg.sparse_push),
         # measured over MPI (header included); in one process nothing goes on a wire and this is
         # the size of a dense push of the whole parameter vector
@@ -377,44 +412,45 @@ def _write_outputs(args, cfg, result, alg, plan, heldout, Xh, V, K, alpha, eta, 
         "bytes_per_pull": float(m.get("pull_bytes_mean", 64 + 4 * result.params.size)),
     }
     if alg.states:  # the root rank's own worker threads (one-process runs)
-        docs_local = sum(s.docs for s in alg.states)
+        docs_local = sum(st.docs for st in alg.states)
         if docs_local:
-            out["estep_iterations_per_document"] = sum(s.iters for s in alg.states) / docs_local
-            out["distinct_words_per_minibatch"] = sum(s.words for s in alg.states) / max(
-                1, sum(math.ceil(s.docs / args.batch_size) for s in alg.states))
+            out["estep_iterations_per_document"] = sum(st.iters for st in alg.states) / docs_local
+            out["distinct_words_per_minibatch"] = sum(st.words for st in alg.states) / max(
+                1, sum(math.ceil(st.docs / run.args.batch_size) for st in alg.states))
     out["framework"] = m
-    os.makedirs(args.out, exist_ok=True)
-    vocab = plan.vocab
-    tops = top_words(beta, args.top_words)
-    lines = [f"topic {k:3d}: " + " ".join(vocab[w] for w in tops[k]) for k in range(K)]
+    return out
+
+
+def _write_files(run: LdaRun, m: dict, out: dict, history: list, comp, lines: list) -> None:
+    """topics.txt, progress.csv, metrics.json, model.npz and config.json into ``--out``."""
+    import json
+
+    from dpsgd.checkpoint import atomic_write_text
+
+    from .model import DPSVI
+
+    args = run.args
     atomic_write_text(os.path.join(args.out, "topics.txt"), "\n".join(lines) + "\n")
     rows = ["seconds,updates,documents,heldout_loglik,perplexity"]
     for h in history:
-        rows.append(f"{h['seconds']:.4f},{int(h['updates'])},{int(round(int(h['updates']) * D / per_pass))},"
+        rows.append(f"{h['seconds']:.4f},{int(h['updates'])},{run.plan.documents(int(h['updates']), run.D)},"
                     f"{h.get('heldout_loglik', float('nan')):.6f},{h.get('perplexity', float('nan')):.4f}")
     if out["heldout_loglik"] is not None:
-        rows.append(f"{wall:.4f},{int(m.get('total_updates', 0))},{docs},{out['heldout_loglik']:.6f},"
-                    f"{out['perplexity']:.4f}")
+        rows.append(f"{out['wall_seconds']:.4f},{int(m.get('total_updates', 0))},{out['documents_seen']},"
+                    f"{out['heldout_loglik']:.6f},{out['perplexity']:.4f}")
     atomic_write_text(os.path.join(args.out, "progress.csv"), "\n".join(rows) + "\n")
     atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(out, indent=1, default=float) + "\n")
-    model = DPSVI(n_components=K, doc_topic_prior=alpha, topic_word_prior=eta, learning_offset=args.learning_offset,
-                  learning_decay=args.learning_decay, batch_size=args.batch_size,
-                  mean_change_tol=args.mean_change_tol, max_doc_update_iter=args.max_doc_update_iter,
-                  total_samples=D, rule=cfg.rule.name, random_state=args.seed)
+    model = DPSVI(n_components=run.K, doc_topic_prior=run.alpha, topic_word_prior=run.eta,
+                  learning_offset=args.learning_offset, learning_decay=args.learning_decay,
+                  batch_size=args.batch_size, mean_change_tol=args.mean_change_tol,
+                  max_doc_update_iter=args.max_doc_update_iter, total_samples=run.D, rule=run.cfg.rule.name,
+                  random_state=args.seed)
     model._set_fitted(comp, n_batch_iter=int(m.get("total_updates", 0)) + 1, n_iter=args.passes)
-    model.save(os.path.join(args.out, "model.npz"), vocabulary=vocab,
+    model.save(os.path.join(args.out, "model.npz"), vocabulary=run.corpus.vocab,
                extra={"corpus": os.path.abspath(args.corpus), "heldout_loglik": out["heldout_loglik"]})
     conf = {"command": "lda", "args": {k: v for k, v in vars(args).items() if k != "func"},
-            "train_config": cfg.to_dict()}
+            "train_config": run.cfg.to_dict()}
     atomic_write_text(os.path.join(args.out, "config.json"), json.dumps(conf, indent=1, default=str) + "\n")
-    if not args.quiet:
-        print("\n".join(lines))
-    ll = out["heldout_loglik"]
-    print(f"dpsgd lda: {docs} documents in {wall:.2f} s ({out['docs_per_second']:.0f} docs/s in training)"
-          + (f", held-out log-likelihood {ll:.4f} per word (perplexity {out['perplexity']:.1f})" if ll is not None else "")
-          + (f", NPMI {out['npmi']:.3f}" if out["npmi"] is not None else "")
-          + f"; wrote {args.out}", file=sys.stderr)
-    return 0
 
 
 # ============================================================================ lda-transform

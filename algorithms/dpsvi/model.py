@@ -90,13 +90,16 @@ class SVIAlgorithm(Algorithm):
     ``lambda = eta + exp(s) M``; an update changes only the minibatch's words, so pushes are
     sparse (``push_block = K``) and no step touches all V words. Exact for the linear rules
     (sgd, asgd, ssgd); use :meth:`lambda_of` to read lambda from the parameters.
+    ``local_steps``: the run's local updates per push (see :meth:`stale_updates`).
+    The run's layout and schedule come from :func:`.plan.make_plan` (estimator and CLI alike).
     """
 
     def __init__(self, X, n_words: int, n_topics: int, *, alpha: float, eta: float, total_docs: float,
                  batch_size: int = 128, max_doc_update_iter: int = 100, mean_change_tol: float = 1e-3,
                  init: np.ndarray | None = None, local_shard: bool = False, loader=None, heldout=None,
-                 eval_threads: int = 1, gamma_rng=None, sparse_push: bool = False):
+                 eval_threads: int = 1, gamma_rng=None, sparse_push: bool = False, local_steps: int = 1):
         self.X = X
+        self.local_steps = int(local_steps)
         self.sparse_push = bool(sparse_push)
         if self.sparse_push:
             self.push_block = int(n_topics)
@@ -137,8 +140,6 @@ class SVIAlgorithm(Algorithm):
         p[VK:VK + self.K] = p[:VK].reshape(self.V, self.K).sum(axis=0, dtype=np.float64)
         return p
 
-    #: local updates per push of every worker (set from the run's config): see :meth:`stale_updates`
-    local_steps: int = 1
     #: updates of the run done before this one (``--resume``: the checkpoint's count): every
     #: thread continues its pass over its documents where it would be after its share of them,
     #: instead of starting again at its first minibatch
@@ -431,26 +432,21 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         # order, so DPSVI(n_threads=1) reproduces LatentDirichletAllocation(learning_method='online')
         sequential = threads == 1 and mpi_world_size_from_env() == 1
         seed = int(self.random_state_.randint(0, 2**31 - 1)) if not sequential else 0
+        from .plan import make_plan
+
+        # scikit-learn's rho uses n_batch_iter_ (1 at the first minibatch); dpsgd's t starts at 0
+        plan = make_plan(n, self.batch_size, n_passes, threads=threads, learning_offset=self.learning_offset,
+                         learning_decay=self.learning_decay, batches_done=self.n_batch_iter_,
+                         sparse_push=self.sparse_push, rule=self.rule, distributed=mpi_world_size_from_env() > 1)
+        total = plan.total_updates
         alg = SVIAlgorithm(X, V, K, alpha=self.doc_topic_prior_, eta=self.topic_word_prior_,
                            total_docs=total_docs, batch_size=self.batch_size,
                            max_doc_update_iter=self.max_doc_update_iter, mean_change_tol=self.mean_change_tol,
                            init=lambda_from_topic_word(self.components_),
-                           gamma_rng=self.random_state_ if sequential else None)
-        # updates per pass: the minibatches of every thread's share
-        bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-        per_pass = int(sum(math.ceil((b - a) / self.batch_size) for a, b in zip(bounds[:-1], bounds[1:])))
-        total = max(1, int(round(n_passes * per_pass)))
-        tau0 = float(self.learning_offset) + self.n_batch_iter_
-        alg.sparse_push = choose_sparse_push(self.sparse_push, self.rule,
-                                             (tau0 + np.arange(total)) ** -float(self.learning_decay),
-                                             distributed=mpi_world_size_from_env() > 1)
-        if alg.sparse_push:
-            alg.push_block = K
-        alg.local_steps = self.local_steps
+                           gamma_rng=self.random_state_ if sequential else None, sparse_push=plan.sparse_push,
+                           local_steps=self.local_steps)
         cfg = dpsgd.TrainConfig(
-            rule=dpsgd.RuleConfig(name=self.rule), lr=1.0, schedule="power",
-            # scikit-learn's rho uses n_batch_iter_ (1 at the first minibatch); dpsgd's t starts at 0
-            tau0=float(self.learning_offset) + self.n_batch_iter_, kappa=float(self.learning_decay),
+            rule=dpsgd.RuleConfig(name=self.rule), lr=1.0, schedule="power", tau0=plan.tau0, kappa=plan.kappa,
             local_steps=self.local_steps, threads=threads, total_updates=total,
             max_seconds=self.max_seconds, seed=seed,
             progress=bool(self.verbose) and threads >= 1 and self.verbose > 1)
