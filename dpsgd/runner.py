@@ -200,6 +200,11 @@ def _tell_resumed(algorithm, core: ServerCore) -> None:
         hook(int(core.total_updates), float(core.elapsed_offset))
 
 
+#: what each worker rank reports to rank 0 at the end (one float64 each, gathered in this order)
+WORKER_STATS = ("local_updates", "seconds", "rejected_seen", "threads", "pushes", "bytes_pushed", "bytes_pulled",
+                "sparse_pushes")
+
+
 def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     """Train ``algorithm`` (see :mod:`dpsgd.plugin`) with ``config``; returns the final model."""
     config = config or TrainConfig()
@@ -211,60 +216,70 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     n_workers = size - n_servers if comm is not None else 1
     if config.threads is None:
         config.threads = default_threads(ranks_on_this_node(size))
-    is_root = rank == 0
-    if is_root:
+    if rank == 0:
         for msg in convergence_warnings(config, n_workers, config.threads):
             warnings.warn(msg, stacklevel=2)
     w0 = _initial_params(algorithm, config)
-    n = w0.size
     block = getattr(algorithm, "push_block", None)
-    if block is not None and (int(block) != block or block < 1 or n % int(block)):
+    if block is not None and (int(block) != block or block < 1 or w0.size % int(block)):
         raise ConfigError(f"{type(algorithm).__name__}.push_block = {block!r} must be a positive integer "
-                          f"that divides the {n} parameters")
-    meta = {"n_params": n, "n_servers": n_servers, "config": config.to_dict(),
+                          f"that divides the {w0.size} parameters")
+    meta = {"n_params": w0.size, "n_servers": n_servers, "config": config.to_dict(),
             "algorithm": type(algorithm).__name__, "seed": config.seed}
-    t_start = time.perf_counter()
-
     if comm is None:
-        core = ServerCore(w0, config, 1)
-        core.stop_hook = getattr(algorithm, "should_stop", None)
-        saved = _resume(core, config, meta, warn=print) if config.resume else None
-        if saved is not None:
-            _tell_resumed(algorithm, core)
-        hk = Housekeeper(core, algorithm, config, evaluate=True, show_progress=config.progress, meta=meta)
-        # the one process does the server's periodic work too, after each push
-        worker = Worker(algorithm, config, LocalChannel(core, housekeeping=hk), 0, 1, core.w)
-        # the worker's optimizer statistics (RMSprop/Adam) go into the checkpoints and come back on resume
-        hk.extra_arrays = worker.opt.state_arrays
-        if saved is not None and not worker.opt.load_state_arrays(saved) and worker.opt.state_arrays():
-            print(f"dpsgd: {config.resume} holds no {config.local_optimizer} statistics: they start afresh")
-        try:
-            wstats = worker.run()
-        finally:
-            hk.close()
-        if config.checkpoint_dir:
-            hk.write_checkpoint()
-        params = core.w.copy()
-        metrics = _root_metrics(core, hk, [wstats], config, n_workers, t_start, algorithm, params)
-        if core.fatal or worker.fatal:
-            raise FatalRunError(core.fatal or "stopped by the server")
-        return TrainResult(params, metrics, 0, True)
+        return _train_one_process(algorithm, config, w0, meta)
+    return _train_mpi(comm, algorithm, config, w0, meta, n_servers, block)
 
-    # ------------------------------------------------------------------ MPI
+
+def _server_shard(algorithm, config, w, n_workers, meta, *, shard=0, block=None, is_root=True, **hk_kw):
+    """A server shard's state and periodic work: ServerCore (resumed when asked) and its Housekeeper.
+    Returns ``(core, housekeeper, checkpoint arrays or None)``."""
+    core = ServerCore(w, config, n_workers, shard=shard, block=block)
+    # a worker that any shard tells to stop leaves the other shards (DONE): they need not agree
+    core.stop_hook = getattr(algorithm, "should_stop", None)
+    saved = None
+    if config.resume:
+        saved = _resume(core, config, meta, warn=print if is_root else (lambda *_: None))
+        if is_root:
+            _tell_resumed(algorithm, core)
+    hk = Housekeeper(core, algorithm, config, meta=meta, **hk_kw)
+    return core, hk, saved
+
+
+def _train_one_process(algorithm, config, w0, meta) -> TrainResult:
+    t_start = time.perf_counter()
+    core, hk, saved = _server_shard(algorithm, config, w0, 1, meta, evaluate=True, show_progress=config.progress)
+    # the one process does the server's periodic work too, after each push
+    worker = Worker(algorithm, config, LocalChannel(core, housekeeping=hk), 0, 1, core.w)
+    # the worker's optimizer statistics (RMSprop/Adam) go into the checkpoints and come back on resume
+    hk.extra_arrays = worker.opt.state_arrays
+    if saved is not None and not worker.opt.load_state_arrays(saved) and worker.opt.state_arrays():
+        print(f"dpsgd: {config.resume} holds no {config.local_optimizer} statistics: they start afresh")
+    try:
+        wstats = worker.run()
+    finally:
+        hk.close()
+    if config.checkpoint_dir:
+        hk.write_checkpoint()
+    params = core.w.copy()
+    metrics = _root_metrics(core, hk, [wstats], config, 1, t_start, algorithm, params)
+    if core.fatal or worker.fatal:
+        raise FatalRunError(core.fatal or "stopped by the server")
+    return TrainResult(params, metrics, 0, True)
+
+
+def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResult:
+    t_start = time.perf_counter()
+    size, rank = comm.Get_size(), comm.Get_rank()
+    n_workers, is_root, n = size - n_servers, rank == 0, w0.size
     rank_map = _announce_ranks(comm, n_servers)
     bounds = T.shard_bounds(n, n_servers, int(block or 1))
-    stats = np.zeros(8, np.float64)
+    stats = np.zeros(len(WORKER_STATS), np.float64)
+    core = hk = None
     if rank < n_servers:
-        lo, hi = bounds[rank], bounds[rank + 1]
-        core = ServerCore(w0[lo:hi], config, n_workers, shard=rank, block=block)
-        # a worker that any shard tells to stop leaves the other shards (DONE): they need not agree
-        core.stop_hook = getattr(algorithm, "should_stop", None)
-        if config.resume:
-            _resume(core, config, meta, warn=print if is_root else (lambda *_: None))
-            if is_root:
-                _tell_resumed(algorithm, core)
-        hk = Housekeeper(core, algorithm, config, evaluate=(n_servers == 1),
-                         show_progress=config.progress and is_root, meta=meta, background_eval=True)
+        core, hk, _ = _server_shard(algorithm, config, w0[bounds[rank]:bounds[rank + 1]], n_workers, meta,
+                                    shard=rank, block=block, is_root=is_root, evaluate=(n_servers == 1),
+                                    show_progress=config.progress and is_root, background_eval=True)
         try:
             serve(comm, core, list(range(n_servers, size)), housekeeping=hk)
         finally:
@@ -281,12 +296,36 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     else:
         channel = MPIChannel(comm, n_servers, n, block)
         worker = Worker(algorithm, config, channel, rank - n_servers, n_workers, w0)
-        ws = worker.run()
-        stats[:] = [ws["local_updates"], ws["seconds"], ws["rejected_seen"], ws["threads"], channel.pushes,
-                    channel.bytes_pushed, channel.bytes_pulled, channel.sparse_pushes]
+        ws = dict(worker.run(), pushes=channel.pushes, bytes_pushed=channel.bytes_pushed,
+                  bytes_pulled=channel.bytes_pulled, sparse_pushes=channel.sparse_pushes)
+        stats[:] = [ws[k] for k in WORKER_STATS]
         fatal = "stopped by the server (see the server rank's message)" if worker.fatal else None
+    params = _gather_final(comm, core, bounds, n_servers, n)
+    all_stats = np.zeros((size, stats.size), np.float64) if is_root else None
+    comm.Gather(stats, all_stats, root=0)
+    metrics = {}
+    if is_root:
+        ws_ = [dict(zip(WORKER_STATS, r)) for r in all_stats[n_servers:]]
+        wstats = [{"local_updates": int(w["local_updates"]), "seconds": float(w["seconds"]),
+                   "rejected_seen": int(w["rejected_seen"]), "threads": int(w["threads"])} for w in ws_]
+        metrics = _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params)
+        pushes = max(sum(w["pushes"] for w in ws_), 1.0)
+        metrics.update(
+            n_servers=n_servers, ranks=rank_map, dense_push_bytes=T.HEADER_BYTES * n_servers + 4 * n,
+            push_bytes_mean=float(sum(w["bytes_pushed"] for w in ws_) / pushes),  # every shard's part of one push
+            pull_bytes_mean=float(sum(w["bytes_pulled"] for w in ws_) / pushes),
+            sparse_pushes=int(sum(w["sparse_pushes"] for w in ws_)))
+    from . import deathwatch
 
-    # assemble the final model on rank 0, then give it to every rank
+    deathwatch.disarm()  # this rank ends normally, or reports its own error next
+    if fatal:
+        raise FatalRunError(fatal, secondary=rank >= n_servers)
+    return TrainResult(params, metrics, rank, is_root)
+
+
+def _gather_final(comm, core, bounds, n_servers: int, n: int) -> np.ndarray:
+    """The final model assembled on rank 0 from the server shards, then given to every rank."""
+    rank = comm.Get_rank()
     params = np.empty(n, np.float32)
     if rank == 0:
         params[bounds[0]:bounds[1]] = core.w
@@ -295,27 +334,7 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     elif rank < n_servers:
         comm.Send(core.w, dest=0, tag=T.TAG_FINAL)
     comm.Bcast(params, root=0)
-    all_stats = np.zeros((size, stats.size), np.float64) if is_root else None
-    comm.Gather(stats, all_stats, root=0)
-    metrics = {}
-    if is_root:
-        wstats = [{"local_updates": int(r[0]), "seconds": float(r[1]), "rejected_seen": int(r[2]),
-                   "threads": int(r[3])} for r in all_stats[n_servers:]]
-        metrics = _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params)
-        metrics["n_servers"] = n_servers
-        ws_ = all_stats[n_servers:]
-        pushes = max(ws_[:, 4].sum(), 1.0)
-        metrics["push_bytes_mean"] = float(ws_[:, 5].sum() / pushes)  # every shard's part of one push
-        metrics["pull_bytes_mean"] = float(ws_[:, 6].sum() / pushes)
-        metrics["sparse_pushes"] = int(ws_[:, 7].sum())
-        metrics["dense_push_bytes"] = T.HEADER_BYTES * n_servers + 4 * n
-        metrics["ranks"] = rank_map
-    from . import deathwatch
-
-    deathwatch.disarm()  # this rank ends normally, or reports its own error next
-    if fatal:
-        raise FatalRunError(fatal, secondary=rank >= n_servers)
-    return TrainResult(params, metrics, rank, is_root)
+    return params
 
 
 def _announce_ranks(comm, n_servers: int) -> list[dict] | None:
