@@ -115,6 +115,36 @@ class ServerCore:
         self.hello_versions[m] = self.version
         return [(m, self.flags_for(m))]
 
+    def receive(self, m: int, header: np.ndarray, payload: np.ndarray, nbytes: int) -> list[tuple[int, int]]:
+        """The one entry point for a message from worker ``m`` (``nbytes``: header included, as
+        received): a hello, a leave, or a push - decoded, checked (a malformed, wrong-size,
+        wrong-dtype, non-finite or bad-step-size push is a rejection) and applied.
+        Returns the [(worker, flags)] to answer now."""
+        kind = header[T.H_KIND]
+        if kind == T.KIND_DONE:
+            return self.leave(m)
+        if kind == T.KIND_HELLO:
+            return self.hello(m)
+        n_recv = (nbytes - T.HEADER_BYTES) // 4 if nbytes >= T.HEADER_BYTES else -1
+        problem, g, scattered = None, payload, False
+        if kind not in (T.KIND_PUSH, T.KIND_PUSH_SPARSE) or nbytes < T.HEADER_BYTES or (nbytes - T.HEADER_BYTES) % 4:
+            problem = "malformed"
+        elif kind == T.KIND_PUSH_SPARSE:
+            g, problem = self.unpack_sparse(payload, header, n_recv)
+            scattered = g is not None
+        else:
+            problem = self.check_push(payload[:n_recv] if n_recv == self.w.size else None,
+                                      header[T.H_DTYPE], header[T.H_N], n_recv)
+        lr = float(header[T.H_LR])
+        if problem is None and not (lr > 0 and np.isfinite(lr)):
+            problem = "step size"
+        try:
+            return self.push(m, payload if g is None else g, int(header[T.H_VERSION]), int(header[T.H_NSTEPS]),
+                             lr, problem)
+        finally:
+            if scattered:
+                self.clear_sparse(payload, header)
+
     def check_push(self, g: np.ndarray | None, dtype_code: float, n_declared: float, n_received: int) -> str | None:
         """Why a push is malformed, or None when it is fine."""
         if dtype_code != T.DTYPE_FLOAT32:
@@ -322,12 +352,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     backoff = T.Backoff()
 
     def answer(m, flags):
-        reply[:] = 0
-        reply[T.H_KIND] = T.KIND_PARAMS
-        reply[T.H_VERSION] = core.version
-        reply[T.H_FLAGS] = flags
-        reply[T.H_TOTAL] = core.total_updates
-        reply[T.H_N] = n
+        T.encode_header(reply, T.KIND_PARAMS, version=core.version, flags=flags, total=core.total_updates, n=n)
         comm.Send(reply, dest=worker_ranks[m], tag=T.TAG_REPLY)
         comm.Send(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY_PARAMS)
 
@@ -366,33 +391,9 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
         for k, i in enumerate(done):
             started[i] = False
             msg, st = msgs[i], statuses[k]  # statuses are in completion order
-            h = msg.header
-            kind = h[T.H_KIND]
-            nbytes = st.Get_count(MPI.BYTE)
-            if kind == T.KIND_DONE:
-                answers = core.leave(i)
+            if msg.header[T.H_KIND] == T.KIND_DONE:
                 open_[i] = False
-            elif kind == T.KIND_HELLO:
-                answers = core.hello(i)
-            else:
-                n_recv = (nbytes - T.HEADER_BYTES) // 4 if nbytes >= T.HEADER_BYTES else -1
-                problem, g, scattered = None, msg.payload, False
-                if kind not in (T.KIND_PUSH, T.KIND_PUSH_SPARSE) or nbytes < T.HEADER_BYTES or \
-                        (nbytes - T.HEADER_BYTES) % 4:
-                    problem = "malformed"
-                elif kind == T.KIND_PUSH_SPARSE:
-                    g, problem = core.unpack_sparse(msg.payload, h, n_recv)
-                    scattered = g is not None
-                else:
-                    problem = core.check_push(msg.payload[:n_recv] if n_recv == n else None,
-                                              h[T.H_DTYPE], h[T.H_N], n_recv)
-                lr = float(h[T.H_LR])
-                if problem is None and not (lr > 0 and np.isfinite(lr)):
-                    problem = "step size"
-                answers = core.push(i, msg.payload if g is None else g, int(h[T.H_VERSION]),
-                                    int(h[T.H_NSTEPS]), lr, problem)
-                if scattered:
-                    core.clear_sparse(msg.payload, h)
+            answers = core.receive(i, msg.header, msg.payload, st.Get_count(MPI.BYTE))
             for m, flags in answers:
                 answer(m, flags)
                 if flags & T.FLAG_STOP:

@@ -128,6 +128,31 @@ def clear_blocks(payload, nb, block, g):
             g[dst + j] = 0.0
 
 
+def encode_header(h: np.ndarray, kind: float, *, version: int = 0, nsteps: int = 0, n: int = 0, lr: float = 0.0,
+                  flags: int = 0, total: int = 0, block: int = 0) -> np.ndarray:
+    """Fill the header ``h`` (8 float64 slots) of a message: the one place a header is written.
+
+    Pushes (``KIND_PUSH``, ``KIND_PUSH_SPARSE``, ``KIND_HELLO``, ``KIND_DONE``) carry the
+    version their update started from, its local steps, the payload size ``n`` (values, or
+    blocks of a sparse push, whose ``block`` size goes in ``H_BLOCK``) and the step size;
+    replies (``KIND_PARAMS``) carry the server's version, flags and total updates.
+    """
+    h[:] = 0
+    h[H_KIND] = kind
+    h[H_VERSION] = version
+    h[H_N] = n
+    if kind == KIND_PARAMS:
+        h[H_FLAGS] = flags
+        h[H_TOTAL] = total
+    else:
+        h[H_NSTEPS] = nsteps
+        h[H_DTYPE] = DTYPE_FLOAT32
+        h[H_LR] = lr
+        if kind == KIND_PUSH_SPARSE:
+            h[H_BLOCK] = block
+    return h
+
+
 class Message:
     """A preallocated buffer with header and float32 payload views."""
 

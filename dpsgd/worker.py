@@ -35,15 +35,14 @@ class LocalChannel:
         self.core = core
         self.housekeeping = housekeeping  # the server's periodic work, done after each exchange
         self.bounds = np.array([0, core.w.size], np.int64)
-        self.push_buffers = [np.zeros(core.w.size, np.float32)]
+        self.msg = T.Message(core.w.size)  # the same message an MPI push is, never sent
+        self.push_buffers = [self.msg.payload]
 
     def exchange(self, kind, base_version, nsteps, lr, w_new):
         core = self.core
-        if kind == T.KIND_HELLO:
-            answers = core.hello(0)
-        else:
-            g = self.push_buffers[0]
-            answers = core.push(0, g, base_version, nsteps, lr, core.check_push(g, T.DTYPE_FLOAT32, g.size, g.size))
+        n = self.msg.payload.size if kind == T.KIND_PUSH else 0
+        T.encode_header(self.msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
+        answers = core.receive(0, self.msg.header, self.msg.payload, self.msg.nbytes_for(n))
         flags = dict(answers).get(0, 0)
         w_new[:] = core.w
         if self.housekeeping is not None:
@@ -86,19 +85,14 @@ class MPIChannel:
             sp = self.sparse_msgs[s]
             nb = T.compress_blocks(msg.payload, self.block, sp.payload, self.block_ids[s], self.max_blocks[s])
             if nb >= 0:
-                h = sp.header
-                h[:] = 0
-                h[T.H_KIND], h[T.H_VERSION], h[T.H_NSTEPS] = T.KIND_PUSH_SPARSE, base_version, nsteps
-                h[T.H_DTYPE], h[T.H_N], h[T.H_LR], h[T.H_BLOCK] = T.DTYPE_FLOAT32, nb, lr, self.block
+                T.encode_header(sp.header, T.KIND_PUSH_SPARSE, version=base_version, nsteps=nsteps, n=nb, lr=lr,
+                                block=self.block)
                 buf = sp.view_bytes(nb * (self.block + 1))
                 self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
                 self.sparse_pushes += 1
                 return buf.nbytes
-        h = msg.header
         n = msg.payload.size if kind == T.KIND_PUSH else 0
-        h[:] = 0
-        h[T.H_KIND], h[T.H_VERSION], h[T.H_NSTEPS] = kind, base_version, nsteps
-        h[T.H_DTYPE], h[T.H_N], h[T.H_LR] = T.DTYPE_FLOAT32, n, lr
+        T.encode_header(msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
         buf = msg.view_bytes(n)
         self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
         return buf.nbytes
@@ -132,9 +126,7 @@ class MPIChannel:
         for s, msg in enumerate(self.msgs):
             if s in self.stopped_by:
                 continue
-            h = msg.header
-            h[:] = 0
-            h[T.H_KIND], h[T.H_DTYPE] = T.KIND_DONE, T.DTYPE_FLOAT32
+            T.encode_header(msg.header, T.KIND_DONE)
             self.comm.Send(msg.view_bytes(0), dest=s, tag=T.TAG_PUSH)
 
 

@@ -15,3 +15,44 @@ def test_a_worker_not_yet_started_is_silent_since_the_server_started():
     assert core.check_silent() == ([], [])
     msgs, _ = core.check_silent(now=time.perf_counter() + 5)
     assert len(msgs) == 2 and all("has not pushed for 5 s" in m or "has not pushed for 4 s" in m for m in msgs), msgs
+
+
+def test_receive_decodes_checks_and_applies_every_kind_of_message():
+    """ServerCore.receive is the one entry point of a worker's message (MPI and one process):
+    encode_header's messages are decoded; malformed ones are rejections, counted by reason."""
+    from dpsgd import transport as T
+
+    n = 6
+    core = ServerCore(np.zeros(n, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.5), 1, block=2)
+    msg = T.Message(n)
+
+    def send(kind, nbytes=None, **kw):
+        T.encode_header(msg.header, kind, **kw)
+        return dict(core.receive(0, msg.header, msg.payload, msg.nbytes_for(n) if nbytes is None else nbytes))
+
+    assert send(T.KIND_HELLO, nbytes=T.HEADER_BYTES) == {0: 0}
+    msg.payload[:] = np.arange(n)
+    assert send(T.KIND_PUSH, n=n, lr=0.5, nsteps=1) == {0: 0}
+    np.testing.assert_allclose(core.w, -0.5 * np.arange(n))
+    assert core.version == 1 and core.total_updates == 1
+    # rejections: short payload, a declared size that lies, a step size of 0, an unknown kind, NaN
+    assert send(T.KIND_PUSH, nbytes=msg.nbytes_for(n - 1), n=n, lr=0.5, nsteps=1)[0] & T.FLAG_REJECTED
+    assert send(T.KIND_PUSH, n=n + 1, lr=0.5, nsteps=1)[0] & T.FLAG_REJECTED
+    assert send(T.KIND_PUSH, n=n, lr=0.0, nsteps=1)[0] & T.FLAG_REJECTED
+    assert send(7.0, n=n, lr=0.5, nsteps=1)[0] & T.FLAG_REJECTED
+    msg.payload[2] = np.nan
+    assert send(T.KIND_PUSH, n=n, lr=0.5, nsteps=1)[0] & T.FLAG_REJECTED
+    assert core.reject_reasons == {"size": 2, "step size": 1, "malformed": 1, "non-finite": 1}
+    np.testing.assert_allclose(core.w, -0.5 * np.arange(n))  # none of them touched the model
+    # a sparse push: block 1 (values 2, 3) only; the scatter buffer is clean afterwards
+    sp = T.Message(3)
+    sp.payload[:1].view(np.int32)[0] = 1
+    sp.payload[1:3] = [10.0, 20.0]
+    T.encode_header(sp.header, T.KIND_PUSH_SPARSE, n=1, lr=0.5, nsteps=1, block=2)
+    assert dict(core.receive(0, sp.header, sp.payload, sp.nbytes_for(3))) == {0: 0}
+    np.testing.assert_allclose(core.w, [0, -0.5, -6, -11.5, -2, -2.5])
+    assert not core._sparse_g.any()
+    assert core.active[0]
+    T.encode_header(msg.header, T.KIND_DONE)
+    assert core.receive(0, msg.header, msg.payload, T.HEADER_BYTES) == []
+    assert not core.active[0]  # the worker has left
