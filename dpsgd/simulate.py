@@ -26,9 +26,9 @@ Model (the paper's, and what one single-threaded MPI worker rank does with ``loc
 
 Step sizes follow :func:`dpsgd.config.lr_at` evaluated, as in the real worker, at the number
 of gradient computations the worker knew of when it pulled. With ``local_steps = k > 1`` the
-worker makes k plain SGD steps on its copy and pushes the pseudo-gradient
+worker makes k local steps on its copy (plain SGD unless ``local_optimizer`` says otherwise) and pushes the pseudo-gradient
 ``(w_pulled - w_local) / lr`` with ``lr`` the step size of its last local update, as the MPI
-worker does. ``total_updates`` counts gradient
+worker does (``local_optimizer``: RMSprop/Adam local steps, as the worker's). ``total_updates`` counts gradient
 computations of all workers (so every method gets the same number).
 
 Everything is deterministic for a seed. Replaying a real MPI run (one thread per worker,
@@ -178,7 +178,9 @@ def simulate(algorithm, rule: RuleConfig | str, n_workers: int, *, lr: float,
              kappa: float = 0.0, delay="constant", delay_param: float | None = None,
              slowdown: Sequence[float] | None = None, local_steps: int = 1,
              max_staleness: int | None = None, seed: int = 0, eval_every: int | None = None,
-             params0: np.ndarray | None = None, stop_on_nonfinite: bool = True) -> SimResult:
+             params0: np.ndarray | None = None, stop_on_nonfinite: bool = True,
+             local_optimizer: str = "sgd", rms_alpha: float = 0.99, opt_eps: float = 1e-5,
+             final_eval: bool = True) -> SimResult:
     """Simulate ``n_workers`` asynchronous workers training ``algorithm`` under ``rule``.
 
     ``total_updates``: gradient computations of all workers together (required unless
@@ -187,25 +189,53 @@ def simulate(algorithm, rule: RuleConfig | str, n_workers: int, *, lr: float,
     ``total_updates`` is only the horizon of the ``linear`` schedule (give the real run's
     value; default: the log's length x ``local_steps``). ``eval_every``:
     call ``algorithm.evaluate`` on the global model every that many gradient computations
-    (and at the start and the end). ``params0``: initial model (default
+    (and at the start and the end); ``final_eval`` evaluates the final model in any case
+    (``.final``). ``params0``: initial model (default
     ``algorithm.init_params(np.random.default_rng(seed))``, as ``dpsgd.train`` does).
+    ``local_optimizer`` (sgd, rmsprop, rmsprop_tf, adam; with ``rms_alpha``, ``opt_eps``): the
+    rule of a worker's local steps, the MPI worker's :class:`dpsgd.hogwild.LocalOptimizer` (one
+    per virtual worker, its statistics kept from push to push as a worker rank keeps them).
     """
     if isinstance(rule, str):
         rule = RuleConfig(name=rule)
+    replay, total_updates = _validated(rule, n_workers, lr, schedule, local_steps, slowdown, delay, total_updates,
+                                       eval_every, local_optimizer)
+    sim = _Simulation(algorithm, rule, int(n_workers), lr=float(lr), total_updates=total_updates,
+                      sched=TrainConfig(lr=float(lr), schedule=schedule, tau0=tau0, kappa=kappa,
+                                        total_updates=total_updates),
+                      local_steps=int(local_steps), max_staleness=max_staleness, seed=seed, eval_every=eval_every,
+                      params0=params0, stop_on_nonfinite=stop_on_nonfinite, replay=replay,
+                      optimizer=(local_optimizer, rms_alpha, opt_eps))
+    sim.maybe_eval(force=True)
+    if rule.name == "ssgd":
+        sim.run_synchronous(delay, delay_param, slowdown)
+    else:
+        sim.run_asynchronous(delay, delay_param, slowdown)
+    sim.maybe_eval(force=True, final=final_eval)
+    res = sim.res
+    res.staleness = np.asarray(sim.staleness, np.int64)
+    res.push_workers = np.asarray(sim.push_workers, np.int64)
+    return res
+
+
+def _validated(rule, n_workers, lr, schedule, local_steps, slowdown, delay, total_updates, eval_every,
+               local_optimizer):
+    """Check simulate's arguments (ValueError); returns (replay log or None, total_updates)."""
+    from .config import LOCAL_OPTIMIZERS
+
     rule.validate(n_workers)
-    n_workers = int(n_workers)
-    if n_workers < 1:
+    if int(n_workers) < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if not (lr > 0 and np.isfinite(lr)):
         raise ValueError(f"lr must be a positive finite number, got {lr}")
-    local_steps = int(local_steps)
-    if local_steps < 1:
+    if int(local_steps) < 1:
         raise ValueError(f"local_steps must be >= 1, got {local_steps}")
+    if local_optimizer not in LOCAL_OPTIMIZERS:
+        raise ValueError(f"unknown local optimizer {local_optimizer!r}; choose one of {', '.join(LOCAL_OPTIMIZERS)}")
     if slowdown is not None and len(slowdown) != n_workers:
         raise ValueError(f"slowdown needs one factor per worker ({n_workers}), got {len(slowdown)}")
-
     replay = None
     if not isinstance(delay, str):
         replay = delay if isinstance(delay, ReplayLog) else ReplayLog(np.asarray(delay, np.int64).reshape(-1))
@@ -215,156 +245,180 @@ def simulate(algorithm, rule: RuleConfig | str, n_workers: int, *, lr: float,
         if rule.name == "ssgd":
             raise ValueError("replaying a push order needs an asynchronous rule, not ssgd")
         if total_updates is None:
-            total_updates = int(ids.size) * local_steps
+            total_updates = int(ids.size) * int(local_steps)
     if total_updates is None or int(total_updates) < 1:
         raise ValueError(f"total_updates must be a positive integer, got {total_updates}")
-    total_updates = int(total_updates)
     if eval_every is not None and int(eval_every) < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    return replay, int(total_updates)
 
-    sched = TrainConfig(lr=float(lr), schedule=schedule, tau0=tau0, kappa=kappa, total_updates=total_updates)
 
-    # ---------------------------------------------------------------- state
-    if params0 is None:
-        params0 = algorithm.init_params(np.random.default_rng(seed))
-    w = np.array(params0, dtype=np.float32, copy=True)
-    if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"initial parameters must be a non-empty 1-D array, got shape {w.shape}")
-    n = w.size
-    upd = UpdateRule(rule, n, n_workers)
-    hello = None
-    if replay is not None and replay.hello_versions is not None:
-        hello = np.asarray(replay.hello_versions, np.int64)
-        if hello.shape != (n_workers,) or hello.min() < 0:
-            raise ValueError(f"hello_versions needs {n_workers} entries >= 0, got {replay.hello_versions!r}")
-    # the MPI worker of a fresh (not resumed) run seeds thread t with [seed, worker, t, 0]
-    ctxs = [ThreadContext(worker=m, n_workers=n_workers, thread=0, n_threads=1, seed=seed,
-                          rng=np.random.default_rng([seed, m, 0, 0])) for m in range(n_workers)]
-    states = [algorithm.make_thread_state(ctx) for ctx in ctxs]
-    copies = np.empty((n_workers, n), np.float32)  # w_bak[m]: the model each worker pulled
-    pulled_version = np.zeros(n_workers, np.int64)
-    pulled_total = np.zeros(n_workers, np.int64)
-    has_pulled = np.zeros(n_workers, bool)
+#: the seed of the simulated delays' random stream (beside the run's seed)
+DELAY_STREAM = 0xDE1A
 
-    res = SimResult(params=w, rule=rule.name, n_workers=n_workers)
-    staleness: list[int] = []
-    push_workers: list[int] = []
-    evaluate = getattr(algorithm, "evaluate", None) if eval_every is not None else None
-    next_eval = 0
 
-    def maybe_eval(force=False):
-        nonlocal next_eval
-        if evaluate is None:
+class _Simulation:
+    """The state of one simulated run and its steps (see :func:`simulate`)."""
+
+    def __init__(self, algorithm, rule, n_workers, *, lr, total_updates, sched, local_steps, max_staleness, seed,
+                 eval_every, params0, stop_on_nonfinite, replay, optimizer):
+        from .hogwild import LocalOptimizer
+
+        self.alg, self.rule, self.n_workers = algorithm, rule, n_workers
+        self.total_updates, self.sched, self.local_steps = total_updates, sched, local_steps
+        self.max_staleness, self.seed, self.eval_every = max_staleness, seed, eval_every
+        self.stop_on_nonfinite, self.replay = stop_on_nonfinite, replay
+        if params0 is None:
+            params0 = algorithm.init_params(np.random.default_rng(seed))
+        w = np.array(params0, dtype=np.float32, copy=True)
+        if w.ndim != 1 or w.size == 0:
+            raise ValueError(f"initial parameters must be a non-empty 1-D array, got shape {w.shape}")
+        self.w, self.n = w, w.size
+        self.upd = UpdateRule(rule, self.n, n_workers)
+        self.hello = None
+        if replay is not None and replay.hello_versions is not None:
+            self.hello = np.asarray(replay.hello_versions, np.int64)
+            if self.hello.shape != (n_workers,) or self.hello.min() < 0:
+                raise ValueError(f"hello_versions needs {n_workers} entries >= 0, got {replay.hello_versions!r}")
+        # the MPI worker of a fresh (not resumed) run seeds thread t with [seed, worker, t, 0]
+        self.ctxs = [ThreadContext(worker=m, n_workers=n_workers, thread=0, n_threads=1, seed=seed,
+                                   rng=np.random.default_rng([seed, m, 0, 0])) for m in range(n_workers)]
+        self.states = [algorithm.make_thread_state(ctx) for ctx in self.ctxs]
+        name, alpha, eps = optimizer
+        # the worker rank's local optimizer (used for local_steps > 1, as the real worker does)
+        self.opts = [LocalOptimizer(name, self.n, alpha, eps=eps) for _ in range(n_workers)]
+        self.copies = np.empty((n_workers, self.n), np.float32)  # w_bak[m]: the model each worker pulled
+        self.pulled_version = np.zeros(n_workers, np.int64)
+        self.pulled_total = np.zeros(n_workers, np.int64)
+        self.has_pulled = np.zeros(n_workers, bool)
+        self.res = SimResult(params=w, rule=rule.name, n_workers=n_workers)
+        self.staleness: list[int] = []
+        self.push_workers: list[int] = []
+        self.evaluate = getattr(algorithm, "evaluate", None)
+        self.next_eval = 0
+
+    def maybe_eval(self, force=False, final=False):
+        res = self.res
+        if self.evaluate is None or (self.eval_every is None and not final):
             return
-        if force or res.updates >= next_eval:
+        if force or res.updates >= self.next_eval:
             if not res.history or res.history[-1][0] != res.updates:
-                res.history.append((res.updates, dict(evaluate(w.copy()))))
-            while next_eval <= res.updates:
-                next_eval += int(eval_every)
+                res.history.append((res.updates, dict(self.evaluate(self.w.copy()))))
+            if self.eval_every is not None:
+                while self.next_eval <= res.updates:
+                    self.next_eval += int(self.eval_every)
 
-    def pull(m):
-        copies[m] = w
-        pulled_version[m] = res.version
-        pulled_total[m] = res.updates
-        has_pulled[m] = True
-        upd.reset_worker(m, w)
+    def pull(self, m):
+        self.copies[m] = self.w
+        self.pulled_version[m] = self.res.version
+        self.pulled_total[m] = self.res.updates
+        self.has_pulled[m] = True
+        self.upd.reset_worker(m, self.w)
 
-    def compute(m, base: np.ndarray, known_total: int):
+    def compute(self, m, base: np.ndarray, known_total: int):
         """Worker m's push from the model ``base``: (gradient or pseudo-gradient, its lr)."""
-        ctx, state = ctxs[m], states[m]
-        if local_steps == 1:
-            ctx.lr = lr_at(sched, known_total)
-            g = _checked(algorithm.compute_update(base, state, ctx), n, algorithm)
+        ctx, state, n = self.ctxs[m], self.states[m], self.n
+        if self.local_steps == 1:
+            ctx.lr = lr_at(self.sched, known_total)
+            g = _checked(self.alg.compute_update(base, state, ctx), n, self.alg)
             ctx.step += 1
             return g, ctx.lr
         local = base.copy()
         lr_push = 0.0
-        for k in range(local_steps):
-            ctx.lr = lr_at(sched, known_total + k)
-            g = _checked(algorithm.compute_update(local, state, ctx), n, algorithm)
-            local -= np.float32(ctx.lr) * g
+        for k in range(self.local_steps):
+            ctx.lr = lr_at(self.sched, known_total + k)
+            g = _checked(self.alg.compute_update(local, state, ctx), n, self.alg)
+            self.opts[m].step(local, g, ctx.lr, ctx.step + 1)
             ctx.step += 1
             lr_push = ctx.lr or lr_push  # the step size of the last (non-zero) local update
         if lr_push == 0.0:
             return np.zeros(n, np.float32), 0.0
         return ((base - local) / np.float32(lr_push)).astype(np.float32), lr_push
 
-    def finite_or_stop():
-        if stop_on_nonfinite and not all_finite(w):
-            res.diverged = True
+    def finite_or_stop(self) -> bool:
+        if self.stop_on_nonfinite and not all_finite(self.w):
+            self.res.diverged = True
             return False
         return True
 
-    maybe_eval(force=True)
-
-    # ---------------------------------------------------------------- synchronous
-    if rule.name == "ssgd":
-        draw = _delay_sampler(delay, delay_param, np.random.default_rng([seed, 0xDE1A]), slowdown)
-        while res.updates < total_updates:
+    def run_synchronous(self, delay, delay_param, slowdown):
+        """SSGD: every round all workers compute at the same w; the server averages."""
+        res = self.res
+        draw = _delay_sampler(delay, delay_param, np.random.default_rng([self.seed, DELAY_STREAM]), slowdown)
+        while res.updates < self.total_updates:
             known = res.updates
-            for m in range(n_workers):
-                g, lr_m = compute(m, w, known)  # every worker starts from the same w
-                upd.add_to_round(g)
-                staleness.append(0)
-                push_workers.append(m)
-            res.sim_time += max(draw(m) for m in range(n_workers))
-            upd.apply_round(w, lr_m)
+            for m in range(self.n_workers):
+                g, lr_m = self.compute(m, self.w, known)  # every worker starts from the same w
+                self.upd.add_to_round(g)
+                self.staleness.append(0)
+                self.push_workers.append(m)
+            res.sim_time += max(draw(m) for m in range(self.n_workers))
+            self.upd.apply_round(self.w, lr_m)
             res.version += 1
-            res.pushes += n_workers
-            res.updates += n_workers * local_steps
-            if not finite_or_stop():
+            res.pushes += self.n_workers
+            res.updates += self.n_workers * self.local_steps
+            if not self.finite_or_stop():
                 break
-            maybe_eval()
-    # ---------------------------------------------------------------- asynchronous
-    else:
-        for m in range(n_workers):
-            if hello is None or hello[m] <= 0:
-                pull(m)
-        if replay is None:
-            draw = _delay_sampler(delay, delay_param, np.random.default_rng([seed, 0xDE1A]), slowdown)
-            queue = [(draw(m), m, m) for m in range(n_workers)]  # (finish time, tie-break, worker)
-            heapq.heapify(queue)
-            seq = n_workers
+            self.maybe_eval()
+
+    def _next_pusher(self, queue, order):
+        """(worker, finish time) of the next push, or (None, None) at the end of a replay."""
+        res = self.res
+        if self.replay is None:
+            t, _, m = heapq.heappop(queue)
+            res.sim_time = t
+            return m, t
+        m = next(order, None)
+        if m is None:
+            return None, None
+        res.sim_time += 1.0
+        if not self.has_pulled[m]:
+            raise ValueError(f"replay: worker {m} pushes before its first pull "
+                             f"(hello_versions[{m}] = {self.hello[m]} > version {res.version})")
+        return m, None
+
+    def _apply(self, m):
+        """Worker m's push reaches the server: applied (or dropped as too stale); m pulls."""
+        res = self.res
+        g, lr_m = self.compute(m, self.copies[m], int(self.pulled_total[m]))
+        stale = res.version - int(self.pulled_version[m])
+        self.staleness.append(stale)
+        self.push_workers.append(m)
+        res.pushes += 1
+        if self.max_staleness is not None and stale > self.max_staleness:
+            res.dropped += 1  # the server drops it and the worker starts over
         else:
-            order = iter(replay.push_workers.tolist())
-        while replay is not None or res.updates < total_updates:
-            if replay is None:
-                t, _, m = heapq.heappop(queue)
-                res.sim_time = t
-            else:
-                m = next(order, None)
-                if m is None:
-                    break
-                res.sim_time += 1.0
-                if not has_pulled[m]:
-                    raise ValueError(f"replay: worker {m} pushes before its first pull "
-                                     f"(hello_versions[{m}] = {hello[m]} > version {res.version})")
-            g, lr_m = compute(m, copies[m], int(pulled_total[m]))
-            stale = res.version - int(pulled_version[m])
-            staleness.append(stale)
-            push_workers.append(m)
-            res.pushes += 1
-            if max_staleness is not None and stale > max_staleness:
-                res.dropped += 1  # the server drops it and the worker starts over
-            else:
-                upd.apply(w, g, m, lr_m)  # DC rules: also w_bak[m] <- w
-                res.version += 1
-                res.updates += local_steps
-                if hello is not None:
-                    for k in np.nonzero((hello == res.version) & ~has_pulled)[0]:
-                        pull(int(k))
-            pull(m)
-            if not finite_or_stop():
+            self.upd.apply(self.w, g, m, lr_m)  # DC rules: also w_bak[m] <- w
+            res.version += 1
+            res.updates += self.local_steps
+            if self.hello is not None:
+                for k in np.nonzero((self.hello == res.version) & ~self.has_pulled)[0]:
+                    self.pull(int(k))
+        self.pull(m)
+
+    def run_asynchronous(self, delay, delay_param, slowdown):
+        """The event queue of finish times (or a replayed push order) decides who pushes next."""
+        for m in range(self.n_workers):
+            if self.hello is None or self.hello[m] <= 0:
+                self.pull(m)
+        queue, order, seq, draw = None, None, self.n_workers, None
+        if self.replay is None:
+            draw = _delay_sampler(delay, delay_param, np.random.default_rng([self.seed, DELAY_STREAM]), slowdown)
+            queue = [(draw(m), m, m) for m in range(self.n_workers)]  # (finish time, tie-break, worker)
+            heapq.heapify(queue)
+        else:
+            order = iter(self.replay.push_workers.tolist())
+        while self.replay is not None or self.res.updates < self.total_updates:
+            m, t = self._next_pusher(queue, order)
+            if m is None:
                 break
-            maybe_eval()
-            if replay is None:
+            self._apply(m)
+            if not self.finite_or_stop():
+                break
+            self.maybe_eval()
+            if self.replay is None:
                 heapq.heappush(queue, (t + draw(m), seq, m))
                 seq += 1
-
-    maybe_eval(force=True)
-    res.staleness = np.asarray(staleness, np.int64)
-    res.push_workers = np.asarray(push_workers, np.int64)
-    return res
 
 
 def _checked(g, n, algorithm) -> np.ndarray:

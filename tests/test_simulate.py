@@ -188,6 +188,29 @@ def test_same_as_framework_single_process(lsq):
     np.testing.assert_allclose(sim.params, real.params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["rmsprop", "rmsprop_tf", "adam"])
+def test_local_optimizer_steps_are_the_workers(lsq, optimizer):
+    """The simulator's local steps use the worker's LocalOptimizer: one virtual worker with 3
+    local RMSprop/Adam steps per push is the one-process framework run, to float32 rounding."""
+    import dpsgd
+
+    cfg = dpsgd.TrainConfig(rule=RuleConfig("asgd"), lr=0.01, total_updates=240, threads=1, progress=False, seed=2,
+                            local_steps=3, local_optimizer=optimizer)
+    real = dpsgd.train(lsq, cfg)
+    sim = simulate(lsq, "asgd", 1, lr=0.01, total_updates=240, seed=2, local_steps=3, local_optimizer=optimizer)
+    sgd = simulate(lsq, "asgd", 1, lr=0.01, total_updates=240, seed=2, local_steps=3)
+    np.testing.assert_allclose(sim.params, real.params, rtol=1e-4, atol=1e-5)
+    assert np.abs(sim.params - sgd.params).max() > 1e-3  # the optimizer really is another one
+    with pytest.raises(ValueError, match="local optimizer"):
+        simulate(lsq, "asgd", 1, lr=0.01, total_updates=10, local_optimizer="lion")
+
+
+def test_final_evaluation_without_eval_every(digits):
+    r = simulate(digits, "asgd", 2, lr=0.1, total_updates=50, seed=0)
+    assert set(r.final) >= {"test_error"} and [u for u, _ in r.history] == [50]
+    assert simulate(digits, "asgd", 2, lr=0.1, total_updates=50, seed=0, final_eval=False).final == {}
+
+
 def test_argument_errors(lsq):
     with pytest.raises(ValueError):
         simulate(lsq, "sgd", 2, lr=0.1, total_updates=10)
