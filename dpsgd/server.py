@@ -330,6 +330,25 @@ class ServerCore:
 # ---------------------------------------------------------------------- MPI loop
 
 
+def _only_silent_workers_left(core: ServerCore, open_: list, answer) -> bool:
+    """Once a second: report silent workers (an SSGD round may close without them); True when the
+    run is over and only silent workers are left, so the server stops waiting for them."""
+    reports, answers = core.check_silent()
+    for text in reports:
+        print(f"dpsgd server shard {core.shard}: warning: {text}", file=sys.stderr, flush=True)
+    for m, flags in answers:
+        answer(m, flags)
+        open_[m] = False
+    if (core.fatal is not None or core.should_stop()) and all(
+            not open_[m] or m in core.reported_silent for m in range(len(open_))):
+        if core.fatal is None:
+            silent = sorted(m for m in range(len(open_)) if open_[m])
+            core.fatal = (f"the run finished but worker(s) {silent} stopped answering for more than "
+                          f"worker_timeout={core.config.worker_timeout:g} s")
+        return True
+    return False
+
+
 def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) -> None:
     """Serve pushes from ``worker_ranks`` until every worker has left.
 
@@ -360,19 +379,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     while any(open_):
         if time.perf_counter() >= next_check:
             next_check = time.perf_counter() + 1.0
-            reports, answers = core.check_silent()
-            for text in reports:
-                print(f"dpsgd server shard {core.shard}: warning: {text}", file=sys.stderr, flush=True)
-            for m, flags in answers:
-                answer(m, flags)
-                open_[m] = False
-            if (core.fatal is not None or core.should_stop()) and all(
-                    not open_[m] or m in core.reported_silent for m in range(len(open_))):
-                # only silent workers are left: stop waiting for them
-                if core.fatal is None:
-                    silent = sorted(m for m in range(len(open_)) if open_[m])
-                    core.fatal = (f"the run finished but worker(s) {silent} stopped answering for more than "
-                                  f"worker_timeout={core.config.worker_timeout:g} s")
+            if _only_silent_workers_left(core, open_, answer):
                 break
         try:
             done = MPI.Request.Testsome(reqs, statuses)
