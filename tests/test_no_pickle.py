@@ -43,7 +43,7 @@ def test_rl_model_with_a_malicious_pickle_is_refused(tmp_path):
     from algorithms.hsa2c.agent import MODEL_FILE
 
     agent = HSA2C("CartPole-v1", seed=0, eval_episodes=0)
-    agent.learn(agent.n_envs * agent.n_steps * 2)
+    agent.learn(agent.samples_per_update * 2)
     agent.save(str(tmp_path))
     marker = tmp_path / "pwned"
     (tmp_path / MODEL_FILE).write_bytes(pickle.dumps({"w": Payload(str(marker))}))

@@ -90,9 +90,9 @@ def test_cnn_gradient_equals_one_full_batch_forward(monkeypatch, env_id, module)
     head, values = m(m.obs_tensor(st.obs.reshape((B,) + st.obs.shape[2:])))
     logp, ent = m.log_prob_entropy(head, torch.from_numpy(st.actions.reshape(B)))
     loss, _ = a2c_loss(logp, ent, values, torch.from_numpy(seen["adv"].reshape(-1)),
-                       torch.from_numpy(seen["ret"].reshape(-1)), a.vf_coef, a.ent_coef, a.normalize_advantage)
+                       torch.from_numpy(seen["ret"].reshape(-1)), a.config.vf_coef, a.config.ent_coef, a.config.normalize_advantage)
     ref = np.concatenate([gr.reshape(-1).numpy() for gr in torch.autograd.grad(loss, m._params)])
-    clip_grad_norm_(ref, a.max_grad_norm)
+    clip_grad_norm_(ref, a.config.max_grad_norm)
     assert np.abs(g).sum() > 0
     np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
 

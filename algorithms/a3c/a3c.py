@@ -39,12 +39,12 @@ def _worker(i, n_workers, env_id, hparams, flat, sq, counter, total_steps, go, s
         from algorithms.hsa2c.agent import HSA2C
 
         agent = HSA2C(env_id, **hparams)
-        ctx = ThreadContext(worker=i, n_workers=n_workers, thread=0, n_threads=1, seed=agent.seed)
+        ctx = ThreadContext(worker=i, n_workers=n_workers, thread=0, n_threads=1, seed=agent.config.seed)
         st = agent.make_thread_state(ctx)
         w = flat.numpy()
         s = sq.numpy()
-        lr, alpha, eps = np.float32(agent.lr), np.float32(agent.rms_alpha), np.float32(agent.opt_eps)
-        step = rmsprop_tf_step if agent.optimizer == "rmsprop_tf" else rmsprop_step
+        lr, alpha, eps = np.float32(agent.config.lr), np.float32(agent.config.rms_alpha), np.float32(agent.config.opt_eps)
+        step = rmsprop_tf_step if agent.config.optimizer == "rmsprop_tf" else rmsprop_step
         n = agent.samples_per_update
         with ready.get_lock():
             ready.value += 1
@@ -123,7 +123,7 @@ class _Supervisor:
         steps = sh.counter.value
         wall = te - self.t_start - self.eval_s
         self.tracker.take(steps)
-        rets = a.evaluate_returns(w.copy(), a.eval_episodes)
+        rets = a.evaluate_returns(w.copy(), a.config.eval_episodes)
         if self.tracker.record(steps, wall, float(rets.mean()), float(rets.std())):
             sh.stop.set()
         if self.live is not None:
@@ -148,9 +148,9 @@ class _Supervisor:
                 self._drain()
                 if self.live is not None:
                     self.live.tick(steps, time.perf_counter() - self.t_start - self.eval_s)
-                if a.eval_episodes and self.tracker.due(steps):
+                if a.config.eval_episodes and self.tracker.due(steps):
                     self._evaluate(w)
-                if a.max_seconds is not None and time.perf_counter() - self.t_start - self.eval_s >= a.max_seconds:
+                if a.config.max_seconds is not None and time.perf_counter() - self.t_start - self.eval_s >= a.config.max_seconds:
                     sh.stop.set()
         finally:
             self._shutdown()
@@ -187,7 +187,7 @@ class _Supervisor:
         return run_metrics(
             env=a3c.env_id, algorithm="a3c", tracker=self.tracker, evals=list(self.tracker.log), env_steps=steps,
             wall_seconds=wall, train_seconds=wall - self.eval_s, eval_seconds=self.eval_s, steps_this_run=steps,
-            final=fin, eval_episodes=a.eval_episodes, n_workers=a3c.workers, threads_per_worker=1,
+            final=fin, eval_episodes=a.config.eval_episodes, n_workers=a3c.workers, threads_per_worker=1,
             start_method=a3c.start_method)
 
 
@@ -234,10 +234,10 @@ class A3C:
         torch.set_num_threads(1)
         a = self.agent
         ctx = mp.get_context(self.start_method)
-        w0 = a.init_params(np.random.default_rng(a.seed))
+        w0 = a.init_params(np.random.default_rng(a.config.seed))
         flat = torch.from_numpy(w0.copy()).share_memory_()
         # the shared RMSprop statistics: TF's variant starts them at one (dpsgd.hogwild.LocalOptimizer)
-        sq = (torch.ones_like(flat) if a.optimizer == "rmsprop_tf" else torch.zeros_like(flat)).share_memory_()
+        sq = (torch.ones_like(flat) if a.config.optimizer == "rmsprop_tf" else torch.zeros_like(flat)).share_memory_()
         sh = _Shared(ctx)
         worker_hp = dict(self.hparams, eval_episodes=0)  # evaluation is the parent's job
         procs = [ctx.Process(target=_worker, args=(i, self.workers, self.env_id, worker_hp, flat, sq, sh.counter,
@@ -246,13 +246,13 @@ class A3C:
                  for i in range(self.workers)]
         for p in procs:
             p.start()
-        tracker = EvalTracker(a.eval_freq, a.target_return, a.solve_evals, a.early_stop)
+        tracker = EvalTracker(a.config.eval_freq, a.config.target_return, a.config.solve_evals, a.config.early_stop)
         live = LiveLog(out) if out is not None else None
         try:
             run = _Supervisor(a, sh, procs, tracker, live, int(total_steps), self.progress)
             run.loop(flat.numpy())
             a.set_params(flat.numpy())
-            final = a.evaluate_returns(a.params, a.eval_episodes) if a.eval_episodes else None
+            final = a.evaluate_returns(a.params, a.config.eval_episodes) if a.config.eval_episodes else None
             self.metrics = run.metrics(self, final)
             self._episodes = run.episodes
             if live is not None:

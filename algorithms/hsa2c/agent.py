@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ from .gradient import a2c_gradient
 from .losses import clip_grad_norm_, compute_advantages
 from .rollout import RolloutBuffer, collect
 from .runlog import LiveLog, write_progress
+from .config import DEFAULTS, HSA2CConfig  # noqa: F401 - DEFAULTS: the table of defaults, public
 from .tracker import EvalTracker, run_metrics
 
 MODEL_FILE = "model.pt"
@@ -40,62 +40,6 @@ CONFIG_FILE = "model.json"
 FORMAT = "hsa2c-1"
 #: an evaluation episode is cut after this many agent steps (MinAtar has no time limit)
 EVAL_MAX_STEPS = 27_000
-
-#: Hyperparameters and their defaults (Stable-Baselines3 A2C / rl-zoo CartPole-v1).
-DEFAULTS = dict(
-    n_envs=8, n_steps=5, gamma=0.99, gae_lambda=1.0, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5,
-    lr=7e-4, optimizer="rmsprop", rms_alpha=0.99, opt_eps=1e-5, normalize_advantage=False,
-    hidden=(64, 64), activation="tanh", arch=None, log_std_init=0.0,
-    seed=0, threads=None, rule="dc-asgd-a", lam=None, local_steps=1, schedule="constant",
-    eval_freq=5000, eval_episodes=10, eval_seconds=5.0, target_return=None, solve_evals=3, early_stop=True,
-    env_kwargs=None, progress=False, max_seconds=None, backend="auto", env_backend="auto",
-)
-
-
-def validate_hparams(h: dict) -> None:
-    """Raise ConfigError (one line) for an invalid hyperparameter."""
-
-    def need(cond, msg):
-        if not cond:
-            raise ConfigError(msg)
-
-    def finite(name):
-        v = h[name]
-        need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-             f"{name} must be a finite number, got {v!r}")
-        return v
-
-    need(isinstance(h["eval_episodes"], (int, np.integer)) and not isinstance(h["eval_episodes"], bool)
-         and h["eval_episodes"] >= 0, f"eval_episodes must be an integer >= 0 (0: no evaluation), "
-         f"got {h['eval_episodes']!r}")
-    for name in ("n_envs", "n_steps", "eval_freq", "solve_evals", "local_steps", "threads"):
-        v = h[name]
-        if name == "threads" and v is None:
-            continue  # chosen from the network: see HSA2C.train_config
-        need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0,
-             f"{name} must be a positive integer, got {v!r}")
-    need(0 < finite("gamma") <= 1, f"gamma must be in (0, 1], got {h['gamma']}")
-    need(0 <= finite("gae_lambda") <= 1, f"gae_lambda must be in [0, 1], got {h['gae_lambda']}")
-    need(finite("ent_coef") >= 0, f"ent_coef must be >= 0, got {h['ent_coef']}")
-    need(finite("vf_coef") >= 0, f"vf_coef must be >= 0, got {h['vf_coef']}")
-    need(finite("lr") > 0, f"lr must be > 0, got {h['lr']}")
-    need(0 <= finite("rms_alpha") < 1, f"rms_alpha must be in [0, 1), got {h['rms_alpha']}")
-    need(finite("opt_eps") > 0, f"opt_eps must be > 0, got {h['opt_eps']}")
-    need(finite("eval_seconds") > 0, f"eval_seconds must be > 0, got {h['eval_seconds']}")
-    if h["max_grad_norm"] is not None:
-        need(finite("max_grad_norm") > 0, f"max_grad_norm must be > 0 (or None), got {h['max_grad_norm']}")
-    if h["target_return"] is not None:
-        finite("target_return")
-    if h["max_seconds"] is not None:
-        need(finite("max_seconds") > 0, f"max_seconds must be > 0, got {h['max_seconds']}")
-    need(h["backend"] in ("auto", "torch"), f"unknown backend {h['backend']!r}; choose auto or torch")
-    need(h["env_backend"] in ("auto", "ale", "python"),
-         f"unknown env_backend {h['env_backend']!r}; choose auto, ale or python")
-    need(h["optimizer"] in ("rmsprop", "rmsprop_tf", "adam", "sgd"),
-         f"unknown optimizer {h['optimizer']!r}; choose rmsprop, rmsprop_tf, adam or sgd")
-    need(all(isinstance(k, (int, np.integer)) and k > 0 for k in h["hidden"]),
-         f"hidden sizes must be positive integers, got {list(h['hidden'])}")
-
 
 class HSA2C(Algorithm):
     """Advantage actor-critic on the dpsgd framework.
@@ -109,28 +53,18 @@ class HSA2C(Algorithm):
         """``model_config``: the network's JSON architecture (:func:`.nets.model_config`; ``load``
         passes the saved one); None derives it from the environment's spaces and ``hidden``,
         ``activation``, ``log_std_init``, ``arch``."""
-        unknown = set(hparams) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown hyperparameter(s): {', '.join(sorted(unknown))}")
-        h = dict(DEFAULTS, **hparams)
-        try:
-            h["hidden"] = tuple(h["hidden"])
-        except TypeError:
-            raise ConfigError(f"hidden must be a sequence of layer sizes, got {h['hidden']!r}") from None
-        validate_hparams(h)
+        self.config = HSA2CConfig.from_dict(hparams)
         self.env_id = env
-        self.h = h
-        for k, v in h.items():
-            setattr(self, k, v)
-        self.env_kwargs = dict(h["env_kwargs"] or {})
+        h = self.config
+        self.env_kwargs = dict(h.env_kwargs or {})
         if model_config is None:
             from .nets import model_config as derive
 
             obs_space, act_space = E.env_spaces(env) if not self.env_kwargs else self._spaces_kw()
-            model_config = derive(obs_space, act_space, hidden=h["hidden"], activation=h["activation"],
-                                  log_std_init=h["log_std_init"], arch=h["arch"])
+            model_config = derive(obs_space, act_space, hidden=h.hidden, activation=h.activation,
+                                  log_std_init=h.log_std_init, arch=h.arch)
         self.model_config = model_config
-        self.samples_per_update = self.n_envs * self.n_steps
+        self.samples_per_update = self.config.n_envs * self.config.n_steps
         self.params: np.ndarray | None = None
         self.metrics: dict = {}
         self._model = None
@@ -161,11 +95,11 @@ class HSA2C(Algorithm):
         torch.set_num_threads(1)
         model = build_model(self.model_config, seed=0)
         g = ctx.global_thread
-        env_seed = self.seed * 100_003 + g * self.n_envs
+        env_seed = self.config.seed * 100_003 + g * self.config.n_envs
         # Atari: ale-py's C++ vector environment (outside the GIL) unless env_backend="python"
-        venv = E.make_vec_env(self.env_id, self.n_envs, env_seed, train=True, backend=self.env_backend,
+        venv = E.make_vec_env(self.env_id, self.config.n_envs, env_seed, train=True, backend=self.config.env_backend,
                               **self.env_kwargs)
-        return RolloutBuffer(model, venv, self.n_steps, ctx.rng)
+        return RolloutBuffer(model, venv, self.config.n_steps, ctx.rng)
 
     def compute_update(self, params: np.ndarray, st, ctx) -> np.ndarray:
         """The plug-in hook: roll out from ``params`` (:mod:`.rollout`), return the clipped A2C
@@ -176,15 +110,15 @@ class HSA2C(Algorithm):
         if self.tracker.stop:
             return st.zero  # solved: nothing more to learn, the run is being stopped
         st.model.set_flat(params)
-        keep_graph = not (st.model.numpy_forward is not None and self.backend == "auto")
+        keep_graph = not (st.model.numpy_forward is not None and self.config.backend == "auto")
         graph, last_v, episodes = collect(st, keep_graph)
         adv, ret = compute_advantages(st.rewards, st.values, st.term, st.trunc, st.next_values, last_v,
-                                      self.gamma, self.gae_lambda)
+                                      self.config.gamma, self.config.gae_lambda)
         parts = {} if self._live is not None else None
-        g = a2c_gradient(st, graph, adv, ret, self.vf_coef, self.ent_coef, self.normalize_advantage, st.grad, parts)
+        g = a2c_gradient(st, graph, adv, ret, self.config.vf_coef, self.config.ent_coef, self.config.normalize_advantage, st.grad, parts)
         if parts is not None:
             self._live.losses(parts)
-        clip_grad_norm_(g, self.max_grad_norm)
+        clip_grad_norm_(g, self.config.max_grad_norm)
         self._count(st.n_samples, episodes)
         return g
 
@@ -197,11 +131,11 @@ class HSA2C(Algorithm):
 
     def evaluate(self, params: np.ndarray) -> dict:
         """Deterministic evaluation of ``params`` (the plug-in hook; on rank 0 under MPI)."""
-        if self.eval_episodes == 0:
+        if self.config.eval_episodes == 0:
             return {}
         t0 = time.perf_counter()
         before = self._eval_seconds
-        rets = self.evaluate_returns(params, self.eval_episodes)
+        rets = self.evaluate_returns(params, self.config.eval_episodes)
         out = {"eval_return_mean": float(np.mean(rets)), "eval_return_std": float(np.std(rets)),
                "eval_seconds_before": before}
         self._eval_seconds += time.perf_counter() - t0
@@ -214,7 +148,7 @@ class HSA2C(Algorithm):
         self._env_steps = 0
         self._episodes: list[tuple] = []  # (env_steps, wall_excl_eval, return, length)
         self._eval_seconds = 0.0
-        self.tracker = EvalTracker(self.eval_freq, self.target_return, self.solve_evals, self.early_stop)
+        self.tracker = EvalTracker(self.config.eval_freq, self.config.target_return, self.config.solve_evals, self.config.early_stop)
         self._t0 = time.perf_counter()
         self._started = False
         self._local_eval = False
@@ -255,7 +189,7 @@ class HSA2C(Algorithm):
 
     def _maybe_eval(self, params):
         tr = self.tracker
-        if self.eval_episodes == 0 or not tr.due(self._env_steps) or not self._lock.acquire(blocking=False):
+        if self.config.eval_episodes == 0 or not tr.due(self._env_steps) or not self._lock.acquire(blocking=False):
             return
         try:
             if not tr.due(self._env_steps):
@@ -287,18 +221,18 @@ class HSA2C(Algorithm):
         from dpsgd.runner import mpi_world_size_from_env
 
         mpi = mpi_world_size_from_env() > 1
-        threads = self.threads
+        threads = self.config.threads
         if threads is None:
             # MLPs: one thread (the GIL serialises their small numpy operations, README); CNNs run
             # outside the GIL, so the framework's default: cores / ranks on this machine
             threads = 1 if self.model_config["kind"] == "mlp" else None
         return dpsgd.TrainConfig(
-            rule=dpsgd.RuleConfig(name=self.rule, lam=self.lam), lr=self.lr, schedule=self.schedule,
-            local_optimizer=self.optimizer, rms_alpha=self.rms_alpha, opt_eps=self.opt_eps,
-            local_steps=self.local_steps, threads=threads,
+            rule=dpsgd.RuleConfig(name=self.config.rule, lam=self.config.lam), lr=self.config.lr, schedule=self.config.schedule,
+            local_optimizer=self.config.optimizer, rms_alpha=self.config.rms_alpha, opt_eps=self.config.opt_eps,
+            local_steps=self.config.local_steps, threads=threads,
             total_updates=max(1, -(-int(total_steps) // self.samples_per_update)),
-            max_seconds=self.max_seconds, seed=self.seed, progress=self.progress,
-            eval_every=self.eval_seconds if mpi else None,
+            max_seconds=self.config.max_seconds, seed=self.config.seed, progress=self.config.progress,
+            eval_every=self.config.eval_seconds if mpi else None,
         )
 
     def learn(self, total_steps: int, config=None, out: str | None = None, append: bool = False) -> "HSA2C":
@@ -361,7 +295,7 @@ class HSA2C(Algorithm):
         return run_metrics(
             env=self.env_id, algorithm="hsa2c", tracker=self.tracker, evals=evals, env_steps=env_steps,
             wall_seconds=wall, train_seconds=wall - paused, eval_seconds=self._eval_seconds,
-            steps_this_run=env_steps - self._resumed_steps, final=fm.get("final"), eval_episodes=self.eval_episodes,
+            steps_this_run=env_steps - self._resumed_steps, final=fm.get("final"), eval_episodes=self.config.eval_episodes,
             resumed_at_env_steps=self._resumed_steps or None, stopped_by_signal=self._stop_requested,
             n_workers=fm.get("n_workers"), threads_per_worker=fm.get("threads_per_worker"), rule=fm.get("rule"),
             framework={k: v for k, v in fm.items() if k not in ("history", "push_workers", "final")})
@@ -433,9 +367,8 @@ class HSA2C(Algorithm):
 
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict:
-        h = dict(self.h)
-        h["hidden"] = list(h["hidden"])
-        return {"format": FORMAT, "env": self.env_id, "hyperparameters": h, "model": self.model_config}
+        return {"format": FORMAT, "env": self.env_id, "hyperparameters": self.config.to_dict(),
+                "model": self.model_config}
 
     def save(self, path: str) -> str:
         """Write ``model.pt`` (torch state_dict of tensors) and ``model.json`` into directory ``path``."""
@@ -479,8 +412,8 @@ class HSA2C(Algorithm):
             cfg = json.load(f)
         if cfg.get("format") != FORMAT:
             raise ValueError(f"{cfg_path}: unknown format {cfg.get('format')!r}")
-        h = {k: v for k, v in cfg["hyperparameters"].items() if k in DEFAULTS}  # an older file's extras go
-        agent = cls(cfg["env"], model_config=cfg["model"], **h)
+        h = HSA2CConfig.from_dict(cfg["hyperparameters"], strict=False)  # an older file's extras go
+        agent = cls(cfg["env"], model_config=cfg["model"], **vars(h))
         model = build_model(agent.model_config, seed=0)
         sd = torch.load(os.path.join(path, MODEL_FILE), weights_only=True)
         model.load_state_dict(sd)

@@ -212,7 +212,7 @@ def run_evaluate(args) -> int:
             from .envs import env_spaces
             from .nets import model_config
 
-            c = model_config(*env_spaces(args.env), hidden=agent.h["hidden"], activation=agent.h["activation"])
+            c = model_config(*env_spaces(args.env), hidden=agent.config.hidden, activation=agent.config.activation)
             if (c["obs"], c["action"]) != (agent.model_config["obs"], agent.model_config["action"]):
                 return _err("evaluate", f"{args.env} has other spaces than {agent.env_id}, the model's environment")
             agent.env_id = args.env
