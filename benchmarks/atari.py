@@ -3,8 +3,9 @@
 
 Parts:
 
-``pong``     trains HSA2C on ``ALE/Pong-v5`` (sticky actions 0.25, the v5 default; full action
-             space off; the A2C/A3C preprocessing of ``algorithms/hsa2c/envs.py``) with the standard
+``pong``     trains HSA2C on ``PongNoFrameskip-v4`` (no sticky actions, as the published A2C curves;
+             ``--env ALE/Pong-v5`` for sticky actions 0.25; the A2C/A3C preprocessing of
+             ``algorithms/hsa2c/envs.py``, frame skip 4) with the standard
              A2C Atari settings - 16 envs per thread, n_steps 5, RMSprop *TF-style* (``rmsprop_tf``)
              lr 7e-4 alpha 0.99 eps 1e-5, entropy 0.01, value 0.25, gradient clip 0.5, gamma 0.99 -
              on 2 Hogwild threads (the default for images on 2 cores), until the mean return of
@@ -22,7 +23,7 @@ Parts:
              a time: the training return as the MinAtar paper plots it (moving average over 100
              episodes) at fixed frames, the final evaluation, steps/s; PNG of the curves.
 
-    python -m benchmarks.atari pong --seeds 0 --max-seconds 7200     # ~2 h a seed on 2 cores
+    python -m benchmarks.atari pong --seeds 0 --max-seconds 6000     # up to 100 min a seed on 2 cores
     python -m benchmarks.atari report runs/atari/pong-hsa2c-s0       # any time, also mid-run
     python -m benchmarks.atari minatar --steps 300000 --seeds 0 1 2  # ~15 min
 
@@ -50,12 +51,12 @@ BIN = os.path.dirname(sys.executable)
 FRAMESKIP = 4  # emulator frames per agent step
 
 #: the HSA2C Pong settings (A2C's Atari settings; rmsprop_tf: see algorithms/hsa2c/README.md)
-PONG_ARGS = ["--env", "ALE/Pong-v5", "--n-envs", "16", "--n-steps", "5", "--lr", "7e-4", "--optimizer", "rmsprop_tf",
+PONG_ARGS = ["--n-envs", "16", "--n-steps", "5", "--lr", "7e-4", "--optimizer", "rmsprop_tf",
              "--ent-coef", "0.01", "--vf-coef", "0.25", "--max-grad-norm", "0.5"]
 
 
 def pong_command(seed: int, out: str, a) -> list[str]:
-    return ([os.path.join(BIN, "dpsgd"), "a2c"] + PONG_ARGS +
+    return ([os.path.join(BIN, "dpsgd"), "a2c", "--env", a.env] + PONG_ARGS +
             ["--total-steps", str(a.total_steps), "--eval-freq", str(a.eval_freq), "--eval-episodes",
              str(a.eval_episodes), "--target-return", str(a.target), "--checkpoint-every", "300",
              "--max-seconds", str(a.max_seconds), "--no-progress", "--seed", str(seed), "--out", out])
@@ -65,7 +66,7 @@ def part_pong(a) -> int:
     os.makedirs(a.runs_dir, exist_ok=True)
     dirs = []
     for seed in a.seeds:
-        out = os.path.join(a.runs_dir, f"pong-hsa2c-s{seed}")
+        out = os.path.join(a.runs_dir, f"{a.env.replace('/', '-').lower()}-hsa2c-s{seed}")
         cmd = pong_command(seed, out, a)
         print("$ " + shlex.join(cmd), flush=True)
         print(f"  (resume a cut run: the same command with --resume {out})", flush=True)
@@ -144,6 +145,8 @@ def summarize(run: dict, target: float) -> dict:
         "train_return_last20": statistics.mean(tail) if tail else None,
         "evaluations": len(ev),
         "argv": run["config"].get("argv"),
+        "env": run["config"].get("env"),
+        "stopped_by_signal": m.get("stopped_by_signal"),
     }
 
 
@@ -179,7 +182,8 @@ def plot(runs, png, target):
     axes[1].set_xlabel("frames (M; 4 per agent step)")
     axes[0].set_ylabel("episode return")
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("HSA2C on ALE/Pong-v5 (sticky actions), 2 threads x 16 envs, 2 cores")
+    envs = sorted({(r["config"].get("env") or "?") for r in runs})
+    fig.suptitle(f"HSA2C on {', '.join(envs)}, 2 threads x 16 envs, 2 cores")
     fig.tight_layout()
     os.makedirs(os.path.dirname(png), exist_ok=True)
     fig.savefig(png, dpi=100)
@@ -191,13 +195,14 @@ def report(dirs, a) -> int:
     rows = [summarize(r, a.target) for r in runs]
     os.makedirs(a.results_dir, exist_ok=True)
     png = plot(runs, os.path.join(a.results_dir, "pong.png"), a.target)
-    lines = [f"HSA2C on ALE/Pong-v5 to a mean evaluation return >= {a.target:g} ({a.eval_episodes} episodes) three "
-             "evaluations in a row; clock = training wall time, evaluation excluded.", "",
-             "| run | solved | s to target | agent steps to target | frames to target | agent steps | "
+    lines = [f"HSA2C on Pong to a mean evaluation return >= {a.target:g} ({a.eval_episodes} episodes) three "
+             "evaluations in a row; clock = training wall time, evaluation excluded. PongNoFrameskip-v4: no sticky "
+             "actions; ALE/Pong-v5: sticky actions 0.25.", "",
+             "| run | env | solved | s to target | agent steps to target | frames to target | agent steps | "
              "agent steps/s (whole run) | best eval | last eval | final eval | train return (last 20 ep.) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['run']}{'' if r['finished'] else ' (running)'} | {'yes' if r['solved'] else 'no'} | "
+        lines.append(f"| {r['run']}{'' if r['finished'] else ' (running)'} | {r['env']} | {'yes' if r['solved'] else 'no'} | "
                      f"{_f(r['seconds_to_target'], '.0f')} | {_f(r['agent_steps_to_target'], ',')} | "
                      f"{_f(r['frames_to_target'], ',')} | {_f(r['agent_steps'], ',')} | "
                      f"{_f(r['agent_steps_per_second'], ',.0f')} | {_f(r['best_eval'], '.1f')} | "
@@ -361,6 +366,9 @@ def main(argv=None):
     p.add_argument("part", choices=("pong", "report", "minatar"))
     p.add_argument("dirs", nargs="*", help="report: run directories")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--env", default="PongNoFrameskip-v4",
+                   help="pong: PongNoFrameskip-v4 (default: no sticky actions, as the published A2C curves) or "
+                        "ALE/Pong-v5 (sticky actions 0.25)")
     p.add_argument("--target", type=float, default=18.0)
     p.add_argument("--eval-freq", type=int, default=200_000, help="agent steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=5)
