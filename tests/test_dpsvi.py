@@ -425,3 +425,26 @@ def test_one_run_plan_for_the_estimator_and_the_cli():
     X = sp.csr_matrix(rng.poisson(0.3, (300, 40)).astype(np.float32))
     lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0).fit(X)
     assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=2).total_updates == 6
+
+
+def test_uci_fast_parser_agrees_with_the_general_one():
+    """The Numba fast path of the UCI reader parses what the general path parses, and hands back
+    (bad >= 0) every line it does not accept in the plain form, so the general path decides there."""
+    from algorithms.dpsvi.corpus import _parse_uci_lines
+    from algorithms.dpsvi.uci_parse import parse_triples
+
+    rng = np.random.default_rng(3)
+    trip = rng.integers(1, 10**6, (500, 3))
+    seps = [b" ", b"\t", b"  ", b" \t "]
+    lines = [seps[i % 4].join(b"%d" % v for v in t) + (b"\r\n" if i % 7 == 0 else b"\n") for i, t in enumerate(trip)]
+    data = b"".join(lines)
+    out = np.empty((len(lines) + 1, 3), np.int64)
+    rows, n, bad = parse_triples(np.frombuffer(data, np.uint8), out)
+    assert (rows, n, bad) == (500, 500, -1)
+    np.testing.assert_array_equal(out[:rows], _parse_uci_lines(lines, 4, "x"))
+    rows, n, bad = parse_triples(np.frombuffer(data.rstrip(b"\n"), np.uint8), out)  # no final newline
+    assert (rows, n, bad) == (500, 500, -1)
+    assert parse_triples(np.frombuffer(b"1 2 3\n\n4 5 6\n", np.uint8), out)[:3] == (2, 3, -1)  # a blank line
+    for text, at in [(b"1 2 3\n4 x 6\n", 1), (b"1 2\n", 0), (b"1 2 3 4\n", 0), (b"+1 2 3\n", 0), (b"1 -2 3\n", 0),
+                     (b"1 2 3\n1 2 1234567890123456789\n", 1), (b"1 2 3x\n", 0), (b"1 2 3\x0b\n", 0)]:
+        assert parse_triples(np.frombuffer(text, np.uint8), out)[2] == at, text

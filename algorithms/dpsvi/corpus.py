@@ -351,23 +351,10 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
             for _ in range(3):
                 f.readline()
             lineno = 4
-            while True:
-                lines = f.readlines(chunk_lines * 12)
-                if not lines:
-                    break
-                # blank lines (e.g. a trailing one) are ignored, but line numbers still count them
-                nonblank = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
-                if len(nonblank) != len(lines):
-                    for i, ln in nonblank:
-                        arr = _parse_uci_lines([ln], lineno + i, docword)
-                        _check_uci_block(arr, lineno + i, docword, D, W)
-                        _collect(arr, keep, docs, words, cnts)
-                else:
-                    arr = _parse_uci_lines(lines, lineno, docword)
-                    _check_uci_block(arr, lineno, docword, D, W)
-                    _collect(arr, keep, docs, words, cnts)
-                n_lines += len(nonblank)
-                lineno += len(lines)
+            for data in _whole_lines(f, chunk_lines * 12):
+                rows, lines = _uci_block(data, lineno, docword, D, W, keep, docs, words, cnts)
+                n_lines += rows
+                lineno += lines
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise CorpusError(f"{docword}: cannot read: {e}") from None
     if n_lines != NNZ:
@@ -391,6 +378,56 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
     X.sort_indices()
     X, kept_ids = drop_empty(X, docword, used, warn=False)
     return Corpus(X, vocab, docword, kept_ids)
+
+
+def _whole_lines(f, block_bytes: int):
+    """Blocks of whole lines (the last may lack its newline) read from the binary file ``f``."""
+    carry = b""
+    while True:
+        block = f.read(block_bytes)
+        if not block:
+            if carry:
+                yield carry
+            return
+        data = carry + block if carry else block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        carry = data[cut + 1:]
+        yield data[:cut + 1]
+
+
+def _uci_block(data: bytes, lineno: int, path: str, D: int, W: int, keep, docs, words, cnts):
+    """Parse, check and collect the lines in ``data`` (the first is line ``lineno``).
+    Returns (triples, lines): the fast path (:mod:`.uci_parse`) when it accepts every line and
+    there is no blank one, else the general path, which names the file and line of an error."""
+    from .uci_parse import parse_triples
+
+    out = np.empty((data.count(b"\n") + 1, 3), np.int64)
+    rows, lines, bad = parse_triples(np.frombuffer(data, np.uint8), out)
+    if bad < 0 and rows == lines:
+        arr = out[:rows]
+        _check_uci_block(arr, lineno, path, D, W)
+        _collect(arr, keep, docs, words, cnts)
+        return rows, lines
+    lines = [ln + b"\n" for ln in data.split(b"\n")]  # what readlines() gives: split at \n only
+    if data.endswith(b"\n"):
+        lines.pop()
+    else:
+        lines[-1] = lines[-1][:-1]
+    # blank lines (e.g. a trailing one) are ignored, but line numbers still count them
+    nonblank = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
+    if len(nonblank) != len(lines):
+        for i, ln in nonblank:
+            arr = _parse_uci_lines([ln], lineno + i, path)
+            _check_uci_block(arr, lineno + i, path, D, W)
+            _collect(arr, keep, docs, words, cnts)
+    else:
+        arr = _parse_uci_lines(lines, lineno, path)
+        _check_uci_block(arr, lineno, path, D, W)
+        _collect(arr, keep, docs, words, cnts)
+    return len(nonblank), len(lines)
 
 
 def _collect(arr, keep, docs, words, cnts):
