@@ -24,7 +24,7 @@ from .runner import mpi_world_size_from_env
 EXIT_USAGE = 2
 
 
-def _rank_from_env() -> int:
+def rank_from_env() -> int:
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
         v = os.environ.get(var)
         if v and v.isdigit():
@@ -33,7 +33,7 @@ def _rank_from_env() -> int:
 
 
 def is_root_rank() -> bool:
-    return _rank_from_env() == 0
+    return rank_from_env() == 0
 
 
 # ---------------------------------------------------------------------------- shared options
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    rank = _rank_from_env()
+    rank = rank_from_env()
     where = f"rank {rank}: " if mpi_world_size_from_env() > 1 else ""
     try:
         return int(args.func(args) or 0)

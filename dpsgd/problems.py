@@ -269,6 +269,10 @@ class MLP(_Classifier):
 # --------------------------------------------------------------------------- least squares
 
 
+#: the seed of LeastSquares' data stream beside the run's seed (the data never shares the run's stream)
+DATA_STREAM = 7919
+
+
 class LeastSquares(Algorithm):
     """Synthetic least squares ``min_w 0.5 * mean((X w - y)^2) + 0.5 * weight_decay * |w|^2``.
 
@@ -278,7 +282,7 @@ class LeastSquares(Algorithm):
 
     def __init__(self, n_samples: int = 512, n_features: int = 8, *, noise: float = 0.0,
                  batch_size: int = 16, weight_decay: float = 0.0, seed: int = 0):
-        rng = np.random.default_rng([seed, 7919])
+        rng = np.random.default_rng([seed, DATA_STREAM])
         self.X = rng.standard_normal((n_samples, n_features)).astype(np.float32)
         self.w_true = rng.standard_normal(n_features).astype(np.float32)
         self.y = (self.X @ self.w_true + noise * rng.standard_normal(n_samples)).astype(np.float32)

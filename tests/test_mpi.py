@@ -90,10 +90,11 @@ def test_a_raising_rank_ends_the_job_quickly():
 
 def test_max_staleness_drops_stale_pushes():
     r = result_of(mpirun(4, [PROGS / "train_ls.py", "--rule", "asgd", "--max-staleness", 0, "--updates", 1500]))
-    assert r["staleness_max"] >= 0
-    assert r["dropped_stale_pushes"] + r["pushes"] > 0
-    # every applied push had staleness 0; stale ones were dropped, counted
-    assert set(map(int, r["staleness_hist"])) - {0} == set() or r["dropped_stale_pushes"] > 0
+    hist = {int(k): v for k, v in r["staleness_hist"].items()}
+    # every push with staleness 0 was applied, every staler one dropped and counted (3 workers: some are)
+    assert r["dropped_stale_pushes"] > 0
+    assert hist.get(0, 0) == r["pushes"] - r["dropped_stale_pushes"]
+    assert sum(v for k, v in hist.items() if k > 0) == r["dropped_stale_pushes"]
 
 
 def test_checkpoint_and_resume_over_mpi(tmp_path):

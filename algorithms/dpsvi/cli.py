@@ -247,12 +247,12 @@ def _checkpoint_updates(directory: str) -> int:
 
 
 def run(args) -> int:
-    from dpsgd.launch import _rank_from_env, config_from_args
+    from dpsgd.launch import config_from_args, rank_from_env
     from dpsgd.runner import mpi_world_size_from_env
 
     _validate(args)
     size = mpi_world_size_from_env()
-    rank = _rank_from_env()
+    rank = rank_from_env()
     n_servers = args.n_servers if size > 1 else 1
     n_workers = size - n_servers if size > 1 else 1
     is_root = rank == 0
