@@ -37,7 +37,7 @@ def rmsprop_tf_step(w, g, sq, lr, alpha, eps):
 
     With ``sq`` starting at zero and ``eps`` outside (torch's RMSprop), the first steps are
     ``lr * g / |g| * sqrt(1 / (1 - alpha))`` - ten times ``lr`` in every parameter at alpha 0.99,
-    whatever the gradient's size - which the A2C Atari settings (lr 7e-4, eps 1e-5) do not survive.
+    whatever the gradient's size; the A2C Atari settings (lr 7e-4, eps 1e-5) were tuned for this one.
     """
     one_m = 1.0 - alpha
     for i in range(w.shape[0]):
@@ -100,12 +100,13 @@ class LocalOptimizer:
         self.m = np.zeros(n_params if name == "adam" else 0, np.float32)
 
     def state_arrays(self, prefix: str = "local_opt_") -> dict[str, np.ndarray]:
-        """The statistics to checkpoint (empty for sgd)."""
+        """The statistics to checkpoint (empty for sgd), named after the optimizer (so a run
+        resumed with another optimizer does not take this one's statistics)."""
         out = {}
         if self.sq.size:
-            out[prefix + "sq"] = self.sq
+            out[f"{prefix}{self.name}_sq"] = self.sq
         if self.m.size:
-            out[prefix + "m"] = self.m
+            out[f"{prefix}{self.name}_m"] = self.m
         return out
 
     def load_state_arrays(self, arrays: dict, prefix: str = "local_opt_") -> bool:

@@ -129,6 +129,9 @@ def test_local_optimizer_state_round_trip(name):
     for k, v in b.state_arrays().items():
         np.testing.assert_array_equal(v, saved[k])
     assert not LocalOptimizer(name, 7).load_state_arrays(saved)  # another size: refused, untouched
+    if name in ("rmsprop", "rmsprop_tf"):  # another optimizer's statistics: refused
+        other = "rmsprop_tf" if name == "rmsprop" else "rmsprop"
+        assert not LocalOptimizer(other, 6).load_state_arrays(saved)
 
 
 def test_nan_updates_are_rejected_and_run_recovers():

@@ -28,11 +28,11 @@ from dpsgd.config import ConfigError
 from dpsgd.plugin import Algorithm
 
 from . import envs as E
+from .config import HSA2CConfig
 from .gradient import a2c_gradient
 from .losses import clip_grad_norm_, compute_advantages
 from .rollout import RolloutBuffer, collect
 from .runlog import LiveLog, write_progress
-from .config import DEFAULTS, HSA2CConfig  # noqa: F401 - DEFAULTS: the table of defaults, public
 from .tracker import EvalTracker, run_metrics
 
 MODEL_FILE = "model.pt"
