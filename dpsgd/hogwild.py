@@ -89,14 +89,19 @@ class LocalOptimizer:
     """The rule each thread applies to the rank's buffer: sgd, or rmsprop/rmsprop_tf/adam with
     shared state (``rmsprop_tf``: TensorFlow's variant, square statistics starting at ones)."""
 
-    def __init__(self, name: str, n_params: int, alpha=0.99, betas=(0.9, 0.999), eps=1e-5):
+    def __init__(self, name: str, n_params: int, alpha=0.99, betas=(0.9, 0.999), eps=1e-5, sq=None):
+        """``sq``: an existing square-statistics buffer to update in place (e.g. one in shared
+        memory, A3C's processes); None allocates one with the optimizer's initial values."""
         self.name = name
         self.alpha = np.float32(alpha)
         self.b1, self.b2 = np.float32(betas[0]), np.float32(betas[1])
         self.eps = np.float32(eps)
-        self.sq = np.zeros(n_params if name in ("rmsprop", "rmsprop_tf", "adam") else 0, np.float32)
-        if name == "rmsprop_tf":
-            self.sq[:] = 1.0
+        if sq is not None:
+            self.sq = sq
+        else:
+            self.sq = np.zeros(n_params if name in ("rmsprop", "rmsprop_tf", "adam") else 0, np.float32)
+            if name == "rmsprop_tf":
+                self.sq[:] = 1.0
         self.m = np.zeros(n_params if name == "adam" else 0, np.float32)
 
     def state_arrays(self, prefix: str = "local_opt_") -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ def _worker(i, n_workers, env_id, hparams, flat, sq, counter, total_steps, go, s
         import torch
 
         torch.set_num_threads(1)
-        from dpsgd.hogwild import rmsprop_step, rmsprop_tf_step
+        from dpsgd.hogwild import LocalOptimizer
         from dpsgd.plugin import ThreadContext
 
         from algorithms.hsa2c.agent import HSA2C
@@ -43,8 +43,8 @@ def _worker(i, n_workers, env_id, hparams, flat, sq, counter, total_steps, go, s
         st = agent.make_thread_state(ctx)
         w = flat.numpy()
         s = sq.numpy()
-        lr, alpha, eps = np.float32(agent.config.lr), np.float32(agent.config.rms_alpha), np.float32(agent.config.opt_eps)
-        step = rmsprop_tf_step if agent.config.optimizer == "rmsprop_tf" else rmsprop_step
+        c = agent.config
+        opt = LocalOptimizer(c.optimizer, w.size, c.rms_alpha, eps=c.opt_eps, sq=s)  # the shared statistics
         n = agent.samples_per_update
         with ready.get_lock():
             ready.value += 1
@@ -53,7 +53,7 @@ def _worker(i, n_workers, env_id, hparams, flat, sq, counter, total_steps, go, s
             if stop.is_set():
                 break
             g = agent.compute_update(w, st, ctx)  # copies the shared parameters, rolls out, returns the gradient
-            step(w, g, s, lr, alpha, eps)  # Hogwild: no lock
+            opt.step(w, g, c.lr, 0)  # Hogwild: no lock
             with counter.get_lock():
                 counter.value += n
                 done = counter.value >= total_steps
@@ -236,8 +236,10 @@ class A3C:
         ctx = mp.get_context(self.start_method)
         w0 = a.init_params(np.random.default_rng(a.config.seed))
         flat = torch.from_numpy(w0.copy()).share_memory_()
-        # the shared RMSprop statistics: TF's variant starts them at one (dpsgd.hogwild.LocalOptimizer)
-        sq = (torch.ones_like(flat) if a.config.optimizer == "rmsprop_tf" else torch.zeros_like(flat)).share_memory_()
+        # the shared RMSprop statistics, with the optimizer's initial values (TF's variant: ones)
+        from dpsgd.hogwild import LocalOptimizer
+
+        sq = torch.from_numpy(LocalOptimizer(a.config.optimizer, flat.numel()).sq).share_memory_()
         sh = _Shared(ctx)
         worker_hp = dict(self.hparams, eval_episodes=0)  # evaluation is the parent's job
         procs = [ctx.Process(target=_worker, args=(i, self.workers, self.env_id, worker_hp, flat, sq, sh.counter,
