@@ -116,6 +116,16 @@ class Algorithm:
         ``total_updates`` updates and ``seconds`` of training, before any update; optional
         (an algorithm that counts samples or keeps a clock continues them from here)."""
 
+    def checkpoint_arrays(self) -> dict:
+        """Arrays of the algorithm's own state (a clock, counters) to keep in the checkpoints,
+        on the serving process; optional. They come back through :meth:`restore_arrays`."""
+        return {}
+
+    def restore_arrays(self, arrays: dict) -> None:
+        """Called on the serving process after ``--resume``, before :meth:`resumed`, with the
+        arrays :meth:`checkpoint_arrays` returned when the checkpoint was taken (empty when the
+        checkpoint has none, e.g. one written by an older version); optional."""
+
     #: samples (documents, env steps, examples) one compute_update consumes, for throughput
     samples_per_update: int = 1
 

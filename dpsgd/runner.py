@@ -167,6 +167,9 @@ class Housekeeper:
         arrays = self.core.state_arrays()
         if self.extra_arrays is not None:
             arrays.update(self.extra_arrays())
+        hook = getattr(self.alg, "checkpoint_arrays", None)
+        if hook is not None and self.core.shard == 0:  # the algorithm's own state, with the root's shard
+            arrays.update({ALG_PREFIX + k: np.asarray(v) for k, v in hook().items()})
         ckpt.save_npz(ckpt.shard_path(self.config.checkpoint_dir, self.core.shard), arrays, meta)
         self.checkpoints_written += 1
 
@@ -194,7 +197,14 @@ def _resume(core: ServerCore, config: TrainConfig, meta: dict, warn) -> dict[str
     return arrays
 
 
-def _tell_resumed(algorithm, core: ServerCore) -> None:
+#: prefix of the algorithm's own arrays (``checkpoint_arrays``) in the root shard's checkpoint
+ALG_PREFIX = "alg_"
+
+
+def _tell_resumed(algorithm, core: ServerCore, saved: dict) -> None:
+    restore = getattr(algorithm, "restore_arrays", None)
+    if restore is not None:
+        restore({k[len(ALG_PREFIX):]: v for k, v in saved.items() if k.startswith(ALG_PREFIX)})
     hook = getattr(algorithm, "resumed", None)
     if hook is not None:
         hook(int(core.total_updates), float(core.elapsed_offset))
@@ -241,7 +251,7 @@ def _server_shard(algorithm, config, w, n_workers, meta, *, shard=0, block=None,
     if config.resume:
         saved = _resume(core, config, meta, warn=print if is_root else (lambda *_: None))
         if is_root:
-            _tell_resumed(algorithm, core)
+            _tell_resumed(algorithm, core, saved)
     hk = Housekeeper(core, algorithm, config, meta=meta, **hk_kw)
     return core, hk, saved
 

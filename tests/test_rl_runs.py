@@ -78,6 +78,9 @@ def test_live_files_sigterm_and_resume(tmp_path):
     assert meta["total_updates"] * 40 == m["env_steps"]  # the final checkpoint is the final model
     sq = arrays["local_opt_rmsprop_sq"]  # the worker's RMSprop statistics are in the checkpoint
     assert np.all(sq >= 0) and sq.any()
+    # the training clock (evaluations excluded) and the evaluation seconds are in it too
+    clock = arrays["alg_clock"]
+    assert abs(clock[0] - m["train_seconds"]) < 1.0 and abs(clock[1] - m["eval_seconds"]) < 1.0
     agent = HSA2C.load(str(out))
     assert agent.predict(np.zeros(4, np.float32)) in (0, 1)
     last = max(int(r["env_steps"]) for r in _rows(out / "progress.csv"))
@@ -94,6 +97,22 @@ def test_live_files_sigterm_and_resume(tmp_path):
     assert max(int(r["env_steps"]) for r in rows) > last
     steps = [int(r["env_steps"]) for r in rows]
     assert steps.index(max(steps)) > len([s for s in steps if s <= last]) - 1  # appended, not rewritten
+
+
+def test_resume_continues_the_training_clock():
+    """--resume continues the checkpoint's training clock, not the server's seconds (which include
+    the earlier run's evaluations); a checkpoint without a clock falls back to those seconds."""
+    from algorithms.hsa2c import HSA2C
+
+    a = HSA2C("CartPole-v1", eval_episodes=0)
+    a._reset_run_state()
+    a.restore_arrays({"clock": np.array([100.0, 7.0])})
+    a.resumed(10, 500.0)
+    assert 100.0 <= a._wall() < 101.0 and a._eval_seconds_total() == 7.0
+    a._reset_run_state()
+    a.restore_arrays({})
+    a.resumed(10, 500.0)
+    assert 500.0 <= a._wall() < 501.0
 
 
 def test_losses_rows_have_the_loss_parts(tmp_path, monkeypatch):

@@ -154,18 +154,35 @@ class HSA2C(Algorithm):
         self._local_eval = False
         self._live = None
         self._wall_offset = 0.0
+        self._eval_offset = 0.0  # evaluation seconds of the runs before a --resume
+        self._restored_clock = None
         self._resumed_steps = 0
         self._stop_requested = None  # the signal that asked the run to stop (SIGINT/SIGTERM)
 
     def _wall(self) -> float:
         return self._wall_offset + time.perf_counter() - self._t0 - self._eval_seconds
 
+    def checkpoint_arrays(self) -> dict:
+        """The run's training clock (evaluations excluded) and evaluation seconds, for --resume."""
+        return {"clock": np.array([self._wall(), self._eval_seconds_total()], np.float64)}
+
+    def restore_arrays(self, arrays: dict) -> None:
+        self._restored_clock = arrays.get("clock")
+
+    def _eval_seconds_total(self) -> float:
+        return self._eval_offset + self._eval_seconds
+
     def resumed(self, total_updates: int, seconds: float) -> None:
-        """The dpsgd resume hook: continue the step count and the clock of the checkpointed run
-        (its seconds include that run's evaluations, which this run's clock excludes)."""
+        """The dpsgd resume hook: continue the step count and the clock of the checkpointed run.
+        The clock is the checkpoint's training clock when it has one; else (checkpoints of older
+        versions) the server's ``seconds``, which include the earlier run's evaluations."""
         self._env_steps = int(total_updates) * self.samples_per_update
         self.tracker.reset(self._env_steps)
-        self._wall_offset = float(seconds)
+        clock = getattr(self, "_restored_clock", None)
+        if clock is not None and len(clock) == 2:
+            self._wall_offset, self._eval_offset = float(clock[0]), float(clock[1])
+        else:
+            self._wall_offset = float(seconds)
         self._resumed_steps = self._env_steps
 
     def _count(self, n, episodes):
