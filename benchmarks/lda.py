@@ -82,7 +82,7 @@ def evaluate(beta, data, K):
 # each returns {"curve": [(train_seconds, documents, ll)], "train_s", "fit_s", "beta"}
 
 
-def run_sklearn(data, K, passes, batch, seed):
+def run_sklearn(data, K, passes, batch, seed, whole_fit=True):
     from sklearn.decomposition import LatentDirichletAllocation
 
     X = data["Xtr"]
@@ -98,20 +98,23 @@ def run_sklearn(data, K, passes, batch, seed):
         cpu += time.process_time() - c
         curve.append((train, (p + 1) * n, evaluate(m.components_, data, K)))
     # the whole fit() as a user calls it (ends with an E-step over every document)
-    t = time.perf_counter()
-    LatentDirichletAllocation(n_components=K, learning_method="online", batch_size=batch, max_iter=passes,
-                              random_state=seed, n_jobs=1).fit(X)
-    fit_s = time.perf_counter() - t
+    fit_s = None
+    if whole_fit:
+        t = time.perf_counter()
+        LatentDirichletAllocation(n_components=K, learning_method="online", batch_size=batch, max_iter=passes,
+                                  random_state=seed, n_jobs=1).fit(X)
+        fit_s = time.perf_counter() - t
     return {"curve": curve, "train_s": train, "cpu_s": cpu, "fit_s": fit_s, "beta": m.components_}
 
 
-def run_dpsvi(data, K, passes, batch, seed, threads, sparse="auto"):
+def run_dpsvi(data, K, passes, batch, seed, threads, sparse="auto", mode="minibatch", whole_fit=True):
     from algorithms.dpsvi import DPSVI
 
     X = data["Xtr"]
     n = X.shape[0]
-    m = DPSVI(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads,
-              sparse_push=sparse)
+    kw = dict(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads,
+              sparse_push=sparse, thread_mode=mode)
+    m = DPSVI(**kw)
     m._check_params()
     m._validate_X(X, reset=True, whom="bench")
     m._init_latent_vars(X.shape[1])
@@ -122,10 +125,11 @@ def run_dpsvi(data, K, passes, batch, seed, threads, sparse="auto"):
         train += time.perf_counter() - t
         cpu += time.process_time() - c
         curve.append((train, (p + 1) * n, evaluate(m.components_, data, K)))
-    t = time.perf_counter()
-    DPSVI(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads,
-          sparse_push=sparse).fit(X)
-    fit_s = time.perf_counter() - t
+    fit_s = None
+    if whole_fit:
+        t = time.perf_counter()
+        DPSVI(**kw).fit(X)
+        fit_s = time.perf_counter() - t
     return {"curve": curve, "train_s": train, "cpu_s": cpu, "fit_s": fit_s, "beta": m.components_}
 
 
@@ -261,15 +265,76 @@ def run_tomotopy(data, K, passes, batch, seed, iters=None):
     return {"curve": curve, "train_s": train, "fit_s": train, "beta": beta}
 
 
+# ---------------------------------------------------------------------------- E-step roofline
+
+
+def estep_roofline(data, K, batch, seed, n_batches=4):
+    """The E-step kernel alone, one thread, against what the machine's float32/float64 matrix
+    product reaches on one thread in the same run. lambda comes from one pass of DPSVI over (up to
+    20k of) the training documents, so the fixed-point iterations per document are those of training.
+    Useful flops per document: (iterations + 1, the sufficient-statistics pass) x its distinct words
+    x 4K (a K-dot product and a K-axpy per word); the kernel works on rows padded to a multiple of
+    16, which the count leaves out."""
+    from algorithms.dpsvi import DPSVI
+    from algorithms.dpsvi import estep as E
+
+    X = data["Xtr"]
+    m = DPSVI(n_components=K, batch_size=batch, max_iter=1, random_state=seed).fit(X[:20000])
+    lam = np.asarray(m.components_, np.float64)
+    from scipy.special import psi
+
+    eb_all = np.exp(psi(lam) - psi(lam.sum(axis=1, keepdims=True))).T.astype(np.float32)  # V x K
+    kp = E.padded_topics(K)
+    flops, seconds, docs = 0.0, 0.0, 0
+    rng = np.random.default_rng(seed)
+    for b in range(n_batches):
+        lo, hi = b * batch, min((b + 1) * batch, X.shape[0])
+        if hi <= lo:
+            break
+        Xb = X[lo:hi]
+        words = np.unique(Xb.indices)
+        eb = np.zeros((words.size, kp), np.float32)
+        eb[:, :K] = eb_all[words]
+        local = np.searchsorted(words, Xb.indices).astype(np.int32)
+        ip = Xb.indptr.astype(np.int64)
+        ss = np.zeros((words.size, kp), np.float32)
+        gamma = rng.gamma(100.0, 0.01, (hi - lo, K))
+        for d in range(hi - lo):  # one call a document: its own iteration count
+            a, z = ip[d], ip[d + 1]
+            t = time.perf_counter()
+            it = E.estep_docs(ip[d:d + 2] - a, local[a:z], Xb.data[a:z], eb, 1.0 / K, 100, 1e-3, gamma[d:d + 1],
+                              ss, True)
+            seconds += time.perf_counter() - t
+            flops += (it + 1) * (z - a) * 4.0 * K
+            docs += 1
+    peaks = {}
+    for dt in (np.float32, np.float64):
+        A = rng.random((2000, 2000)).astype(dt)
+        B = rng.random((2000, 2000)).astype(dt)
+        A @ B
+        ts = []
+        for _ in range(5):
+            t = time.perf_counter()
+            A @ B
+            ts.append(time.perf_counter() - t)
+        peaks[np.dtype(dt).name] = 2 * 2000 ** 3 / np.median(ts) / 1e9
+    g = flops / seconds / 1e9
+    return {"estep_gflops": g, "matmul_gflops_float32": peaks["float32"], "matmul_gflops_float64": peaks["float64"],
+            "fraction_of_float32_matmul": g / peaks["float32"], "documents": docs,
+            "estep_docs_per_second_one_thread": docs / seconds}
+
+
 # ---------------------------------------------------------------------------- driver
 
 
 def load_data(args):
     if args.synthetic:
-        X, beta = synthetic_lda(args.synthetic_docs, 2000, args.topics[0], doc_length=80, alpha=0.1, eta=0.01,
-                                seed=args.seed)
+        true_k = args.synthetic_topics or args.topics[0]
+        X, beta = synthetic_lda(args.synthetic_docs, args.synthetic_words, true_k, doc_length=args.doc_length,
+                                alpha=0.1, eta=0.01, seed=args.seed)
         vocab = [f"w{i}" for i in range(X.shape[1])]
-        name = f"synthetic LDA ({X.shape[0]} docs, {X.shape[1]} words, K={args.topics[0]})"
+        name = (f"synthetic LDA ({X.shape[0]} docs, {X.shape[1]} words, {true_k} true topics ~ Dirichlet(0.01), "
+                f"mixtures ~ Dirichlet(0.1), Poisson({args.doc_length}) tokens)")
     else:
         c = load_corpus(args.corpus)
         X, vocab, beta = c.X, c.vocab, None
@@ -299,6 +364,14 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", default=os.path.join(ROOT, "benchmarks", "data", "pydoc.npz"))
     ap.add_argument("--synthetic", action="store_true", help="a synthetic LDA corpus instead of --corpus")
     ap.add_argument("--synthetic-docs", type=int, default=20000)
+    ap.add_argument("--synthetic-words", type=int, default=2000, help="vocabulary of the synthetic corpus")
+    ap.add_argument("--synthetic-topics", type=int, default=None, help="true topics (default: the first --topics)")
+    ap.add_argument("--doc-length", type=int, default=80, help="mean tokens per synthetic document")
+    ap.add_argument("--no-whole-fit", action="store_true",
+                    help="skip the second, whole-fit() run of scikit-learn and DPSVI (fit docs/s '-')")
+    ap.add_argument("--hogwild", action="store_true", help="also DPSVI with 2 Hogwild threads (thread_mode hogwild)")
+    ap.add_argument("--roofline", action="store_true",
+                    help="also the E-step's arithmetic rate against a float32 matrix product (1 thread)")
     ap.add_argument("--topics", type=int, nargs="+", default=[50])
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=512)
@@ -321,11 +394,15 @@ def main(argv=None) -> int:
         header += (f"; the true topics score held-out ll {evaluate(data['beta_true'], data, K0):.4f}, "
                    f"NPMI {npmi(data['beta_true'], data['X'], 10):.3f}")
     print(header)
-    systems = [("scikit-learn online", lambda K, s: run_sklearn(data, K, args.passes, args.batch_size, s)),
-               ("DPSVI 1 thread", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 1)),
-               ("DPSVI 2 threads", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2)),
+    wf = not args.no_whole_fit
+    systems = [("scikit-learn online", lambda K, s: run_sklearn(data, K, args.passes, args.batch_size, s, wf)),
+               ("DPSVI 1 thread", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 1, whole_fit=wf)),
+               ("DPSVI 2 threads", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2, whole_fit=wf)),
                ("DPSVI 2 threads, lazy layout",
-                lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2, sparse=True))]
+                lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2, sparse=True, whole_fit=wf))]
+    if args.hogwild:
+        systems.append(("DPSVI 2 Hogwild threads", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2,
+                                                                         mode="hogwild", whole_fit=wf)))
     if args.mpi:
         systems.append(("DPSVI mpiexec -n 3", lambda K, s: run_dpsvi_mpi(data, K, args.passes, args.batch_size, s)))
         systems.append(("DPSVI mpiexec -n 3, dense pushes",
@@ -362,15 +439,28 @@ def main(argv=None) -> int:
                     r["recovery_l1"] = topic_recovery(data["beta_true"], r["beta"])
                 r.pop("beta")
                 results.setdefault((K, name), []).append(r)
-                print(f"  K={K} rep {rep} {name}: train {r['train_s']:.2f} s, fit {r['fit_s']:.2f} s, "
+                fit = f"{r['fit_s']:.2f} s" if r.get("fit_s") else "-"
+                print(f"  K={K} rep {rep} {name}: train {r['train_s']:.2f} s, fit {fit}, "
                       f"ll {r['curve'][-1][2]:.4f}", flush=True)
     table = report(results, args, Xtr.shape[0])
+    if args.roofline:
+        roof = [estep_roofline(data, K, args.batch_size, args.seed) for K in args.topics]
+        for K, r in zip(args.topics, roof):
+            table += (f"\n\nE-step arithmetic rate, K = {K}, 1 thread: {r['estep_gflops']:.1f} GFLOP/s useful "
+                      f"(4K flops per word and iteration) = {100 * r['fraction_of_float32_matmul']:.0f} % of a "
+                      f"float32 matrix product on one thread in this run ({r['matmul_gflops_float32']:.1f} GFLOP/s; "
+                      f"float64 {r['matmul_gflops_float64']:.1f}); {r['estep_docs_per_second_one_thread']:,.0f} "
+                      f"documents/s in the E-step alone")
+            results[(K, "E-step roofline")] = [r]
+        print(table[table.index("E-step arithmetic"):])
     footer = (f"effectively free cores at the end: {parallel_capacity():.2f}, "
               f"load average {os.getloadavg()[0]:.1f}")
     print(footer)
     table = header + "\n" + table + "\n\n" + footer
     os.makedirs(args.out, exist_ok=True)
     tag = "synthetic" if args.synthetic else os.path.splitext(os.path.basename(args.corpus))[0]
+    if args.synthetic and (args.synthetic_docs, args.synthetic_words) != (20000, 2000):
+        tag += f"_{args.synthetic_docs // 1000}k_v{args.synthetic_words // 1000}k_k{args.topics[0]}"
     if not args.synthetic and args.topics != [50]:  # e.g. lda_pydoc_k20_k100.md beside lda_pydoc.md
         tag += "".join(f"_k{k}" for k in args.topics)
     with open(os.path.join(args.out, f"lda_{tag}.md"), "w") as f:
@@ -395,7 +485,8 @@ def report(results, args, n_train) -> str:
             if k != K:
                 continue
             tr = np.median([r["curve"][-1][1] / r["train_s"] for r in rs])
-            fit = np.median([n_train * args.passes / r["fit_s"] for r in rs])
+            fits = [n_train * args.passes / r["fit_s"] for r in rs if r.get("fit_s")]
+            fit = f"{np.median(fits):,.0f}" if fits else "-"
             ll = np.median([r["curve"][-1][2] for r in rs])
             nm = np.median([r["npmi"] for r in rs])
             cpu = [r["curve"][-1][1] / r["cpu_s"] for r in rs if r.get("cpu_s")]
@@ -409,7 +500,7 @@ def report(results, args, n_train) -> str:
                 row = (f"| {name} | ({tr:,.0f} doc-sweeps/s) | - | - | - | {ll:.4f} | {nm:.3f} | "
                        + (f"{tt:.2f}" if tt is not None else "-") + " | - |")
             else:
-                row = (f"| {name} | {tr:,.0f} | {tr / sk_train:.2f} | {fit:,.0f} | {cpu} | {ll:.4f} | {nm:.3f} | "
+                row = (f"| {name} | {tr:,.0f} | {tr / sk_train:.2f} | {fit} | {cpu} | {ll:.4f} | {nm:.3f} | "
                        + (f"{tt:.2f}" if tt is not None else "-") + f" | {kb} |")
             if args.synthetic:
                 rec = [r.get("recovery_l1") for r in rs if r.get("recovery_l1") is not None]
@@ -431,6 +522,8 @@ def plot(results, path, title):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (K, name), rs in results.items():
         r = rs[0]
+        if "curve" not in r:  # the E-step roofline
+            continue
         t = [0] + [c[0] for c in r["curve"]]
         ll = [np.nan] + [c[2] for c in r["curve"]]
         ax.plot(t[1:], ll[1:], marker="o", label=f"{name} (K={K})")

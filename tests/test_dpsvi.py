@@ -119,6 +119,37 @@ def test_minibatch_gradient_is_the_svi_direction():
     np.testing.assert_allclose((lam - rho * g).reshape(V, K).T, (1 - rho) * lamKV + rho * lam_hat, rtol=1e-3)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_minibatch_team_computes_the_one_thread_update(sparse):
+    """Threads that share a minibatch (documents, word rows and words split between them, their
+    sufficient statistics summed) give the one thread's update, in both layouts, also when a
+    minibatch has fewer documents than the team has chunks."""
+    from algorithms.dpsvi.model import SVIAlgorithm
+    from dpsgd.plugin import ThreadContext
+
+    X, _ = synthetic_lda(150, 400, 5, doc_length=50, seed=1)
+    out = {}
+    for team in (1, 2, 3):
+        alg = SVIAlgorithm(X, 400, 7, alpha=0.1, eta=0.05, total_docs=150, batch_size=64, sparse_push=sparse,
+                           team_threads=team)
+        p = alg.init_params(np.random.default_rng(0))
+        ctx = ThreadContext(0, 1, 0, 1, seed=0)
+        ctx.lr = 0.3
+        st = alg.make_thread_state(ctx)
+        gs = []
+        for _ in range(4):  # 64 + 64 + 22 documents, then the first minibatch again
+            g = alg.compute_update(p, st, ctx).copy()
+            gs.append(g)
+            p -= np.float32(0.3) * g
+        out[team] = (np.concatenate(gs), p.copy(), st.iters)
+    g1, p1, it1 = out[1]
+    for team in (2, 3):
+        g, p, it = out[team]
+        np.testing.assert_allclose(g, g1, rtol=1e-4, atol=1e-4 * np.abs(g1).max())
+        np.testing.assert_allclose(p, p1, rtol=1e-4, atol=1e-4 * np.abs(p1).max())
+        assert it == it1
+
+
 def test_kernels_tolerate_non_finite_lambda():
     """A diverged server rule must not crash the kernels (no exception from inside Numba)."""
     V, K = 50, 4
@@ -144,17 +175,18 @@ def test_layout_round_trip():
 # ============================================================================ estimator
 
 
-@pytest.mark.parametrize("method", ["online", "batch"])
-def test_one_thread_reproduces_scikit_learn(method):
-    """Same random_state, one thread: the same draws and the same updates as scikit-learn's
-    LDA (float32 lambda against float64: agreement to ~1e-4)."""
+@pytest.mark.parametrize("method,threads", [("online", 1), ("batch", 1), ("online", 2), ("online", 3)])
+def test_one_thread_reproduces_scikit_learn(method, threads):
+    """Same random_state, one thread or threads that share each minibatch (the default thread
+    mode): the same draws and the same updates as scikit-learn's LDA (float32 lambda against
+    float64: agreement to ~1e-4)."""
     from sklearn.decomposition import LatentDirichletAllocation
 
     X = _random_counts(300, 120, 0.08, seed=3)
     kw = dict(n_components=6, batch_size=64, max_iter=2, learning_offset=5.0, random_state=7,
               learning_method=method)
     sk = LatentDirichletAllocation(**kw).fit(X)
-    ours = DPSVI(n_threads=1, **kw).fit(X)
+    ours = DPSVI(n_threads=threads, **kw).fit(X)
     np.testing.assert_allclose(ours.components_, sk.components_, rtol=2e-4, atol=2e-4 * sk.components_.max())
     assert ours.n_batch_iter_ == sk.n_batch_iter_
     np.testing.assert_allclose(ours.transform(X), sk.transform(X), atol=2e-3)
@@ -162,8 +194,8 @@ def test_one_thread_reproduces_scikit_learn(method):
     np.testing.assert_allclose(ours.perplexity(X), sk.perplexity(X), rtol=1e-4)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_planted_topics_are_recovered(threads):
+@pytest.mark.parametrize("threads,mode", [(1, "minibatch"), (2, "minibatch"), (2, "hogwild")])
+def test_planted_topics_are_recovered(threads, mode):
     X, beta = synthetic_lda(1000, 200, 5, doc_length=60, alpha=0.1, eta=0.05, seed=0)
     # L1 distance between matched topics: 0 is perfect, ~1.7 for random topics. About one run in
     # eight (any thread count, measured over seeds) ends in a local optimum that merges two
@@ -173,7 +205,7 @@ def test_planted_topics_are_recovered(threads):
     # as unlikely as two independent misses.
     for seed in (0, 1):
         m = DPSVI(n_components=5, batch_size=100, max_iter=10, learning_offset=1.0, random_state=seed,
-                  n_threads=threads).fit(X)
+                  n_threads=threads, thread_mode=mode).fit(X)
         d = topic_recovery(beta, m.components_, per_topic=True)
         if np.sort(d)[2] < 0.1:
             break
@@ -182,7 +214,8 @@ def test_planted_topics_are_recovered(threads):
 
 
 @pytest.mark.skipif(not os.path.exists(PYDOC), reason="benchmarks/data/pydoc.npz not built")
-def test_heldout_loglik_not_worse_than_scikit_learn_on_real_corpus():
+@pytest.mark.parametrize("mode", ["minibatch", "hogwild"])
+def test_heldout_loglik_not_worse_than_scikit_learn_on_real_corpus(mode):
     """2 Hogwild threads against scikit-learn's online LDA at equal passes on 1,700 documents of
     the Python documentation. Over seeds 0-3, scikit-learn's held-out log-likelihood varied by
     0.03 nats/word and 2-thread DPSVI's by 0.03 (measured while writing this test), so DPSVI may
@@ -196,7 +229,7 @@ def test_heldout_loglik_not_worse_than_scikit_learn_on_real_corpus():
     Xtr, (Xo, Xt) = X[:1700], split_documents(X[1700:], seed=0)
     kw = dict(n_components=10, batch_size=128, max_iter=2, random_state=0)
     ll_sk = heldout_loglik(LatentDirichletAllocation(learning_method="online", **kw).fit(Xtr).components_, Xo, Xt)
-    ll_ours = heldout_loglik(DPSVI(n_threads=2, **kw).fit(Xtr).components_, Xo, Xt)
+    ll_ours = heldout_loglik(DPSVI(n_threads=2, thread_mode=mode, **kw).fit(Xtr).components_, Xo, Xt)
     ll_init = heldout_loglik(np.random.default_rng(0).gamma(100, 0.01, (10, X.shape[1])), Xo, Xt)
     assert ll_ours >= ll_sk - 0.05, (ll_ours, ll_sk)
     assert ll_ours > ll_init + 0.5
@@ -423,8 +456,11 @@ def test_one_run_plan_for_the_estimator_and_the_cli():
         make_plan(1000, 128, 1, rule="dc-asgd-a", sparse_push=True)
     rng = np.random.default_rng(0)
     X = sp.csr_matrix(rng.poisson(0.3, (300, 40)).astype(np.float32))
-    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0).fit(X)
+    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0, thread_mode="hogwild").fit(X)
     assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=2).total_updates == 6
+    # threads that share each minibatch read the documents as one reader
+    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0).fit(X)
+    assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=1).total_updates == 5
 
 
 def test_uci_fast_parser_agrees_with_the_general_one():

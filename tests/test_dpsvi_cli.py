@@ -122,15 +122,33 @@ def test_lda_non_utf8_text_is_one_line_error(tmp_path):
     assert "docs.txt:2: not valid UTF-8" in r.stderr
 
 
+@pytest.mark.parametrize("mode", ["minibatch", "hogwild"])
+def test_lda_thread_modes(tmp_path, mode):
+    """--threads 2: one framework thread whose minibatches two threads share (the default), or two
+    Hogwild threads each with its own minibatches (twice the readers, so the same updates a pass)."""
+    docword, _ = _uci(tmp_path)
+    out = tmp_path / "out"
+    r = run(dpsgd_cmd("lda", "--corpus", docword, "--topics", 3, "--passes", 1, "--batch-size", 30, "--out", out,
+                      "--threads", 2, "--thread-mode", mode, "--no-progress", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["thread_mode"] == mode and m["threads_per_rank"] == 2
+    assert m["framework"]["threads_per_worker"] == (1 if mode == "minibatch" else 2)
+    assert m["updates_per_pass"] == (9 if mode == "minibatch" else 10)  # 270 docs: ceil(270/30), 2 x ceil(135/30)
+    assert m["heldout_loglik"] > -np.log(60) + 0.3
+
+
 @pytest.mark.mpi
 def test_lda_under_mpiexec_three_ranks(tmp_path, mpi):
-    """Rank 0 serves lambda, ranks 1-2 stream only their shard of a UCI file."""
+    """Rank 0 serves lambda, ranks 1-2 stream only their shard of a UCI file; each worker's two
+    threads share its minibatches (lazy-decay layout under MPI)."""
     docword, _ = _uci(tmp_path)
     out = tmp_path / "out"
     r = mpi(3, ["-m", "dpsgd.launch", "lda", "--corpus", docword, "--topics", 3, "--passes", 4, "--batch-size", 30,
-                "--out", out, "--threads", 1, "--no-progress", "--quiet"], timeout=180)
+                "--out", out, "--threads", 2, "--no-progress", "--quiet"], timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads((out / "metrics.json").read_text())
+    assert m["sparse_push"] and m["threads_per_rank"] == 2
     assert m["framework"]["n_workers"] == 2 and m["framework"]["pushes"] > 0
     assert m["n_training_documents"] == 270
     assert m["framework"]["rejected_pushes"] == 0

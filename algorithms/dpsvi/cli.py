@@ -17,9 +17,10 @@ from dataclasses import dataclass
 EXIT_USAGE = 2
 
 DESCRIPTION = """\
-Fit an LDA topic model by stochastic variational inference (DPSVI): Hogwild threads run the
-E-step on their own minibatches and update lambda without locks; under mpiexec every worker rank
-reads only its shard of the corpus and a parameter server merges the updates with --rule.
+Fit an LDA topic model by stochastic variational inference (DPSVI): a rank's threads share each
+minibatch's E-step (--thread-mode minibatch, sequential SVI) or run their own minibatches and
+update lambda without locks (hogwild); under mpiexec every worker rank reads only its shard of
+the corpus and a parameter server merges the updates with --rule.
 
 Corpus formats: .npz (scipy sparse + vocabulary, or the compact layout of benchmarks/data),
 UCI bag-of-words (docword.NAME.txt[.gz] + vocab.NAME.txt, streamed), a directory of .txt files,
@@ -102,6 +103,10 @@ def register(subparsers) -> None:
     g.add_argument("--sparse-push", choices=("auto", "on", "off"), default="auto",
                    help="lazy-decay layout: updates and pushes carry only the minibatch's words (auto: "
                         "on under mpiexec with the rules sgd/asgd/ssgd when the run's decay fits float32)")
+    g.add_argument("--thread-mode", choices=("minibatch", "hogwild"), default="minibatch",
+                   help="minibatch (default): a rank's --threads share each minibatch (the E-step's documents "
+                        "split between them: the updates of one thread, faster); hogwild: each thread its own "
+                        "minibatches, lock-free")
     o = p.add_argument_group("output and evaluation")
     o.add_argument("--out", required=True, metavar="DIR", help="output directory")
     o.add_argument("--holdout", type=float, default=0.1,
@@ -284,6 +289,10 @@ def run(args) -> int:
 
     # the run plan before the config: the schedule's tau0 and the total come from it
     threads = args.threads or default_threads(ranks_on_this_node(size))
+    # thread mode minibatch: one framework thread per rank, its minibatches shared by a team of `threads`
+    team = threads if args.thread_mode == "minibatch" else 1
+    if args.thread_mode == "minibatch":
+        threads = 1
     try:
         run_plan = make_plan(D, args.batch_size, args.passes, n_workers=n_workers, threads=threads,
                              learning_offset=args.learning_offset, learning_decay=args.learning_decay,
@@ -292,7 +301,7 @@ def run(args) -> int:
     except ValueError as e:
         raise _usage(str(e)) from None
     total = run_plan.total_updates
-    cfg = config_from_args(args, total_updates=total, out=args.out, tau0=run_plan.tau0, kappa=run_plan.kappa,
+    cfg = config_from_args(args, total_updates=total, out=args.out, tau0=run_plan.tau0, kappa=run_plan.kappa, threads=threads,
                            eval_every=args.eval_every if heldout is not None else None)
 
     def loader(worker, n_w):
@@ -303,7 +312,8 @@ def run(args) -> int:
 
     alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
-                       loader=loader, heldout=heldout, sparse_push=run_plan.sparse_push, local_steps=cfg.local_steps)
+                       loader=loader, heldout=heldout, sparse_push=run_plan.sparse_push, local_steps=cfg.local_steps,
+                       team_threads=team)
     if cfg.resume and (size == 1 or rank >= n_servers):
         # the worker threads go on through their documents from where the checkpoint's updates
         # left them (starting at their first minibatch again would revisit those documents and,
@@ -313,7 +323,8 @@ def run(args) -> int:
     if is_root and not args.no_progress:
         print(f"dpsgd lda: {corpus.n_docs} documents ({D} training, {corpus.heldout_ids.size} held out), "
               f"{V} words, K={K}, {total} minibatches of {args.batch_size}, rule={cfg.rule.name}, "
-              f"{n_workers} worker(s) x {cfg.threads or 'auto'} thread(s)", file=sys.stderr)
+              f"{n_workers} worker(s) x {team if team > 1 else cfg.threads or 'auto'} thread(s) ({args.thread_mode})",
+              file=sys.stderr)
     import dpsgd
 
     result = dpsgd.train(alg, cfg)
@@ -406,6 +417,8 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
         "passes": run.args.passes,
         "updates_per_pass": run.plan.updates_per_pass,
         "sparse_push": bool(alg.sparse_push),
+        "thread_mode": run.args.thread_mode,
+        "threads_per_rank": max(alg.team_threads, run.cfg.threads or 1),
         # measured over MPI (header included); in one process nothing goes on a wire and this is
         # the size of a dense push of the whole parameter vector
         "bytes_per_push": float(m.get("push_bytes_mean", 64 + 4 * result.params.size)),

@@ -613,12 +613,15 @@ def synthetic_lda(n_docs: int, n_words: int, n_topics: int, doc_length: int = 50
     beta = rng.dirichlet(np.full(n_words, eta), n_topics)
     theta = rng.dirichlet(np.full(n_topics, alpha), n_docs)
     lengths = np.maximum(1, rng.poisson(doc_length, n_docs))
+    # tokens per document and topic, then each topic's tokens drawn from its word distribution at
+    # once: the same distribution as drawing every token's topic and word in turn, in O(tokens)
+    counts = np.stack([rng.multinomial(n, t / t.sum()) for n, t in zip(lengths, theta)])
     rows, cols = [], []
-    for d in range(n_docs):
-        p = theta[d] @ beta
-        words = rng.choice(n_words, lengths[d], p=p / p.sum())
-        rows.append(np.full(words.size, d))
-        cols.append(words)
+    docs = np.arange(n_docs)
+    for k in range(n_topics):
+        c = counts[:, k]
+        rows.append(np.repeat(docs, c))
+        cols.append(rng.choice(n_words, int(c.sum()), p=beta[k] / beta[k].sum()))
     r = np.concatenate(rows)
     c = np.concatenate(cols)
     X = sp.csr_matrix((np.ones(r.size, np.float32), (r, c)), shape=(n_docs, n_words))

@@ -3,9 +3,10 @@
 * :class:`SVIAlgorithm` is the dpsgd plug-in: the flat parameter vector is lambda (word-major,
   V*K float32); ``compute_update`` returns ``g = lambda - lambda_hat`` of one minibatch, and the
   framework's ``lambda -= rho_t * g`` with the ``power`` schedule ``(tau0 + t)^-kappa`` is the SVI
-  step ``lambda <- (1 - rho_t) lambda + rho_t lambda_hat``. Threads run the nogil kernels of
-  :mod:`.estep` on their own minibatches and write into the rank's lambda without locks
-  (Hogwild); under ``mpiexec`` every worker rank works on its own shard of the corpus and the
+  step ``lambda <- (1 - rho_t) lambda + rho_t lambda_hat``. A rank's threads either share each
+  minibatch (thread mode "minibatch", the default: the nogil kernels of :mod:`.estep` split between
+  a :class:`MinibatchTeam`, so the update is sequential SVI's) or run their own minibatches and
+  write into the rank's lambda without locks ("hogwild"); under ``mpiexec`` every worker rank works on its own shard of the corpus and the
   parameter server merges the pushes with the chosen rule.
 * :class:`DPSVI` is a scikit-learn estimator with the parameter names of
   ``sklearn.decomposition.LatentDirichletAllocation``.
@@ -41,7 +42,33 @@ from .evaluate import heldout_loglik, infer_theta  # noqa: F401 (re-exported for
 
 class _ThreadState:
     __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sstats", "sums", "g", "X",
-                 "docs", "iters", "words", "prev_touched", "prev_u")
+                 "docs", "iters", "words", "prev_touched", "prev_u", "team", "msum")
+
+
+#: thread modes: "minibatch" - a rank's threads share each minibatch (sequential SVI, its E-step
+#: in parallel); "hogwild" - each thread runs its own minibatches into the rank's lambda, lock-free
+THREAD_MODES = ("minibatch", "hogwild")
+#: documents a thread of a minibatch team takes at a time (round-robin: deterministic, balanced)
+TEAM_CHUNK = 8
+
+
+class MinibatchTeam:
+    """``n`` threads that work on one minibatch: the caller's thread and n - 1 pool threads run
+    ``fn(t)`` for t = 0..n-1 and :meth:`run` returns when all have (the kernels they call release
+    the GIL, so the threads really run at once)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self.pool = ThreadPoolExecutor(self.n - 1, thread_name_prefix="dpsvi-team") if self.n > 1 else None
+
+    def run(self, fn) -> list:
+        futures = [self.pool.submit(fn, t) for t in range(1, self.n)] if self.pool else []
+        out = [fn(0)]
+        return out + [f.result() for f in futures]
+
+    def ranges(self, n_items: int) -> np.ndarray:
+        """Bounds of n contiguous, balanced ranges of 0..n_items."""
+        return np.linspace(0, n_items, self.n + 1).astype(np.int64)
 
 
 #: rules under which the lazy-decay layout is exact (they add the pushed increments linearly)
@@ -91,14 +118,20 @@ class SVIAlgorithm(Algorithm):
     sparse (``push_block = K``) and no step touches all V words. Exact for the linear rules
     (sgd, asgd, ssgd); use :meth:`lambda_of` to read lambda from the parameters.
     ``local_steps``: the run's local updates per push (see :meth:`stale_updates`).
-    The run's layout and schedule come from :func:`.plan.make_plan` (estimator and CLI alike).
+    ``team_threads``: threads that share each minibatch of a framework thread: the E-step's
+    documents and the per-word work are split between them and their sufficient statistics summed,
+    so the update is the one thread's update (thread mode "minibatch"; the framework then runs one
+    thread per rank). The run's layout and schedule come from :func:`.plan.make_plan` (estimator and CLI alike).
     """
 
     def __init__(self, X, n_words: int, n_topics: int, *, alpha: float, eta: float, total_docs: float,
                  batch_size: int = 128, max_doc_update_iter: int = 100, mean_change_tol: float = 1e-3,
                  init: np.ndarray | None = None, local_shard: bool = False, loader=None, heldout=None,
-                 eval_threads: int = 1, gamma_rng=None, sparse_push: bool = False, local_steps: int = 1):
+                 eval_threads: int = 1, gamma_rng=None, sparse_push: bool = False, local_steps: int = 1,
+                 team_threads: int = 1):
         self.X = X
+        #: threads that share each minibatch of a framework thread (:class:`MinibatchTeam`)
+        self.team_threads = max(1, int(team_threads))
         self.local_steps = int(local_steps)
         self.sparse_push = bool(sparse_push)
         if self.sparse_push:
@@ -194,11 +227,16 @@ class SVIAlgorithm(Algorithm):
         u = min(max_nnz, self.V) or 1
         kp = E.padded_topics(self.K)
         st.ebeta = np.empty((u, kp), np.float32)
-        st.sstats = np.empty((u, kp), np.float32)
+        # the E-step's sufficient statistics: one buffer for each thread of a minibatch team
+        st.sstats = np.empty((self.team_threads, u, kp) if self.team_threads > 1 else (u, kp), np.float32)
         st.sums = np.empty(self.K, np.float64)
         st.g = np.zeros(self.V * self.K + (2 * self.K if self.sparse_push else 0), np.float32)
         st.prev_touched = np.empty(max(max_nnz, 1), np.int32)
         st.prev_u = 0
+        st.team = None
+        if self.team_threads > 1:
+            st.team = MinibatchTeam(self.team_threads)
+            st.msum = np.zeros((self.team_threads, self.K))
         st.docs = 0
         st.iters = 0
         st.words = 0
@@ -215,27 +253,82 @@ class SVIAlgorithm(Algorithm):
         rng = self.gamma_rng if self.gamma_rng is not None else ctx.rng
         gamma = rng.gamma(100.0, 0.01, (hi - lo, self.K))
         indptr, indices, data = st.X
-        if self.sparse_push:
-            rho = min(float(ctx.lr), 1.0 - 1e-6)
+        rho = min(float(ctx.lr), 1.0 - 1e-6)
+        if st.team is not None:
+            u, iters = self._team_update(params, st, ctx, lo, hi, gamma, rho)
+        elif self.sparse_push:
             u, iters = E.lazy_minibatch_gradient(
                 params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 self.total_docs / (hi - lo), rho, float(self.stale_updates(ctx)), self.max_doc_update_iter,
                 self.mean_change_tol,
                 gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats,
                 st.sums, st.g)
+        else:
+            u, iters = E.minibatch_gradient(
+                params, self.K, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
+                np.float32(self.total_docs / (hi - lo)), self.max_doc_update_iter, self.mean_change_tol,
+                gamma, st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
+        if self.sparse_push:
             st.prev_u = u
-            st.docs += hi - lo
-            st.iters += iters
-            st.words += u
-            return st.g
-        u, iters = E.minibatch_gradient(
-            params, self.K, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
-            np.float32(self.total_docs / (hi - lo)), self.max_doc_update_iter, self.mean_change_tol,
-            gamma, st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
         st.docs += hi - lo
         st.iters += iters
         st.words += u
         return st.g
+
+    def _team_update(self, params, st, ctx, lo, hi, gamma, rho):
+        """The update of documents lo:hi by the thread's :class:`MinibatchTeam`: the same steps as
+        :func:`.estep.minibatch_gradient` (or the lazy one), each split between the threads -
+        exp(E[log beta]) by word rows, the E-step by documents (chunks of TEAM_CHUNK, round-robin:
+        the same split every run), the direction by words - with a barrier between the steps.
+        Returns (u, E-step iterations)."""
+        K, V, team = self.K, self.V, st.team
+        indptr, indices, data = st.X
+        a, b = int(indptr[lo]), int(indptr[hi])
+        eta32 = np.float32(self.eta)
+        if self.sparse_push:
+            es = E.lazy_begin(params, K, V, eta32, st.g, st.prev_touched, st.prev_u, st.sums)
+            off, mul = float(self.eta), es
+        else:
+            E.topic_sums(params, K, st.sums)
+            off, mul = 0.0, 1.0
+        u = E.relabel(indices, a, b, st.mark, st.local, st.touched)
+        psum = E.psi_of(st.sums, K)
+        eb = st.ebeta[:u]
+        rows = team.ranges(u)
+
+        def prepare(t):
+            E.exp_elog_beta_rows(params, K, st.touched, rows[t], rows[t + 1], off, mul, psum, eb)
+            E.zero_rows(st.sstats[t], u)
+
+        team.run(prepare)
+        ip = indptr[lo:hi + 1] - a
+        cols, cnts = st.local[: b - a], data[a:b]
+        n = hi - lo
+        alpha, it_max, tol = self.alpha, self.max_doc_update_iter, self.mean_change_tol
+
+        def estep(t):
+            iters = 0
+            ss = st.sstats[t, :u]
+            for c in range(t * TEAM_CHUNK, n, team.n * TEAM_CHUNK):
+                d = min(c + TEAM_CHUNK, n)
+                iters += E.estep_docs(ip[c:d + 1] - ip[c], cols[ip[c]:ip[d]], cnts[ip[c]:ip[d]], eb, alpha, it_max,
+                                      tol, gamma[c:d], ss, True)
+            return iters
+
+        iters = sum(team.run(estep))
+        ss3 = st.sstats[:, :u]
+        scale = self.total_docs / n
+        if self.sparse_push:
+            f = E.lazy_factor(scale, rho, float(self.stale_updates(ctx)), es)
+            st.msum[:] = 0.0
+            team.run(lambda t: E.lazy_direction(K, V, st.touched, rows[t], rows[t + 1], ss3, eb, f, st.g,
+                                                st.prev_touched, st.msum[t]))
+            E.lazy_end(K, V, rho, st.msum.sum(axis=0), st.g)
+        else:
+            words = team.ranges(V)
+            team.run(lambda t: E.svi_direction(params, K, eta32, st.touched, u, ss3, eb, np.float32(scale), st.g,
+                                               words[t], words[t + 1]))
+        return u, iters
 
     def evaluate(self, params):
         if self.heldout is None:
@@ -289,21 +382,25 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     A drop-in for :class:`sklearn.decomposition.LatentDirichletAllocation` (same parameter
     names and fitted attributes ``components_``, ``exp_dirichlet_component_``,
     ``doc_topic_prior_``, ``topic_word_prior_``, ``n_batch_iter_``, ``n_iter_``), trained by
-    the dpsgd framework: ``n_threads`` Hogwild threads per process, and under
+    the dpsgd framework: ``n_threads`` threads per process, and under
     ``mpiexec -n N`` N-1 worker ranks around a parameter server applying ``rule``.
 
     Differences from scikit-learn: ``learning_method`` defaults to ``'online'`` (the point of
     this estimator; ``'batch'`` runs the classic variational EM in one thread); ``fit`` does not
-    end with an extra E-step over all documents, so there is no ``bound_``; results are
-    reproducible for a fixed ``random_state`` only with ``n_threads=1`` (Hogwild threads
-    interleave non-deterministically).
+    end with an extra E-step over all documents, so there is no ``bound_``. In one process with the
+    default ``thread_mode='minibatch'`` the threads share each minibatch and the fit is scikit-learn's
+    (the same random draws; equal up to float32 rounding) and reproducible for a fixed
+    ``random_state`` and ``n_threads``; ``thread_mode='hogwild'`` (each thread its own minibatches,
+    lock-free) interleaves non-deterministically.
 
     Extra parameters: ``n_threads`` (threads per process; None: ``n_jobs``, else all cores),
     ``rule`` (the server's update rule under MPI: sgd, asgd, ssgd, dc-asgd-c, dc-asgd-a),
     ``local_steps`` (local minibatches per push), ``max_seconds`` (time limit of ``fit``),
     ``sparse_push`` (True/False/'auto': the lazy-decay layout whose updates and pushes touch only
     the minibatch's words; 'auto' uses it under mpiexec with the linear rules sgd/asgd/ssgd when
-    the run's decay fits float32, see :func:`choose_sparse_push`).
+    the run's decay fits float32, see :func:`choose_sparse_push`), ``thread_mode`` ('minibatch':
+    the threads split each minibatch's E-step and per-word work, sequential SVI; 'hogwild': each
+    thread its own minibatches against a lambda the others update meanwhile).
     """
 
     def __init__(self, n_components=10, *, doc_topic_prior=None, topic_word_prior=None,
@@ -311,7 +408,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                  batch_size=128, evaluate_every=-1, total_samples=1e6, perp_tol=1e-1,
                  mean_change_tol=1e-3, max_doc_update_iter=100, n_jobs=None, verbose=0,
                  random_state=None, n_threads=None, rule="asgd", local_steps=1, max_seconds=None,
-                 sparse_push="auto"):
+                 sparse_push="auto", thread_mode="minibatch"):
         self.n_components = n_components
         self.doc_topic_prior = doc_topic_prior
         self.topic_word_prior = topic_word_prior
@@ -333,6 +430,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.local_steps = local_steps
         self.max_seconds = max_seconds
         self.sparse_push = sparse_push
+        self.thread_mode = thread_mode
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -382,6 +480,8 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
         if self.sparse_push not in (True, False, "auto"):
             raise ValueError(f"sparse_push must be True, False or 'auto', got {self.sparse_push!r}")
+        if self.thread_mode not in THREAD_MODES:
+            raise ValueError(f"thread_mode must be one of {', '.join(map(repr, THREAD_MODES))}, got {self.thread_mode!r}")
 
     def _validate_X(self, X, reset, whom):
         X = validate_data(self, X, reset=reset, accept_sparse="csr", dtype=[np.float64, np.float32])
@@ -401,7 +501,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         elif t < 0:  # n_jobs=-1: all cores
             t = default_threads(1)
         t = int(t)
-        if n_batches is not None:
+        if n_batches is not None and self.thread_mode == "hogwild":  # a reader needs minibatches
             t = max(1, min(t, n_batches))
         return t
 
@@ -430,6 +530,9 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         K = self.n_components
         # one thread in one process: the initial gammas come from random_state_ in scikit-learn's
         # order, so DPSVI(n_threads=1) reproduces LatentDirichletAllocation(learning_method='online')
+        # thread mode "minibatch": one framework thread whose minibatches a team of threads shares
+        team = threads if self.thread_mode == "minibatch" else 1
+        threads = 1 if self.thread_mode == "minibatch" else threads
         sequential = threads == 1 and mpi_world_size_from_env() == 1
         seed = int(self.random_state_.randint(0, 2**31 - 1)) if not sequential else 0
         from .plan import make_plan
@@ -444,7 +547,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                            max_doc_update_iter=self.max_doc_update_iter, mean_change_tol=self.mean_change_tol,
                            init=lambda_from_topic_word(self.components_),
                            gamma_rng=self.random_state_ if sequential else None, sparse_push=plan.sparse_push,
-                           local_steps=self.local_steps)
+                           local_steps=self.local_steps, team_threads=team)
         cfg = dpsgd.TrainConfig(
             rule=dpsgd.RuleConfig(name=self.rule), lr=1.0, schedule="power", tau0=plan.tau0, kappa=plan.kappa,
             local_steps=self.local_steps, threads=threads, total_updates=total,
@@ -546,7 +649,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             E.estep_docs(indptr[lo:hi + 1] - a, indices[a:b], Xd.data[a:b], ebeta, alpha,
                          int(self.max_doc_update_iter), float(self.mean_change_tol), gamma[lo:hi], empty, False)
 
-        threads = self._threads(max(1, n // 64))
+        threads = max(1, min(self._threads(), n // 64))
         if threads <= 1:
             run(0, n)
         else:
