@@ -78,11 +78,17 @@ def test_estep_matches_numpy_reference(K):
     eb = np.zeros((V, Kp))
     eb[:, :K] = etw.T
     gamma = g0.copy()
-    ss = np.zeros((V, Kp))
-    iters = E.estep_docs(X.indptr.astype(np.int64), X.indices.astype(np.int64), X.data, eb, 0.1, 100, 1e-3,
-                         gamma, ss, True)
+    theta = np.zeros((n, Kp))
+    ip = X.indptr.astype(np.int64)
+    iters = E.estep_docs(ip, X.indices.astype(np.int64), X.data, eb, 0.1, 100, 1e-3, gamma, theta)
     assert iters > n - 1
     np.testing.assert_allclose(gamma, g_ref, rtol=0, atol=1e-6)
+    # the sufficient statistics word by word from the documents' final exp(E[log theta])
+    jptr, jdoc, jcnt = np.empty(V + 1, np.int64), np.empty(X.nnz, np.int32), np.empty(X.nnz)
+    E.minibatch_columns(ip, X.indices.astype(np.int32), X.data, V, jptr, jdoc, jcnt)
+    ss = np.zeros((V, Kp))
+    for j in range(V):
+        E.column_sstats(j, jptr, jdoc, jcnt, theta, eb, ss[j])
     np.testing.assert_allclose(ss[:, :K], ss_ref.T, rtol=1e-6, atol=1e-9)
     assert np.all(ss[:, K:] == 0)
     np.testing.assert_array_equal(gamma[3], np.full(K, 0.1))  # a document without words: the prior
@@ -99,13 +105,12 @@ def test_minibatch_gradient_is_the_svi_direction():
     nnz = X.nnz
     mark = np.full(V, -1, np.int32)
     bufs = dict(local=np.empty(nnz, np.int32), touched=np.empty(nnz, np.int32),
-                ebeta=np.empty((V, E.padded_topics(K)), np.float32),
-                sstats=np.empty((V, E.padded_topics(K)), np.float32))
+                ebeta=np.empty((V, E.padded_topics(K)), np.float32))
     g = np.empty(V * K, np.float32)
     gamma = g0.copy()
     u, _ = E.minibatch_gradient(lam, K, X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, lo, hi,
                                 0.1, np.float32(eta), np.float32(D / (hi - lo)), 100, 1e-3, gamma, mark,
-                                bufs["local"], bufs["touched"], bufs["ebeta"], bufs["sstats"], np.empty(K), g)
+                                bufs["local"], bufs["touched"], bufs["ebeta"], np.empty(K), g)
     assert np.all(mark == -1)  # the marker array is restored for the next minibatch
     assert u == np.unique(X[lo:hi].indices).size
     lamKV = lam.reshape(V, K).T.astype(np.float64)
@@ -121,9 +126,9 @@ def test_minibatch_gradient_is_the_svi_direction():
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_minibatch_team_computes_the_one_thread_update(sparse):
-    """Threads that share a minibatch (documents, word rows and words split between them, their
-    sufficient statistics summed) give the one thread's update, in both layouts, also when a
-    minibatch has fewer documents than the team has chunks."""
+    """Threads that share a minibatch (word rows, documents and words split between them) give
+    the one thread's update, in both layouts, also when a minibatch has fewer documents than the
+    team has chunks."""
     from algorithms.dpsvi.model import SVIAlgorithm
     from dpsgd.plugin import ThreadContext
 
@@ -160,7 +165,7 @@ def test_kernels_tolerate_non_finite_lambda():
     E.minibatch_gradient(lam, K, X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, 0, 10, 0.1,
                          np.float32(0.1), np.float32(1.0), 50, 1e-3, np.ones((10, K)), np.full(V, -1, np.int32),
                          np.empty(X.nnz, np.int32), np.empty(X.nnz, np.int32), np.empty((V, 16), np.float32),
-                         np.empty((V, 16), np.float32), np.empty(K), g)
+                         np.empty(K), g)
     comp = topic_word_from_lambda(lam, V, K)
     assert np.all(np.isfinite(comp)) and comp.min() > 0
 

@@ -11,9 +11,14 @@ A minibatch step (:func:`minibatch_gradient`) does, in one nogil call:
    array (O(nnz), no sort);
 2. exp(E[log beta]) for those u words only: ``exp(psi(lam[w,k]) - psi(sum_w lam[w,k]))``;
 3. the per-document E-step (the exp-digamma fixed point of scikit-learn's
-   ``_update_doc_distribution``), accumulating the sufficient statistics of the u words;
-4. the SVI direction ``g = lam - lam_hat`` with ``lam_hat = eta + D/|B| * sstats``, so that
+   ``_update_doc_distribution``), keeping each document's final exp(E[log theta_d]);
+4. the minibatch by word (:func:`minibatch_columns`), and word by word the sufficient statistics
+   and the SVI direction ``g = lam - lam_hat`` with ``lam_hat = eta + D/|B| * sstats``, so that
    the framework's ``lam -= rho_t * g`` is exactly ``lam <- (1-rho) lam + rho lam_hat``.
+
+Every step but the relabelling splits by rows (words) or documents without any shared write, so
+the threads that share a minibatch (``model.MinibatchTeam``) run each step on their part and no
+thread needs a V x K buffer of its own.
 
 Every kernel is type-generic: float64 arrays give a float64 E-step (the tests compare it with
 a numpy/scipy reference), float32 arrays the fast one used in training.
@@ -179,14 +184,6 @@ def topic_sums(lam, K, out):
             out[k] += clean_lambda(lam[b + k])
 
 
-@njit(nogil=True, cache=True)
-def zero_rows(a, n):
-    """a[:n] = 0 (without the GIL: threads that share a minibatch clear their buffers at once)."""
-    for j in range(n):
-        for k in range(a.shape[1]):
-            a[j, k] = 0.0
-
-
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def psi_of(sums, K):
     """psi(sums[k]) for k < K (float64)."""
@@ -211,16 +208,17 @@ def exp_elog_beta_rows(p, K, touched, j0, j1, off, mul, psum, out):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, sstats, want_sstats):
+def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, theta):
     """Per-document variational E-step over a CSR minibatch.
 
     ``indptr`` (n_docs+1) indexes ``cols``/``cnts`` from 0; ``cols`` are row indices into
     ``ebeta`` (u x Kp, exp(E[log beta]) of the minibatch's words, word-major; Kp >= K columns,
     the ones beyond K must be finite, e.g. 0). ``gamma``
     (n_docs x K, float64) holds the initial values on entry and the result on return.
-    When ``want_sstats``: ``sstats[j, k] += cnt / norm_phi * exp(E[log theta_dk])`` (the
-    caller multiplies by ``ebeta`` afterwards, as scikit-learn does). Returns the number of
-    fixed-point iterations summed over the documents.
+    ``theta`` (n_docs x Kp, the dtype of ``ebeta``; or 0 rows when not wanted) receives each
+    document's final exp(E[log theta_d]) (padding 0): the sufficient statistics are computed
+    from it word by word (:func:`column_sstats`). Returns the number of fixed-point iterations
+    summed over the documents.
 
     Each document's rows of ``ebeta`` are first copied into one contiguous block, which its
     fixed-point iterations then stream in order (the rows of a 240-word document at K 100 are
@@ -247,6 +245,9 @@ def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, sstats, w
         if n == 0:  # no words: the posterior is the prior
             for k in range(K):
                 gamma[d, k] = alpha
+            if theta.shape[0] > 0:
+                for k in range(Kp):
+                    theta[d, k] = 0.0
             continue
         for i in range(n):
             j = cols[lo + i]
@@ -306,61 +307,99 @@ def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, sstats, w
                 expdoc[k] = exp_psi_minus(gamma[d, k], ps)
             if change / K < tol:
                 break
-        if want_sstats:
-            for i in range(n):
-                j = cols[lo + i]
-                dot = zero
-                for k in range(Kp):
-                    dot += expdoc[k] * rows[i, k]
-                r = c[i] / (dot + eps)
-                for k in range(Kp):
-                    sstats[j, k] += r * expdoc[k]
+        if theta.shape[0] > 0:
+            for k in range(Kp):
+                theta[d, k] = expdoc[k]
     return iters
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def svi_direction(lam, K, eta, touched, u, sstats, ebeta, scale, g, w0, w1):
-    """g = lam - lam_hat on the words w0 <= w < w1, lam_hat = eta + scale * S * ebeta on the
-    touched words (S = the sum of the threads' buffers ``sstats[t]``, T x u x Kp) and eta elsewhere.
+@njit(nogil=True, cache=True)
+def minibatch_columns(indptr, local, cnts, u, jptr, jdoc, jcnt):
+    """The minibatch by word: the documents ``jdoc[jptr[j]:jptr[j+1]]`` (with their counts
+    ``jcnt``) hold local word j (CSR ``indptr``/``local``/``cnts`` of the minibatch, from 0)."""
+    n = indptr.shape[0] - 1
+    for j in range(u + 1):
+        jptr[j] = 0
+    for i in range(indptr[n]):
+        jptr[local[i] + 1] += 1
+    for j in range(u):
+        jptr[j + 1] += jptr[j]
+    fill = jptr[:u].copy()
+    for d in range(n):
+        for i in range(indptr[d], indptr[d + 1]):
+            j = local[i]
+            p = fill[j]
+            jdoc[p] = d
+            jcnt[p] = cnts[i]
+            fill[j] = p + 1
 
-    ``eta`` and ``scale`` must have the dtype of ``lam`` (np.float32 in training). Threads that
-    share a minibatch each take a range of words; one thread takes 0..V.
-    """
-    T = sstats.shape[0]
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc):
+    """acc = the sufficient statistics of word j before the multiplication by ebeta[j] (as
+    scikit-learn keeps them): sum over its documents d of cnt / (theta_d . ebeta_j + EPS) * theta_d."""
+    Kp = acc.shape[0]
+    tmp = np.zeros(2, ebeta.dtype)
+    tmp[1] = EPS
+    eps = tmp[1]
+    for k in range(Kp):
+        acc[k] = tmp[0]
+    for p in range(jptr[j], jptr[j + 1]):
+        d = jdoc[p]
+        dot = tmp[0]
+        for k in range(Kp):
+            dot += theta[d, k] * ebeta[j, k]
+        r = jcnt[p] / (dot + eps)
+        for k in range(Kp):
+            acc[k] += r * theta[d, k]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def svi_base(lam, K, eta, g, w0, w1):
+    """g = lam - eta on the words w0 <= w < w1 (lam_hat = eta where the minibatch has no word)."""
     for i in range(w0 * K, w1 * K):
         g[i] = lam[i] - eta
-    for j in range(u):
-        w = touched[j]
-        if w < w0 or w >= w1:
-            continue
-        b = w * K
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def svi_direction(lam, K, eta, touched, j0, j1, jptr, jdoc, jcnt, theta, ebeta, scale, g):
+    """g = lam - lam_hat, lam_hat = eta + scale * sstats * ebeta, on the minibatch's words j0 <= j < j1
+    (threads that share a minibatch each take a range; :func:`svi_base` does the other words).
+
+    ``eta`` and ``scale`` must have the dtype of ``lam`` (np.float32 in training).
+    """
+    acc = np.empty(ebeta.shape[1], ebeta.dtype)
+    for j in range(j0, j1):
+        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc)
+        b = touched[j] * K
         for k in range(K):
-            s = sstats[0, j, k]
-            for t in range(1, T):
-                s += sstats[t, j, k]
-            g[b + k] -= scale * s * ebeta[j, k]
+            g[b + k] = lam[b + k] - eta - scale * acc[k] * ebeta[j, k]
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def minibatch_gradient(lam, K, indptr, indices, data, lo, hi, alpha, eta, scale, max_iter, tol,
-                       gamma, mark, local, touched, ebeta, sstats, sums, g):
+                       gamma, mark, local, touched, ebeta, sums, g):
     """One SVI step on documents ``lo:hi`` of a CSR matrix: fills ``g`` (see the module doc).
 
     ``gamma`` (hi-lo x K float64) holds the initial document-topic values. Buffers: ``mark``
-    (V int, all -1), ``local``/``touched`` (>= nnz of the minibatch), ``ebeta``/``sstats``
-    (>= u rows x :func:`padded_topics` (K) columns, dtype of lam), ``sums`` (K float64). Returns (u, E-step iterations).
+    (V int, all -1), ``local``/``touched`` (>= nnz of the minibatch), ``ebeta`` (>= u rows x
+    :func:`padded_topics` (K) columns, dtype of lam), ``sums`` (K float64). Returns (u, E-step iterations).
     """
     a = indptr[lo]
     b = indptr[hi]
     u = relabel(indices, a, b, mark, local, touched)
     topic_sums(lam, K, sums)
     eb = ebeta[:u]
-    ss = sstats[:u]
     exp_elog_beta_rows(lam, K, touched, 0, u, 0.0, 1.0, psi_of(sums, K), eb)
-    zero_rows(ss, u)
     ip = indptr[lo:hi + 1] - a
-    iters = estep_docs(ip, local[: b - a], data[a:b], eb, alpha, max_iter, tol, gamma, ss, True)
-    svi_direction(lam, K, eta, touched, u, ss.reshape((1, u, ss.shape[1])), eb, scale, g, 0, lam.shape[0] // K)
+    theta = np.empty((hi - lo, eb.shape[1]), eb.dtype)
+    iters = estep_docs(ip, local[: b - a], data[a:b], eb, alpha, max_iter, tol, gamma, theta)
+    jptr = np.empty(u + 1, np.int64)
+    jdoc = np.empty(b - a, np.int32)
+    jcnt = np.empty(b - a, data.dtype)
+    minibatch_columns(ip, local, data[a:b], u, jptr, jdoc, jcnt)
+    svi_base(lam, K, eta, g, 0, lam.shape[0] // K)
+    svi_direction(lam, K, eta, touched, 0, u, jptr, jdoc, jcnt, theta, eb, scale, g)
     return u, iters
 
 
@@ -423,19 +462,17 @@ def lazy_begin(p, K, V, eta, g, prev_touched, prev_u, sums):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def lazy_direction(K, V, touched, j0, j1, sstats, ebeta, f, g, prev_touched, msum):
-    """The lazy layout's increments of the rows j0 <= j < j1: g[w] = -f * S[j] * ebeta[j] (S: the
-    sum of the threads' buffers ``sstats[t]``); their topic sums are added to ``msum`` (K, float64)
-    and the rows noted in ``prev_touched`` (:func:`lazy_begin` clears them next step)."""
-    T = sstats.shape[0]
+def lazy_direction(K, V, touched, j0, j1, jptr, jdoc, jcnt, theta, ebeta, f, g, prev_touched, msum):
+    """The lazy layout's increments of the minibatch's words j0 <= j < j1: g[w] = -f * S[j] * ebeta[j]
+    (S: :func:`column_sstats`); their topic sums are added to ``msum`` (K, float64) and the rows
+    noted in ``prev_touched`` (:func:`lazy_begin` clears them next step)."""
+    acc = np.empty(ebeta.shape[1], ebeta.dtype)
     for j in range(j0, j1):
+        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc)
         w = touched[j]
         b = w * K
         for k in range(K):
-            s = sstats[0, j, k]
-            for t in range(1, T):
-                s += sstats[t, j, k]
-            d = -f * s * ebeta[j, k]
+            d = -f * acc[k] * ebeta[j, k]
             g[b + k] = d
             msum[k] += d
         prev_touched[j] = w
@@ -458,7 +495,7 @@ def lazy_factor(scale, rho, lag, es):
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, scale, rho, lag, max_iter, tol,
-                            gamma, mark, local, touched, prev_touched, prev_u, ebeta, sstats, sums, g):
+                            gamma, mark, local, touched, prev_touched, prev_u, ebeta, sums, g):
     """:func:`minibatch_gradient` for the lazy-decay layout; ``g`` must be zero except on the rows
     of the previous call (``prev_touched[:prev_u]``), which this call clears. Returns (u, iters).
 
@@ -471,14 +508,17 @@ def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, 
     b_ = indptr[hi]
     u = relabel(indices, a, b_, mark, local, touched)
     eb = ebeta[:u]
-    ss = sstats[:u]
     exp_elog_beta_rows(p, K, touched, 0, u, float(eta), es, psi_of(sums, K), eb)
-    zero_rows(ss, u)
     ip = indptr[lo:hi + 1] - a
-    iters = estep_docs(ip, local[: b_ - a], data[a:b_], eb, alpha, max_iter, tol, gamma, ss, True)
+    theta = np.empty((hi - lo, eb.shape[1]), eb.dtype)
+    iters = estep_docs(ip, local[: b_ - a], data[a:b_], eb, alpha, max_iter, tol, gamma, theta)
+    jptr = np.empty(u + 1, np.int64)
+    jdoc = np.empty(b_ - a, np.int32)
+    jcnt = np.empty(b_ - a, data.dtype)
+    minibatch_columns(ip, local, data[a:b_], u, jptr, jdoc, jcnt)
     msum = np.zeros(K)
-    f = lazy_factor(scale, rho, lag, es)
-    lazy_direction(K, V, touched, 0, u, ss.reshape((1, u, ss.shape[1])), eb, f, g, prev_touched, msum)
+    lazy_direction(K, V, touched, 0, u, jptr, jdoc, jcnt, theta, eb, lazy_factor(scale, rho, lag, es), g,
+                   prev_touched, msum)
     lazy_end(K, V, rho, msum, g)
     return u, iters
 

@@ -41,8 +41,8 @@ from .evaluate import heldout_loglik, infer_theta  # noqa: F401 (re-exported for
 
 
 class _ThreadState:
-    __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sstats", "sums", "g", "X",
-                 "docs", "iters", "words", "prev_touched", "prev_u", "team", "msum")
+    __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sums", "g", "X",
+                 "docs", "iters", "words", "prev_touched", "prev_u", "team", "msum", "theta", "jptr", "jdoc", "jcnt")
 
 
 #: thread modes: "minibatch" - a rank's threads share each minibatch (sequential SVI, its E-step
@@ -227,8 +227,6 @@ class SVIAlgorithm(Algorithm):
         u = min(max_nnz, self.V) or 1
         kp = E.padded_topics(self.K)
         st.ebeta = np.empty((u, kp), np.float32)
-        # the E-step's sufficient statistics: one buffer for each thread of a minibatch team
-        st.sstats = np.empty((self.team_threads, u, kp) if self.team_threads > 1 else (u, kp), np.float32)
         st.sums = np.empty(self.K, np.float64)
         st.g = np.zeros(self.V * self.K + (2 * self.K if self.sparse_push else 0), np.float32)
         st.prev_touched = np.empty(max(max_nnz, 1), np.int32)
@@ -237,6 +235,10 @@ class SVIAlgorithm(Algorithm):
         if self.team_threads > 1:
             st.team = MinibatchTeam(self.team_threads)
             st.msum = np.zeros((self.team_threads, self.K))
+            st.theta = np.empty((self.batch_size, kp), np.float32)  # the documents' exp(E[log theta])
+            st.jptr = np.empty(u + 1, np.int64)  # the minibatch by word
+            st.jdoc = np.empty(max(max_nnz, 1), np.int32)
+            st.jcnt = np.empty(max(max_nnz, 1), np.float32)
         st.docs = 0
         st.iters = 0
         st.words = 0
@@ -261,13 +263,12 @@ class SVIAlgorithm(Algorithm):
                 params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 self.total_docs / (hi - lo), rho, float(self.stale_updates(ctx)), self.max_doc_update_iter,
                 self.mean_change_tol,
-                gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats,
-                st.sums, st.g)
+                gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sums, st.g)
         else:
             u, iters = E.minibatch_gradient(
                 params, self.K, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 np.float32(self.total_docs / (hi - lo)), self.max_doc_update_iter, self.mean_change_tol,
-                gamma, st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
+                gamma, st.mark, st.local, st.touched, st.ebeta, st.sums, st.g)
         if self.sparse_push:
             st.prev_u = u
         st.docs += hi - lo
@@ -276,10 +277,12 @@ class SVIAlgorithm(Algorithm):
         return st.g
 
     def _team_update(self, params, st, ctx, lo, hi, gamma, rho):
-        """The update of documents lo:hi by the thread's :class:`MinibatchTeam`: the same steps as
-        :func:`.estep.minibatch_gradient` (or the lazy one), each split between the threads -
-        exp(E[log beta]) by word rows, the E-step by documents (chunks of TEAM_CHUNK, round-robin:
-        the same split every run), the direction by words - with a barrier between the steps.
+        """The update of documents lo:hi by the thread's :class:`MinibatchTeam`: the steps of
+        :func:`.estep.minibatch_gradient` (or the lazy one), each split between the threads with a
+        barrier between steps - exp(E[log beta]) by word rows (with, in the dense layout,
+        ``g = lam - eta`` by word ranges), the E-step by documents (chunks of TEAM_CHUNK,
+        round-robin: the same split every run), the sufficient statistics and the direction by
+        words (ranges of equal non-zeros). No shared write, no per-thread V x K buffer.
         Returns (u, E-step iterations)."""
         K, V, team = self.K, self.V, st.team
         indptr, indices, data = st.X
@@ -295,39 +298,46 @@ class SVIAlgorithm(Algorithm):
         psum = E.psi_of(st.sums, K)
         eb = st.ebeta[:u]
         rows = team.ranges(u)
+        words = team.ranges(V)
+        ip = indptr[lo:hi + 1] - a
+        cols, cnts = st.local[: b - a], data[a:b]
 
         def prepare(t):
             E.exp_elog_beta_rows(params, K, st.touched, rows[t], rows[t + 1], off, mul, psum, eb)
-            E.zero_rows(st.sstats[t], u)
+            if not self.sparse_push:
+                E.svi_base(params, K, eta32, st.g, words[t], words[t + 1])
+            if t == 0:
+                E.minibatch_columns(ip, cols, cnts, u, st.jptr, st.jdoc, st.jcnt)
 
         team.run(prepare)
-        ip = indptr[lo:hi + 1] - a
-        cols, cnts = st.local[: b - a], data[a:b]
         n = hi - lo
+        theta = st.theta[:n]
         alpha, it_max, tol = self.alpha, self.max_doc_update_iter, self.mean_change_tol
 
         def estep(t):
             iters = 0
-            ss = st.sstats[t, :u]
             for c in range(t * TEAM_CHUNK, n, team.n * TEAM_CHUNK):
                 d = min(c + TEAM_CHUNK, n)
                 iters += E.estep_docs(ip[c:d + 1] - ip[c], cols[ip[c]:ip[d]], cnts[ip[c]:ip[d]], eb, alpha, it_max,
-                                      tol, gamma[c:d], ss, True)
+                                      tol, gamma[c:d], theta[c:d])
             return iters
 
         iters = sum(team.run(estep))
-        ss3 = st.sstats[:, :u]
+        # word ranges with equal numbers of non-zeros (frequent words have many documents)
+        nz = np.searchsorted(st.jptr[:u + 1], np.linspace(0, b - a, team.n + 1)).astype(np.int64)
+        nz[0], nz[-1] = 0, u
+        jp, jd, jc = st.jptr, st.jdoc, st.jcnt
         scale = self.total_docs / n
         if self.sparse_push:
             f = E.lazy_factor(scale, rho, float(self.stale_updates(ctx)), es)
             st.msum[:] = 0.0
-            team.run(lambda t: E.lazy_direction(K, V, st.touched, rows[t], rows[t + 1], ss3, eb, f, st.g,
+            team.run(lambda t: E.lazy_direction(K, V, st.touched, nz[t], nz[t + 1], jp, jd, jc, theta, eb, f, st.g,
                                                 st.prev_touched, st.msum[t]))
             E.lazy_end(K, V, rho, st.msum.sum(axis=0), st.g)
         else:
-            words = team.ranges(V)
-            team.run(lambda t: E.svi_direction(params, K, eta32, st.touched, u, ss3, eb, np.float32(scale), st.g,
-                                               words[t], words[t + 1]))
+            s32 = np.float32(scale)
+            team.run(lambda t: E.svi_direction(params, K, eta32, st.touched, nz[t], nz[t + 1], jp, jd, jc, theta, eb,
+                                               s32, st.g))
         return u, iters
 
     def evaluate(self, params):
@@ -641,13 +651,13 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         gamma = np.ones((n, K))
         indptr = Xd.indptr.astype(np.int64)
         indices = Xd.indices.astype(np.int64)
-        empty = np.zeros((0, K))
+        no_theta = np.zeros((0, K))
         alpha = float(self.doc_topic_prior_)
 
         def run(lo, hi):
             a, b = indptr[lo], indptr[hi]
             E.estep_docs(indptr[lo:hi + 1] - a, indices[a:b], Xd.data[a:b], ebeta, alpha,
-                         int(self.max_doc_update_iter), float(self.mean_change_tol), gamma[lo:hi], empty, False)
+                         int(self.max_doc_update_iter), float(self.mean_change_tol), gamma[lo:hi], no_theta)
 
         threads = max(1, min(self._threads(), n // 64))
         if threads <= 1:
