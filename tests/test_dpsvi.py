@@ -88,7 +88,7 @@ def test_estep_matches_numpy_reference(K):
     E.minibatch_columns(ip, X.indices.astype(np.int32), X.data, V, jptr, jdoc, jcnt)
     ss = np.zeros((V, Kp))
     for j in range(V):
-        E.column_sstats(j, jptr, jdoc, jcnt, theta, eb, ss[j])
+        E.column_sstats(j, jptr, jdoc, jcnt, theta, eb, ss[j], E.sstats_consts(eb))
     np.testing.assert_allclose(ss[:, :K], ss_ref.T, rtol=1e-6, atol=1e-9)
     assert np.all(ss[:, K:] == 0)
     np.testing.assert_array_equal(gamma[3], np.full(K, 0.1))  # a document without words: the prior

@@ -335,23 +335,31 @@ def minibatch_columns(indptr, local, cnts, u, jptr, jdoc, jcnt):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc):
+def column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc, consts):
     """acc = the sufficient statistics of word j before the multiplication by ebeta[j] (as
-    scikit-learn keeps them): sum over its documents d of cnt / (theta_d . ebeta_j + EPS) * theta_d."""
+    scikit-learn keeps them): sum over its documents d of cnt / (theta_d . ebeta_j + EPS) * theta_d.
+    ``consts``: [0, EPS] in the dtype of ``ebeta`` (allocated once by the caller)."""
     Kp = acc.shape[0]
-    tmp = np.zeros(2, ebeta.dtype)
-    tmp[1] = EPS
-    eps = tmp[1]
+    zero = consts[0]
+    eps = consts[1]
     for k in range(Kp):
-        acc[k] = tmp[0]
+        acc[k] = zero
     for p in range(jptr[j], jptr[j + 1]):
         d = jdoc[p]
-        dot = tmp[0]
+        dot = zero
         for k in range(Kp):
             dot += theta[d, k] * ebeta[j, k]
         r = jcnt[p] / (dot + eps)
         for k in range(Kp):
             acc[k] += r * theta[d, k]
+
+
+@njit(nogil=True, cache=True)
+def sstats_consts(dtype_like):
+    """[0, EPS] in the dtype of ``dtype_like`` (for :func:`column_sstats`)."""
+    c = np.zeros(2, dtype_like.dtype)
+    c[1] = EPS
+    return c
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -369,8 +377,9 @@ def svi_direction(lam, K, eta, touched, j0, j1, jptr, jdoc, jcnt, theta, ebeta, 
     ``eta`` and ``scale`` must have the dtype of ``lam`` (np.float32 in training).
     """
     acc = np.empty(ebeta.shape[1], ebeta.dtype)
+    consts = sstats_consts(ebeta)
     for j in range(j0, j1):
-        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc)
+        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc, consts)
         b = touched[j] * K
         for k in range(K):
             g[b + k] = lam[b + k] - eta - scale * acc[k] * ebeta[j, k]
@@ -467,8 +476,9 @@ def lazy_direction(K, V, touched, j0, j1, jptr, jdoc, jcnt, theta, ebeta, f, g, 
     (S: :func:`column_sstats`); their topic sums are added to ``msum`` (K, float64) and the rows
     noted in ``prev_touched`` (:func:`lazy_begin` clears them next step)."""
     acc = np.empty(ebeta.shape[1], ebeta.dtype)
+    consts = sstats_consts(ebeta)
     for j in range(j0, j1):
-        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc)
+        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc, consts)
         w = touched[j]
         b = w * K
         for k in range(K):
