@@ -134,11 +134,14 @@ def summarize(run: dict, target: float) -> dict:
         "agent_steps_to_target": hit[0] if hit else None,
         "frames_to_target": hit[0] * FRAMESKIP if hit else None,
         "agent_steps": m.get("env_steps", last_steps),
-        "train_seconds": m.get("train_seconds", last_wall),
-        "eval_seconds": m.get("eval_seconds"),
-        "wall_seconds": m.get("wall_seconds"),
-        "agent_steps_per_second": m.get("env_steps_per_second",
-                                        last_steps / last_wall if last_wall else None),
+        # a run resumed with --resume: the whole run's clocks (metrics.json's plain figures are the last part's)
+        "train_seconds": m.get("train_seconds_total", m.get("train_seconds", last_wall)),
+        "eval_seconds": m.get("eval_seconds_total", m.get("eval_seconds")),
+        "wall_seconds": (m["train_seconds_total"] + m["eval_seconds_total"] if m.get("train_seconds_total")
+                         and m.get("eval_seconds_total") is not None else m.get("wall_seconds")),
+        "resumed_at_agent_steps": m.get("resumed_at_env_steps"),
+        "agent_steps_per_second": (m["env_steps"] / m["train_seconds_total"] if m.get("train_seconds_total")
+                                   else m.get("env_steps_per_second", last_steps / last_wall if last_wall else None)),
         "best_eval": max((e[2] for e in ev), default=None),
         "last_eval": ev[-1][2] if ev else None,
         "final_eval": m.get("final_eval_return_mean"),
@@ -199,19 +202,21 @@ def report(dirs, a) -> int:
              "evaluations in a row; clock = training wall time, evaluation excluded. PongNoFrameskip-v4: no sticky "
              "actions; ALE/Pong-v5: sticky actions 0.25.", "",
              "| run | env | solved | s to target | agent steps to target | frames to target | agent steps | "
-             "agent steps/s (whole run) | best eval | last eval | final eval | train return (last 20 ep.) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "agent steps/s (whole run) | evaluation s | resumed at | best eval | last eval | final eval | "
+             "train return (last 20 ep.) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['run']}{'' if r['finished'] else ' (running)'} | {r['env']} | {'yes' if r['solved'] else 'no'} | "
                      f"{_f(r['seconds_to_target'], '.0f')} | {_f(r['agent_steps_to_target'], ',')} | "
                      f"{_f(r['frames_to_target'], ',')} | {_f(r['agent_steps'], ',')} | "
-                     f"{_f(r['agent_steps_per_second'], ',.0f')} | {_f(r['best_eval'], '.1f')} | "
+                     f"{_f(r['agent_steps_per_second'], ',.0f')} | {_f(r['eval_seconds'], '.0f')} | "
+                     f"{_f(r['resumed_at_agent_steps'], ',')} | {_f(r['best_eval'], '.1f')} | "
                      f"{_f(r['last_eval'], '.1f')} | {_f(r['final_eval'], '.1f')} | "
                      f"{_f(r['train_return_last20'], '.1f')} |")
-    solved = [r for r in rows if r["solved"]]
-    if solved:
-        lines.append(f"\nMedian over the {len(rows)} run(s), unsolved counting as never: "
-                     f"{_f(median_solved(rows, 'seconds_to_target'), '.0f')} s to target.")
+    for env in sorted({r["env"] for r in rows if r["solved"]}):
+        same = [r for r in rows if r["env"] == env]
+        lines.append(f"\n{env}: median over its {len(same)} run(s), unsolved counting as never: "
+                     f"{_f(median_solved(same, 'seconds_to_target'), '.0f')} s to target.")
     if rows and rows[0]["argv"]:
         lines.append("\nCommand: `dpsgd " + shlex.join(rows[0]["argv"]) + "`")
     head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "

@@ -93,6 +93,8 @@ def test_live_files_sigterm_and_resume(tmp_path):
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["resumed_at_env_steps"] == m["env_steps"]
     assert m2["env_steps"] == m["env_steps"] + 4000
+    # the whole run's training clock goes on from the checkpoint's
+    assert abs(m2["train_seconds_total"] - (m["train_seconds"] + m2["train_seconds"])) < 2.0
     rows = _rows(out / "progress.csv")
     assert max(int(r["env_steps"]) for r in rows) > last
     steps = [int(r["env_steps"]) for r in rows]

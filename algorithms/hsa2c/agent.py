@@ -309,13 +309,17 @@ class HSA2C(Algorithm):
                       "eval_return_mean": r["eval_return_mean"], "eval_return_std": r["eval_return_std"]}
                      for r in hist]
             env_steps = int(fm.get("total_updates", 0)) * self.samples_per_update
-        return run_metrics(
+        out = run_metrics(
             env=self.env_id, algorithm="hsa2c", tracker=self.tracker, evals=evals, env_steps=env_steps,
             wall_seconds=wall, train_seconds=wall - paused, eval_seconds=self._eval_seconds,
             steps_this_run=env_steps - self._resumed_steps, final=fm.get("final"), eval_episodes=self.config.eval_episodes,
             resumed_at_env_steps=self._resumed_steps or None, stopped_by_signal=self._stop_requested,
             n_workers=fm.get("n_workers"), threads_per_worker=fm.get("threads_per_worker"), rule=fm.get("rule"),
             framework={k: v for k, v in fm.items() if k not in ("history", "push_workers", "final")})
+        # the whole run's clocks, across --resume (this run's figures above are this part's)
+        out["train_seconds_total"] = self._wall_offset + out["train_seconds"]
+        out["eval_seconds_total"] = self._eval_offset + self._eval_seconds
+        return out
 
     # ------------------------------------------------------------------ evaluation / inference
     def evaluate_returns(self, params: np.ndarray | None = None, episodes: int = 10, seed: int = 10 ** 6):
