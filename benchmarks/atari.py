@@ -150,6 +150,7 @@ def summarize(run: dict, target: float) -> dict:
         "argv": run["config"].get("argv"),
         "env": run["config"].get("env"),
         "stopped_by_signal": m.get("stopped_by_signal"),
+        "note": m.get("note"),
     }
 
 
@@ -217,6 +218,9 @@ def report(dirs, a) -> int:
         same = [r for r in rows if r["env"] == env]
         lines.append(f"\n{env}: median over its {len(same)} run(s), unsolved counting as never: "
                      f"{_f(median_solved(same, 'seconds_to_target'), '.0f')} s to target.")
+    for r in rows:
+        if r.get("note"):
+            lines.append(f"\n{r['run']}: {r['note']}.")
     if rows and rows[0]["argv"]:
         lines.append("\nCommand: `dpsgd " + shlex.join(rows[0]["argv"]) + "`")
     head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "

@@ -303,7 +303,7 @@ def estep_roofline(data, K, batch, seed, n_batches=4):
             a, z = ip[d], ip[d + 1]
             t = time.perf_counter()
             it = E.estep_docs(ip[d:d + 2] - a, local[a:z], Xb.data[a:z], eb, 1.0 / K, 100, 1e-3, gamma[d:d + 1],
-                              theta[d:d + 1])
+                              theta[d:d + 1], theta[:0])
             seconds += time.perf_counter() - t
             flops += it * (z - a) * 4.0 * K
             docs += 1

@@ -80,17 +80,20 @@ def test_estep_matches_numpy_reference(K):
     gamma = g0.copy()
     theta = np.zeros((n, Kp))
     ip = X.indptr.astype(np.int64)
-    iters = E.estep_docs(ip, X.indices.astype(np.int64), X.data, eb, 0.1, 100, 1e-3, gamma, theta)
+    acc = np.zeros((V, Kp))
+    iters = E.estep_docs(ip, X.indices.astype(np.int64), X.data, eb, 0.1, 100, 1e-3, gamma, theta, acc)
     assert iters > n - 1
     np.testing.assert_allclose(gamma, g_ref, rtol=0, atol=1e-6)
-    # the sufficient statistics word by word from the documents' final exp(E[log theta])
+    # the sufficient statistics: accumulated in the E-step (one thread), and word by word from the
+    # documents' final exp(E[log theta]) (threads that share a minibatch)
     jptr, jdoc, jcnt = np.empty(V + 1, np.int64), np.empty(X.nnz, np.int32), np.empty(X.nnz)
     E.minibatch_columns(ip, X.indices.astype(np.int32), X.data, V, jptr, jdoc, jcnt)
     ss = np.zeros((V, Kp))
     for j in range(V):
         E.column_sstats(j, jptr, jdoc, jcnt, theta, eb, ss[j], E.sstats_consts(eb))
-    np.testing.assert_allclose(ss[:, :K], ss_ref.T, rtol=1e-6, atol=1e-9)
-    assert np.all(ss[:, K:] == 0)
+    for s_ in (acc, ss):
+        np.testing.assert_allclose(s_[:, :K], ss_ref.T, rtol=1e-6, atol=1e-9)
+        assert np.all(s_[:, K:] == 0)
     np.testing.assert_array_equal(gamma[3], np.full(K, 0.1))  # a document without words: the prior
 
 
@@ -105,12 +108,13 @@ def test_minibatch_gradient_is_the_svi_direction():
     nnz = X.nnz
     mark = np.full(V, -1, np.int32)
     bufs = dict(local=np.empty(nnz, np.int32), touched=np.empty(nnz, np.int32),
-                ebeta=np.empty((V, E.padded_topics(K)), np.float32))
+                ebeta=np.empty((V, E.padded_topics(K)), np.float32),
+                sstats=np.empty((V, E.padded_topics(K)), np.float32))
     g = np.empty(V * K, np.float32)
     gamma = g0.copy()
     u, _ = E.minibatch_gradient(lam, K, X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, lo, hi,
                                 0.1, np.float32(eta), np.float32(D / (hi - lo)), 100, 1e-3, gamma, mark,
-                                bufs["local"], bufs["touched"], bufs["ebeta"], np.empty(K), g)
+                                bufs["local"], bufs["touched"], bufs["ebeta"], bufs["sstats"], np.empty(K), g)
     assert np.all(mark == -1)  # the marker array is restored for the next minibatch
     assert u == np.unique(X[lo:hi].indices).size
     lamKV = lam.reshape(V, K).T.astype(np.float64)
@@ -165,7 +169,7 @@ def test_kernels_tolerate_non_finite_lambda():
     E.minibatch_gradient(lam, K, X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, 0, 10, 0.1,
                          np.float32(0.1), np.float32(1.0), 50, 1e-3, np.ones((10, K)), np.full(V, -1, np.int32),
                          np.empty(X.nnz, np.int32), np.empty(X.nnz, np.int32), np.empty((V, 16), np.float32),
-                         np.empty(K), g)
+                         np.empty((V, 16), np.float32), np.empty(K), g)
     comp = topic_word_from_lambda(lam, V, K)
     assert np.all(np.isfinite(comp)) and comp.min() > 0
 

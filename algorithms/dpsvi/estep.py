@@ -184,6 +184,14 @@ def topic_sums(lam, K, out):
             out[k] += clean_lambda(lam[b + k])
 
 
+@njit(nogil=True, cache=True)
+def zero_rows(a, n):
+    """a[:n] = 0."""
+    for j in range(n):
+        for k in range(a.shape[1]):
+            a[j, k] = 0.0
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def psi_of(sums, K):
     """psi(sums[k]) for k < K (float64)."""
@@ -208,7 +216,7 @@ def exp_elog_beta_rows(p, K, touched, j0, j1, off, mul, psum, out):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, theta):
+def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, theta, sstats):
     """Per-document variational E-step over a CSR minibatch.
 
     ``indptr`` (n_docs+1) indexes ``cols``/``cnts`` from 0; ``cols`` are row indices into
@@ -216,9 +224,12 @@ def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, theta):
     the ones beyond K must be finite, e.g. 0). ``gamma``
     (n_docs x K, float64) holds the initial values on entry and the result on return.
     ``theta`` (n_docs x Kp, the dtype of ``ebeta``; or 0 rows when not wanted) receives each
-    document's final exp(E[log theta_d]) (padding 0): the sufficient statistics are computed
-    from it word by word (:func:`column_sstats`). Returns the number of fixed-point iterations
-    summed over the documents.
+    document's final exp(E[log theta_d]) (padding 0), from which :func:`column_sstats` computes
+    the sufficient statistics word by word (threads that share a minibatch). ``sstats`` (u x Kp,
+    or 0 rows): ``sstats[j, k] += cnt / norm_phi * exp(E[log theta_dk])`` after each document (the
+    caller multiplies by ``ebeta``, as scikit-learn does) - one thread's faster way: the document's
+    rows are still in cache (17 % less training time for one thread at V 50k, K 100 than the
+    word-by-word pass). Returns the number of fixed-point iterations summed over the documents.
 
     Each document's rows of ``ebeta`` are first copied into one contiguous block, which its
     fixed-point iterations then stream in order (the rows of a 240-word document at K 100 are
@@ -310,6 +321,15 @@ def estep_docs(indptr, cols, cnts, ebeta, alpha, max_iter, tol, gamma, theta):
         if theta.shape[0] > 0:
             for k in range(Kp):
                 theta[d, k] = expdoc[k]
+        if sstats.shape[0] > 0:
+            for i in range(n):
+                j = cols[lo + i]
+                dot = zero
+                for k in range(Kp):
+                    dot += expdoc[k] * rows[i, k]
+                r = c[i] / (dot + eps)
+                for k in range(Kp):
+                    sstats[j, k] += r * expdoc[k]
     return iters
 
 
@@ -369,17 +389,28 @@ def svi_base(lam, K, eta, g, w0, w1):
         g[i] = lam[i] - eta
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def word_sstats(j, sstats, jptr, jdoc, jcnt, theta, ebeta, acc, consts):
+    """Word j's sufficient statistics: ``sstats[j]`` when the E-step accumulated them (one
+    thread), else :func:`column_sstats` into ``acc``."""
+    if sstats.shape[0] > 0:
+        return sstats[j]
+    column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc, consts)
+    return acc
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def svi_direction(lam, K, eta, touched, j0, j1, jptr, jdoc, jcnt, theta, ebeta, scale, g):
-    """g = lam - lam_hat, lam_hat = eta + scale * sstats * ebeta, on the minibatch's words j0 <= j < j1
+def svi_direction(lam, K, eta, touched, j0, j1, sstats, jptr, jdoc, jcnt, theta, ebeta, scale, g):
+    """g = lam - lam_hat, lam_hat = eta + scale * S * ebeta, on the minibatch's words j0 <= j < j1
     (threads that share a minibatch each take a range; :func:`svi_base` does the other words).
+    S: :func:`word_sstats` (``sstats`` from the E-step, or 0 rows and the minibatch by word).
 
     ``eta`` and ``scale`` must have the dtype of ``lam`` (np.float32 in training).
     """
     acc = np.empty(ebeta.shape[1], ebeta.dtype)
     consts = sstats_consts(ebeta)
     for j in range(j0, j1):
-        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc, consts)
+        acc = word_sstats(j, sstats, jptr, jdoc, jcnt, theta, ebeta, acc, consts)
         b = touched[j] * K
         for k in range(K):
             g[b + k] = lam[b + k] - eta - scale * acc[k] * ebeta[j, k]
@@ -387,28 +418,27 @@ def svi_direction(lam, K, eta, touched, j0, j1, jptr, jdoc, jcnt, theta, ebeta, 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def minibatch_gradient(lam, K, indptr, indices, data, lo, hi, alpha, eta, scale, max_iter, tol,
-                       gamma, mark, local, touched, ebeta, sums, g):
-    """One SVI step on documents ``lo:hi`` of a CSR matrix: fills ``g`` (see the module doc).
+                       gamma, mark, local, touched, ebeta, sstats, sums, g):
+    """One SVI step on documents ``lo:hi`` of a CSR matrix by one thread: fills ``g`` (see the module doc).
 
     ``gamma`` (hi-lo x K float64) holds the initial document-topic values. Buffers: ``mark``
-    (V int, all -1), ``local``/``touched`` (>= nnz of the minibatch), ``ebeta`` (>= u rows x
-    :func:`padded_topics` (K) columns, dtype of lam), ``sums`` (K float64). Returns (u, E-step iterations).
+    (V int, all -1), ``local``/``touched`` (>= nnz of the minibatch), ``ebeta``/``sstats`` (>= u
+    rows x :func:`padded_topics` (K) columns, dtype of lam), ``sums`` (K float64). Returns (u, E-step iterations).
     """
     a = indptr[lo]
     b = indptr[hi]
     u = relabel(indices, a, b, mark, local, touched)
     topic_sums(lam, K, sums)
     eb = ebeta[:u]
+    ss = sstats[:u]
     exp_elog_beta_rows(lam, K, touched, 0, u, 0.0, 1.0, psi_of(sums, K), eb)
+    zero_rows(ss, u)
     ip = indptr[lo:hi + 1] - a
-    theta = np.empty((hi - lo, eb.shape[1]), eb.dtype)
-    iters = estep_docs(ip, local[: b - a], data[a:b], eb, alpha, max_iter, tol, gamma, theta)
-    jptr = np.empty(u + 1, np.int64)
-    jdoc = np.empty(b - a, np.int32)
-    jcnt = np.empty(b - a, data.dtype)
-    minibatch_columns(ip, local, data[a:b], u, jptr, jdoc, jcnt)
+    no_theta = np.empty((0, eb.shape[1]), eb.dtype)
+    iters = estep_docs(ip, local[: b - a], data[a:b], eb, alpha, max_iter, tol, gamma, no_theta, ss)
     svi_base(lam, K, eta, g, 0, lam.shape[0] // K)
-    svi_direction(lam, K, eta, touched, 0, u, jptr, jdoc, jcnt, theta, eb, scale, g)
+    no_cols = np.empty(0, np.int64)
+    svi_direction(lam, K, eta, touched, 0, u, ss, no_cols, no_cols.astype(np.int32), data[:0], no_theta, eb, scale, g)
     return u, iters
 
 
@@ -471,14 +501,14 @@ def lazy_begin(p, K, V, eta, g, prev_touched, prev_u, sums):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def lazy_direction(K, V, touched, j0, j1, jptr, jdoc, jcnt, theta, ebeta, f, g, prev_touched, msum):
+def lazy_direction(K, V, touched, j0, j1, sstats, jptr, jdoc, jcnt, theta, ebeta, f, g, prev_touched, msum):
     """The lazy layout's increments of the minibatch's words j0 <= j < j1: g[w] = -f * S[j] * ebeta[j]
-    (S: :func:`column_sstats`); their topic sums are added to ``msum`` (K, float64) and the rows
+    (S: :func:`word_sstats`); their topic sums are added to ``msum`` (K, float64) and the rows
     noted in ``prev_touched`` (:func:`lazy_begin` clears them next step)."""
     acc = np.empty(ebeta.shape[1], ebeta.dtype)
     consts = sstats_consts(ebeta)
     for j in range(j0, j1):
-        column_sstats(j, jptr, jdoc, jcnt, theta, ebeta, acc, consts)
+        acc = word_sstats(j, sstats, jptr, jdoc, jcnt, theta, ebeta, acc, consts)
         w = touched[j]
         b = w * K
         for k in range(K):
@@ -505,7 +535,7 @@ def lazy_factor(scale, rho, lag, es):
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, scale, rho, lag, max_iter, tol,
-                            gamma, mark, local, touched, prev_touched, prev_u, ebeta, sums, g):
+                            gamma, mark, local, touched, prev_touched, prev_u, ebeta, sstats, sums, g):
     """:func:`minibatch_gradient` for the lazy-decay layout; ``g`` must be zero except on the rows
     of the previous call (``prev_touched[:prev_u]``), which this call clears. Returns (u, iters).
 
@@ -518,17 +548,16 @@ def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, 
     b_ = indptr[hi]
     u = relabel(indices, a, b_, mark, local, touched)
     eb = ebeta[:u]
+    ss = sstats[:u]
     exp_elog_beta_rows(p, K, touched, 0, u, float(eta), es, psi_of(sums, K), eb)
+    zero_rows(ss, u)
     ip = indptr[lo:hi + 1] - a
-    theta = np.empty((hi - lo, eb.shape[1]), eb.dtype)
-    iters = estep_docs(ip, local[: b_ - a], data[a:b_], eb, alpha, max_iter, tol, gamma, theta)
-    jptr = np.empty(u + 1, np.int64)
-    jdoc = np.empty(b_ - a, np.int32)
-    jcnt = np.empty(b_ - a, data.dtype)
-    minibatch_columns(ip, local, data[a:b_], u, jptr, jdoc, jcnt)
+    no_theta = np.empty((0, eb.shape[1]), eb.dtype)
+    iters = estep_docs(ip, local[: b_ - a], data[a:b_], eb, alpha, max_iter, tol, gamma, no_theta, ss)
     msum = np.zeros(K)
-    lazy_direction(K, V, touched, 0, u, jptr, jdoc, jcnt, theta, eb, lazy_factor(scale, rho, lag, es), g,
-                   prev_touched, msum)
+    no_cols = np.empty(0, np.int64)
+    lazy_direction(K, V, touched, 0, u, ss, no_cols, no_cols.astype(np.int32), data[:0], no_theta, eb,
+                   lazy_factor(scale, rho, lag, es), g, prev_touched, msum)
     lazy_end(K, V, rho, msum, g)
     return u, iters
 

@@ -77,7 +77,7 @@ def infer_theta(beta, X, alpha, max_iter=100, tol=1e-3, threads=1):
     def run(lo, hi):
         a, b = indptr[lo], indptr[hi]
         estep_docs(indptr[lo:hi + 1] - a, indices[a:b], X.data[a:b], beta_wk, float(alpha), int(max_iter),
-                   float(tol), gamma[lo:hi], no_theta)
+                   float(tol), gamma[lo:hi], no_theta, no_theta)
 
     bounds = np.linspace(0, X.shape[0], max(1, threads) + 1).astype(int)
     if threads <= 1:

@@ -41,7 +41,7 @@ from .evaluate import heldout_loglik, infer_theta  # noqa: F401 (re-exported for
 
 
 class _ThreadState:
-    __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sums", "g", "X",
+    __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sstats", "sums", "g", "X",
                  "docs", "iters", "words", "prev_touched", "prev_u", "team", "msum", "theta", "jptr", "jdoc", "jcnt")
 
 
@@ -227,6 +227,8 @@ class SVIAlgorithm(Algorithm):
         u = min(max_nnz, self.V) or 1
         kp = E.padded_topics(self.K)
         st.ebeta = np.empty((u, kp), np.float32)
+        # one thread accumulates the sufficient statistics in the E-step; a team computes them word by word
+        st.sstats = np.empty((u if self.team_threads == 1 else 0, kp), np.float32)
         st.sums = np.empty(self.K, np.float64)
         st.g = np.zeros(self.V * self.K + (2 * self.K if self.sparse_push else 0), np.float32)
         st.prev_touched = np.empty(max(max_nnz, 1), np.int32)
@@ -263,12 +265,12 @@ class SVIAlgorithm(Algorithm):
                 params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 self.total_docs / (hi - lo), rho, float(self.stale_updates(ctx)), self.max_doc_update_iter,
                 self.mean_change_tol,
-                gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sums, st.g)
+                gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats, st.sums, st.g)
         else:
             u, iters = E.minibatch_gradient(
                 params, self.K, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 np.float32(self.total_docs / (hi - lo)), self.max_doc_update_iter, self.mean_change_tol,
-                gamma, st.mark, st.local, st.touched, st.ebeta, st.sums, st.g)
+                gamma, st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
         if self.sparse_push:
             st.prev_u = u
         st.docs += hi - lo
@@ -319,7 +321,7 @@ class SVIAlgorithm(Algorithm):
             for c in range(t * TEAM_CHUNK, n, team.n * TEAM_CHUNK):
                 d = min(c + TEAM_CHUNK, n)
                 iters += E.estep_docs(ip[c:d + 1] - ip[c], cols[ip[c]:ip[d]], cnts[ip[c]:ip[d]], eb, alpha, it_max,
-                                      tol, gamma[c:d], theta[c:d])
+                                      tol, gamma[c:d], theta[c:d], st.sstats)
             return iters
 
         iters = sum(team.run(estep))
@@ -331,13 +333,13 @@ class SVIAlgorithm(Algorithm):
         if self.sparse_push:
             f = E.lazy_factor(scale, rho, float(self.stale_updates(ctx)), es)
             st.msum[:] = 0.0
-            team.run(lambda t: E.lazy_direction(K, V, st.touched, nz[t], nz[t + 1], jp, jd, jc, theta, eb, f, st.g,
-                                                st.prev_touched, st.msum[t]))
+            team.run(lambda t: E.lazy_direction(K, V, st.touched, nz[t], nz[t + 1], st.sstats, jp, jd, jc, theta, eb,
+                                                f, st.g, st.prev_touched, st.msum[t]))
             E.lazy_end(K, V, rho, st.msum.sum(axis=0), st.g)
         else:
             s32 = np.float32(scale)
-            team.run(lambda t: E.svi_direction(params, K, eta32, st.touched, nz[t], nz[t + 1], jp, jd, jc, theta, eb,
-                                               s32, st.g))
+            team.run(lambda t: E.svi_direction(params, K, eta32, st.touched, nz[t], nz[t + 1], st.sstats, jp, jd, jc,
+                                               theta, eb, s32, st.g))
         return u, iters
 
     def evaluate(self, params):
@@ -651,13 +653,13 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         gamma = np.ones((n, K))
         indptr = Xd.indptr.astype(np.int64)
         indices = Xd.indices.astype(np.int64)
-        no_theta = np.zeros((0, K))
+        none = np.zeros((0, K))
         alpha = float(self.doc_topic_prior_)
 
         def run(lo, hi):
             a, b = indptr[lo], indptr[hi]
             E.estep_docs(indptr[lo:hi + 1] - a, indices[a:b], Xd.data[a:b], ebeta, alpha,
-                         int(self.max_doc_update_iter), float(self.mean_change_tol), gamma[lo:hi], no_theta)
+                         int(self.max_doc_update_iter), float(self.mean_change_tol), gamma[lo:hi], none, none)
 
         threads = max(1, min(self._threads(), n // 64))
         if threads <= 1:
