@@ -107,7 +107,7 @@ def run_sklearn(data, K, passes, batch, seed, whole_fit=True):
     return {"curve": curve, "train_s": train, "cpu_s": cpu, "fit_s": fit_s, "beta": m.components_}
 
 
-def run_dpsvi(data, K, passes, batch, seed, threads, sparse="auto", mode="minibatch", whole_fit=True):
+def run_dpsvi(data, K, passes, batch, seed, threads, sparse="auto", mode="hogwild", whole_fit=True):
     from algorithms.dpsvi import DPSVI
 
     X = data["Xtr"]
@@ -369,7 +369,8 @@ def main(argv=None) -> int:
     ap.add_argument("--doc-length", type=int, default=80, help="mean tokens per synthetic document")
     ap.add_argument("--no-whole-fit", action="store_true",
                     help="skip the second, whole-fit() run of scikit-learn and DPSVI (fit docs/s '-')")
-    ap.add_argument("--hogwild", action="store_true", help="also DPSVI with 2 Hogwild threads (thread_mode hogwild)")
+    ap.add_argument("--minibatch-threads", action="store_true",
+                    help="also DPSVI with 2 threads that share each minibatch (thread_mode minibatch)")
     ap.add_argument("--roofline", action="store_true",
                     help="also the E-step's arithmetic rate against a float32 matrix product (1 thread)")
     ap.add_argument("--topics", type=int, nargs="+", default=[50])
@@ -400,9 +401,10 @@ def main(argv=None) -> int:
                ("DPSVI 2 threads", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2, whole_fit=wf)),
                ("DPSVI 2 threads, lazy layout",
                 lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2, sparse=True, whole_fit=wf))]
-    if args.hogwild:
-        systems.append(("DPSVI 2 Hogwild threads", lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2,
-                                                                         mode="hogwild", whole_fit=wf)))
+    if args.minibatch_threads:
+        systems.append(("DPSVI 2 threads sharing minibatches",
+                        lambda K, s: run_dpsvi(data, K, args.passes, args.batch_size, s, 2, mode="minibatch",
+                                               whole_fit=wf)))
     if args.mpi:
         systems.append(("DPSVI mpiexec -n 3", lambda K, s: run_dpsvi_mpi(data, K, args.passes, args.batch_size, s)))
         systems.append(("DPSVI mpiexec -n 3, dense pushes",

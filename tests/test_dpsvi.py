@@ -186,8 +186,8 @@ def test_layout_round_trip():
 
 @pytest.mark.parametrize("method,threads", [("online", 1), ("batch", 1), ("online", 2), ("online", 3)])
 def test_one_thread_reproduces_scikit_learn(method, threads):
-    """Same random_state, one thread or threads that share each minibatch (the default thread
-    mode): the same draws and the same updates as scikit-learn's LDA (float32 lambda against
+    """Same random_state, one thread or threads that share each minibatch (thread mode
+    'minibatch'): the same draws and the same updates as scikit-learn's LDA (float32 lambda against
     float64: agreement to ~1e-4)."""
     from sklearn.decomposition import LatentDirichletAllocation
 
@@ -195,7 +195,7 @@ def test_one_thread_reproduces_scikit_learn(method, threads):
     kw = dict(n_components=6, batch_size=64, max_iter=2, learning_offset=5.0, random_state=7,
               learning_method=method)
     sk = LatentDirichletAllocation(**kw).fit(X)
-    ours = DPSVI(n_threads=threads, **kw).fit(X)
+    ours = DPSVI(n_threads=threads, thread_mode="minibatch", **kw).fit(X)
     np.testing.assert_allclose(ours.components_, sk.components_, rtol=2e-4, atol=2e-4 * sk.components_.max())
     assert ours.n_batch_iter_ == sk.n_batch_iter_
     np.testing.assert_allclose(ours.transform(X), sk.transform(X), atol=2e-3)
@@ -225,7 +225,7 @@ def test_planted_topics_are_recovered(threads, mode):
 @pytest.mark.skipif(not os.path.exists(PYDOC), reason="benchmarks/data/pydoc.npz not built")
 @pytest.mark.parametrize("mode", ["minibatch", "hogwild"])
 def test_heldout_loglik_not_worse_than_scikit_learn_on_real_corpus(mode):
-    """2 Hogwild threads against scikit-learn's online LDA at equal passes on 1,700 documents of
+    """2 threads (Hogwild, or sharing minibatches) against scikit-learn's online LDA at equal passes on 1,700 documents of
     the Python documentation. Over seeds 0-3, scikit-learn's held-out log-likelihood varied by
     0.03 nats/word and 2-thread DPSVI's by 0.03 (measured while writing this test), so DPSVI may
     be at most 0.05 worse; a broken update (wrong rho, D or layout) costs > 0.2."""
@@ -468,7 +468,7 @@ def test_one_run_plan_for_the_estimator_and_the_cli():
     lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0, thread_mode="hogwild").fit(X)
     assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=2).total_updates == 6
     # threads that share each minibatch read the documents as one reader
-    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0).fit(X)
+    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0, thread_mode="minibatch").fit(X)
     assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=1).total_updates == 5
 
 

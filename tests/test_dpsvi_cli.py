@@ -124,8 +124,8 @@ def test_lda_non_utf8_text_is_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("mode", ["minibatch", "hogwild"])
 def test_lda_thread_modes(tmp_path, mode):
-    """--threads 2: one framework thread whose minibatches two threads share (the default), or two
-    Hogwild threads each with its own minibatches (twice the readers, so the same updates a pass)."""
+    """--threads 2: two Hogwild threads each with its own minibatches (the default; two readers), or
+    one framework thread whose minibatches two threads share."""
     docword, _ = _uci(tmp_path)
     out = tmp_path / "out"
     r = run(dpsgd_cmd("lda", "--corpus", docword, "--topics", 3, "--passes", 1, "--batch-size", 30, "--out", out,
@@ -145,7 +145,7 @@ def test_lda_under_mpiexec_three_ranks(tmp_path, mpi):
     docword, _ = _uci(tmp_path)
     out = tmp_path / "out"
     r = mpi(3, ["-m", "dpsgd.launch", "lda", "--corpus", docword, "--topics", 3, "--passes", 4, "--batch-size", 30,
-                "--out", out, "--threads", 2, "--no-progress", "--quiet"], timeout=180)
+                "--out", out, "--threads", 2, "--thread-mode", "minibatch", "--no-progress", "--quiet"], timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["sparse_push"] and m["threads_per_rank"] == 2
