@@ -14,13 +14,19 @@ used while training (all its threads; robust to other jobs on a shared machine);
 pass; ``NPMI`` over the top-10 words with the whole corpus as reference; ``t(sk ll)`` = training
 seconds until the system first reached the final held-out log-likelihood of scikit-learn's run
 with the same seed (from the per-pass curve, linear interpolation; '-' when a run never did);
-``kB/push`` = bytes a worker sends per push under mpiexec (measured, headers included). "lazy
+``kB/push`` = bytes a worker sends per push under mpiexec (measured, headers included). "2
+threads": the default thread mode (Hogwild: each thread its own minibatches); "sharing
+minibatches" (``--minibatch-threads``): ``thread_mode='minibatch'``; "lazy
 layout": DPSVI with ``sparse_push=True`` in one process (the default there is the dense layout);
 "dense pushes": ``mpiexec`` with ``--sparse-push off`` (every push carries all V x K values; the
 default under mpiexec is the lazy-decay layout, whose pushes carry the minibatch's words).
 
     python -m benchmarks.lda [--corpus benchmarks/data/pydoc.npz] [--topics 50] [--passes 2]
                              [--reps 3] [--mpi] [--synthetic] [--out benchmarks/results]
+    # the scale of issue 12: 100k synthetic documents, V 50k, K 100, one pass (~25 min on 2 cores)
+    python -m benchmarks.lda --synthetic --synthetic-docs 100000 --synthetic-words 50000 \
+        --synthetic-topics 50 --doc-length 250 --topics 100 --passes 1 --reps 3 --mpi \
+        --minibatch-threads --roofline --no-whole-fit --peers vowpalwabbit
 """
 
 from __future__ import annotations
