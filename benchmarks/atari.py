@@ -187,7 +187,9 @@ def plot(runs, png, target):
     axes[0].set_ylabel("episode return")
     axes[0].legend(fontsize=7, loc="lower right")
     envs = sorted({(r["config"].get("env") or "?") for r in runs})
-    fig.suptitle(f"HSA2C on {', '.join(envs)}, 2 threads x 16 envs, 2 cores")
+    algos = sorted({(r["metrics"].get("algorithm") or os.path.basename(r["dir"].rstrip("/")).split("-")[-2]).upper()
+                    for r in runs})
+    fig.suptitle(f"{' and '.join(algos)} on {', '.join(envs)}, 2 cores")
     fig.tight_layout()
     os.makedirs(os.path.dirname(png), exist_ok=True)
     fig.savefig(png, dpi=100)
@@ -199,7 +201,7 @@ def report(dirs, a) -> int:
     rows = [summarize(r, a.target) for r in runs]
     os.makedirs(a.results_dir, exist_ok=True)
     png = plot(runs, os.path.join(a.results_dir, "pong.png"), a.target)
-    lines = [f"HSA2C on Pong to a mean evaluation return >= {a.target:g} ({a.eval_episodes} episodes) three "
+    lines = [f"Pong to a mean evaluation return >= {a.target:g} ({a.eval_episodes} episodes) three "
              "evaluations in a row; clock = training wall time, evaluation excluded. PongNoFrameskip-v4: no sticky "
              "actions; ALE/Pong-v5: sticky actions 0.25.", "",
              "| run | env | solved | s to target | agent steps to target | frames to target | agent steps | "
@@ -214,9 +216,26 @@ def report(dirs, a) -> int:
                      f"{_f(r['resumed_at_agent_steps'], ',')} | {_f(r['best_eval'], '.1f')} | "
                      f"{_f(r['last_eval'], '.1f')} | {_f(r['final_eval'], '.1f')} | "
                      f"{_f(r['train_return_last20'], '.1f')} |")
-    for env in sorted({r["env"] for r in rows if r["solved"]}):
-        same = [r for r in rows if r["env"] == env]
-        lines.append(f"\n{env}: median over its {len(same)} run(s), unsolved counting as never: "
+    # the runs of one env side by side at the training time the shortest of them reached
+    for env in sorted({r["env"] for r in rows}):
+        same = [run for run, r in zip(runs, rows) if r["env"] == env]
+        if len(same) < 2:
+            continue
+        t = min(max([x[1] or 0 for x in run["train"]] + [0]) for run in same)
+        lines += ["", f"{env} at equal training time ({t:.0f} s, evaluation excluded):", "",
+                  "| run | agent steps by then | training return (last 20 ep.) | last evaluation |", "|---|---:|---:|---:|"]
+        for run in same:
+            tr = [x for x in run["train"] if (x[1] or 0) <= t]
+            ev = [e for e in run["evals"] if (e[1] or 0) <= t]
+            tail = [x[2] for x in tr[-20:]]
+            lines.append(f"| {os.path.basename(run['dir'].rstrip('/'))} | {_f(tr[-1][0] if tr else None, ',')} | "
+                         f"{_f(statistics.mean(tail) if tail else None, '.1f')} | {_f(ev[-1][2] if ev else None, '.1f')} |")
+    def algo(r):
+        return r["run"].split("-")[-2]
+
+    for env, alg in sorted({(r["env"], algo(r)) for r in rows if r["solved"]}):
+        same = [r for r in rows if r["env"] == env and algo(r) == alg]
+        lines.append(f"\n{alg} on {env}: median over its {len(same)} run(s), unsolved counting as never: "
                      f"{_f(median_solved(same, 'seconds_to_target'), '.0f')} s to target.")
     for r in rows:
         if r.get("note"):
