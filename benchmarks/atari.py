@@ -119,6 +119,11 @@ def solved_at(evals, target, k=3):
     return None
 
 
+def run_algorithm(run: dict) -> str:
+    """The run's algorithm: its metrics' (a finished run) or its directory name's (``<env>-<alg>-s<seed>``)."""
+    return run["metrics"].get("algorithm") or os.path.basename(run["dir"].rstrip("/")).split("-")[-2]
+
+
 def summarize(run: dict, target: float) -> dict:
     m = run["metrics"]
     ev = run["evals"]
@@ -128,6 +133,7 @@ def summarize(run: dict, target: float) -> dict:
     tail = [t[2] for t in run["train"][-20:]]
     return {
         "run": os.path.basename(run["dir"].rstrip("/")),
+        "algorithm": run_algorithm(run),
         "finished": run["finished"],
         "solved": hit is not None,
         "seconds_to_target": hit[1] if hit else None,
@@ -187,8 +193,7 @@ def plot(runs, png, target):
     axes[0].set_ylabel("episode return")
     axes[0].legend(fontsize=7, loc="lower right")
     envs = sorted({(r["config"].get("env") or "?") for r in runs})
-    algos = sorted({(r["metrics"].get("algorithm") or os.path.basename(r["dir"].rstrip("/")).split("-")[-2]).upper()
-                    for r in runs})
+    algos = sorted({run_algorithm(r).upper() for r in runs})
     fig.suptitle(f"{' and '.join(algos)} on {', '.join(envs)}, 2 cores")
     fig.tight_layout()
     os.makedirs(os.path.dirname(png), exist_ok=True)
@@ -218,23 +223,20 @@ def report(dirs, a) -> int:
                      f"{_f(r['train_return_last20'], '.1f')} |")
     # the runs of one env side by side at the training time the shortest of them reached
     for env in sorted({r["env"] for r in rows}):
-        same = [run for run, r in zip(runs, rows) if r["env"] == env]
+        same = [(run, r["run"]) for run, r in zip(runs, rows) if r["env"] == env]
         if len(same) < 2:
             continue
-        t = min(max([x[1] or 0 for x in run["train"]] + [0]) for run in same)
+        t = min(max([x[1] or 0 for x in run["train"]] + [0]) for run, _ in same)
         lines += ["", f"{env} at equal training time ({t:.0f} s, evaluation excluded):", "",
                   "| run | agent steps by then | training return (last 20 ep.) | last evaluation |", "|---|---:|---:|---:|"]
-        for run in same:
+        for run, name in same:
             tr = [x for x in run["train"] if (x[1] or 0) <= t]
             ev = [e for e in run["evals"] if (e[1] or 0) <= t]
             tail = [x[2] for x in tr[-20:]]
-            lines.append(f"| {os.path.basename(run['dir'].rstrip('/'))} | {_f(tr[-1][0] if tr else None, ',')} | "
+            lines.append(f"| {name} | {_f(tr[-1][0] if tr else None, ',')} | "
                          f"{_f(statistics.mean(tail) if tail else None, '.1f')} | {_f(ev[-1][2] if ev else None, '.1f')} |")
-    def algo(r):
-        return r["run"].split("-")[-2]
-
-    for env, alg in sorted({(r["env"], algo(r)) for r in rows if r["solved"]}):
-        same = [r for r in rows if r["env"] == env and algo(r) == alg]
+    for env, alg in sorted({(r["env"], r["algorithm"]) for r in rows if r["solved"]}):
+        same = [r for r in rows if r["env"] == env and r["algorithm"] == alg]
         lines.append(f"\n{alg} on {env}: median over its {len(same)} run(s), unsolved counting as never: "
                      f"{_f(median_solved(same, 'seconds_to_target'), '.0f')} s to target.")
     for r in rows:

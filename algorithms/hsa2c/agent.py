@@ -178,7 +178,7 @@ class HSA2C(Algorithm):
         versions) the server's ``seconds``, which include the earlier run's evaluations."""
         self._env_steps = int(total_updates) * self.samples_per_update
         self.tracker.reset(self._env_steps)
-        clock = getattr(self, "_restored_clock", None)
+        clock = self._restored_clock
         if clock is not None and len(clock) == 2:
             self._wall_offset, self._eval_offset = float(clock[0]), float(clock[1])
         else:
@@ -318,7 +318,7 @@ class HSA2C(Algorithm):
             framework={k: v for k, v in fm.items() if k not in ("history", "push_workers", "final")})
         # the whole run's clocks, across --resume (this run's figures above are this part's)
         out["train_seconds_total"] = self._wall_offset + out["train_seconds"]
-        out["eval_seconds_total"] = self._eval_offset + self._eval_seconds
+        out["eval_seconds_total"] = self._eval_seconds_total()
         return out
 
     # ------------------------------------------------------------------ evaluation / inference
