@@ -287,7 +287,8 @@ def part_minatar(a) -> int:
     results = []
     for game in MINATAR_GAMES:
         for seed in a.seeds:
-            for system, (cmd, extra) in MINATAR_SYSTEMS.items():
+            for system in a.systems:
+                cmd, extra = MINATAR_SYSTEMS[system]
                 out = os.path.join(a.runs_dir, f"{game.split('/')[1].split('-')[0].lower()}-{system}-s{seed}")
                 argv = [os.path.join(BIN, "dpsgd"), cmd, "--env", game, "--total-steps", str(a.steps), "--seed",
                         str(seed), "--eval-freq", str(max(10_000, a.steps // 10)), "--eval-episodes", "10",
@@ -323,7 +324,7 @@ def minatar_report(results, a) -> int:
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for game in MINATAR_GAMES:
         paper = MINATAR_PAPER.get(game, {})
-        for system in MINATAR_SYSTEMS:
+        for system in a.systems:
             rs = [r for r in ok if r["game"] == game and r["system"] == system]
             if not rs:
                 continue
@@ -405,6 +406,8 @@ def main(argv=None):
     p.add_argument("--total-steps", type=int, default=20_000_000)
     p.add_argument("--max-seconds", type=float, default=7200.0)
     p.add_argument("--steps", type=int, default=300_000, help="minatar: env steps per run")
+    p.add_argument("--systems", nargs="+", choices=sorted(MINATAR_SYSTEMS), default=list(MINATAR_SYSTEMS),
+                   help="minatar: the systems to run (default: all)")
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "atari"))
     p.add_argument("--results-dir", default=RESULTS)
     a = p.parse_args(argv)

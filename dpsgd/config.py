@@ -36,6 +36,12 @@ class TrainConfig:
     opt_eps: float = 1e-5
     #: local updates (summed over a rank's threads) between two pushes
     local_steps: int = 1
+    #: a one-thread worker keeps computing while its push and pull are in flight: a communication
+    #: thread does the exchange, and the answer is merged when the next local updates are done
+    #: (pipelined, depth 1: each push's gradients were computed one exchange earlier; deterministic,
+    #: and modelled by ``simulate(..., overlap=True)``). Workers with several threads already
+    #: overlap (one thread pushes while the others compute) and ignore it.
+    overlap: bool = False
     #: threads per rank (None: cores // ranks on this machine, at least 1)
     threads: int | None = None
     #: stop after this many updates in total (all workers, all threads)

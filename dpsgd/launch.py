@@ -50,6 +50,8 @@ def add_framework_options(p: argparse.ArgumentParser, *, lr: float = 0.1, update
     g.add_argument("--schedule", default="constant", help="constant | power | linear")
     g.add_argument("--local-steps", type=int, default=1, help="local updates per rank between pushes")
     g.add_argument("--threads", type=int, default=None, help="threads per rank (default: cores / ranks)")
+    g.add_argument("--overlap", action="store_true",
+                   help="a one-thread worker keeps computing while its push/pull is in flight (pipelined)")
     g.add_argument("--n-servers", type=int, default=1, help="server ranks, each owning a slice (MPI only)")
     g.add_argument("--max-staleness", type=int, default=None, help="drop pushes staler than this")
     g.add_argument("--max-bad-pushes", type=int, default=10,
@@ -67,7 +69,8 @@ def config_from_args(args, *, total_updates: int, out: str | None, **overrides) 
     cfg = TrainConfig(
         rule=RuleConfig(name=args.rule, lam=args.lam, momentum=args.momentum),
         lr=args.lr, schedule=args.schedule, local_steps=args.local_steps, threads=args.threads,
-        total_updates=total_updates, max_seconds=args.max_seconds, max_staleness=args.max_staleness,
+        overlap=getattr(args, "overlap", False), total_updates=total_updates, max_seconds=args.max_seconds,
+        max_staleness=args.max_staleness,
         n_servers=args.n_servers, max_bad_pushes=args.max_bad_pushes, worker_timeout=args.worker_timeout,
         checkpoint_every=args.checkpoint_every,
         checkpoint_dir=os.path.join(out, "checkpoints") if out else None,

@@ -212,7 +212,7 @@ def _tell_resumed(algorithm, core: ServerCore, saved: dict) -> None:
 
 #: what each worker rank reports to rank 0 at the end (one float64 each, gathered in this order)
 WORKER_STATS = ("local_updates", "seconds", "rejected_seen", "threads", "pushes", "bytes_pushed", "bytes_pulled",
-                "sparse_pushes")
+                "sparse_pushes", "exchange_wait_seconds", "overlap")
 
 
 def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
@@ -317,7 +317,9 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
     if is_root:
         ws_ = [dict(zip(WORKER_STATS, r)) for r in all_stats[n_servers:]]
         wstats = [{"local_updates": int(w["local_updates"]), "seconds": float(w["seconds"]),
-                   "rejected_seen": int(w["rejected_seen"]), "threads": int(w["threads"])} for w in ws_]
+                   "rejected_seen": int(w["rejected_seen"]), "threads": int(w["threads"]),
+                   "exchange_wait_seconds": float(w["exchange_wait_seconds"]), "overlap": bool(w["overlap"])}
+                  for w in ws_]
         metrics = _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params)
         pushes = max(sum(w["pushes"] for w in ws_), 1.0)
         metrics.update(
@@ -393,6 +395,9 @@ def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, param
         "threads_per_worker": config.threads,
         "rule": config.rule.name,
         "local_updates_per_worker": [w["local_updates"] for w in wstats],
+        # seconds each worker's computing thread(s) spent pushing/pulling or waiting for an answer
+        "exchange_wait_seconds_per_worker": [w["exchange_wait_seconds"] for w in wstats],
+        "overlap": any(w["overlap"] for w in wstats),  # pipelined (one-thread) workers
         "updates_per_second": sum(w["local_updates"] for w in wstats) / max(wall, 1e-9),
         "samples_per_second": sum(w["local_updates"] for w in wstats)
         * getattr(algorithm, "samples_per_update", 1) / max(wall, 1e-9),

@@ -180,7 +180,7 @@ def simulate(algorithm, rule: RuleConfig | str, n_workers: int, *, lr: float,
              max_staleness: int | None = None, seed: int = 0, eval_every: int | None = None,
              params0: np.ndarray | None = None, stop_on_nonfinite: bool = True,
              local_optimizer: str = "sgd", rms_alpha: float = 0.99, opt_eps: float = 1e-5,
-             final_eval: bool = True) -> SimResult:
+             final_eval: bool = True, overlap: bool = False) -> SimResult:
     """Simulate ``n_workers`` asynchronous workers training ``algorithm`` under ``rule``.
 
     ``total_updates``: gradient computations of all workers together (required unless
@@ -195,17 +195,22 @@ def simulate(algorithm, rule: RuleConfig | str, n_workers: int, *, lr: float,
     ``local_optimizer`` (sgd, rmsprop, rmsprop_tf, adam; with ``rms_alpha``, ``opt_eps``): the
     rule of a worker's local steps, the MPI worker's :class:`dpsgd.hogwild.LocalOptimizer` (one
     per virtual worker, its statistics kept from push to push as a worker rank keeps them).
+    ``overlap``: the pipelined worker of ``TrainConfig(overlap=True)`` - each worker computes its
+    next ``local_steps`` updates while its push is in flight, on its local model before the merge
+    (the same kernels as the worker rank: a replay of a real pipelined run reproduces it).
     """
     if isinstance(rule, str):
         rule = RuleConfig(name=rule)
     replay, total_updates = _validated(rule, n_workers, lr, schedule, local_steps, slowdown, delay, total_updates,
                                        eval_every, local_optimizer)
+    if overlap and (rule.name == "ssgd" or max_staleness is not None):
+        raise ValueError("overlap (pipelined workers) is modelled for the asynchronous rules without max_staleness")
     sim = _Simulation(algorithm, rule, int(n_workers), lr=float(lr), total_updates=total_updates,
                       sched=TrainConfig(lr=float(lr), schedule=schedule, tau0=tau0, kappa=kappa,
                                         total_updates=total_updates),
                       local_steps=int(local_steps), max_staleness=max_staleness, seed=seed, eval_every=eval_every,
                       params0=params0, stop_on_nonfinite=stop_on_nonfinite, replay=replay,
-                      optimizer=(local_optimizer, rms_alpha, opt_eps))
+                      optimizer=(local_optimizer, rms_alpha, opt_eps), overlap=bool(overlap))
     sim.maybe_eval(force=True)
     if rule.name == "ssgd":
         sim.run_synchronous(delay, delay_param, slowdown)
@@ -261,7 +266,7 @@ class _Simulation:
     """The state of one simulated run and its steps (see :func:`simulate`)."""
 
     def __init__(self, algorithm, rule, n_workers, *, lr, total_updates, sched, local_steps, max_staleness, seed,
-                 eval_every, params0, stop_on_nonfinite, replay, optimizer):
+                 eval_every, params0, stop_on_nonfinite, replay, optimizer, overlap=False):
         from .hogwild import LocalOptimizer
 
         self.alg, self.rule, self.n_workers = algorithm, rule, n_workers
@@ -296,6 +301,11 @@ class _Simulation:
         self.push_workers: list[int] = []
         self.evaluate = getattr(algorithm, "evaluate", None)
         self.next_eval = 0
+        self.overlap = overlap
+        if overlap:  # each pipelined worker's rank buffer, snapshot and push in flight (see _apply_pipelined)
+            self.local = np.empty((n_workers, self.n), np.float32)
+            self.snaps = np.empty((n_workers, self.n), np.float32)
+            self.pending: list = [None] * n_workers
 
     def maybe_eval(self, force=False, final=False):
         res = self.res
@@ -309,6 +319,8 @@ class _Simulation:
                     self.next_eval += int(self.eval_every)
 
     def pull(self, m):
+        if self.overlap and not self.has_pulled[m]:
+            self.local[m] = self.w  # the first pull (hello): the rank's buffer is the server's model
         self.copies[m] = self.w
         self.pulled_version[m] = self.res.version
         self.pulled_total[m] = self.res.updates
@@ -318,7 +330,7 @@ class _Simulation:
     def compute(self, m, base: np.ndarray, known_total: int):
         """Worker m's push from the model ``base``: (gradient or pseudo-gradient, its lr)."""
         ctx, state, n = self.ctxs[m], self.states[m], self.n
-        if self.local_steps == 1:
+        if self.local_steps == 1 and self.opts[m].name == "sgd":  # the plain gradient (the push is that to rounding)
             ctx.lr = lr_at(self.sched, known_total)
             g = _checked(self.alg.compute_update(base, state, ctx), n, self.alg)
             ctx.step += 1
@@ -379,22 +391,64 @@ class _Simulation:
 
     def _apply(self, m):
         """Worker m's push reaches the server: applied (or dropped as too stale); m pulls."""
-        res = self.res
         g, lr_m = self.compute(m, self.copies[m], int(self.pulled_total[m]))
+        self._serve(m, g, lr_m)
+        self.pull(m)
+
+    def _serve(self, m, g, lr_m):
+        """The server's side of worker m's push: staleness logged, then dropped or applied."""
+        res = self.res
         stale = res.version - int(self.pulled_version[m])
         self.staleness.append(stale)
         self.push_workers.append(m)
         res.pushes += 1
         if self.max_staleness is not None and stale > self.max_staleness:
             res.dropped += 1  # the server drops it and the worker starts over
+            return
+        self.upd.apply(self.w, g, m, lr_m)  # DC rules: also w_bak[m] <- w
+        res.version += 1
+        res.updates += self.local_steps
+        if self.hello is not None:
+            for k in np.nonzero((self.hello == res.version) & ~self.has_pulled)[0]:
+                self.pull(int(k))
+
+    def _local_updates(self, m, known_total: int) -> float:
+        """The rank's ``local_steps`` updates on its buffer ``local[m]``; the lr of the last one."""
+        ctx, state, w = self.ctxs[m], self.states[m], self.local[m]
+        lr_last = 0.0
+        for k in range(self.local_steps):
+            ctx.lr = lr_at(self.sched, known_total + k)
+            g = _checked(self.alg.compute_update(w, state, ctx), self.n, self.alg)
+            self.opts[m].step(w, g, ctx.lr, ctx.step + 1)
+            ctx.step += 1
+            lr_last = ctx.lr or lr_last
+        return lr_last
+
+    def _start_push(self, m, lr_push: float):
+        """snap = local[m]; push = (w_start - snap) / lr: the worker's ``snapshot_delta``."""
+        from .hogwild import snapshot_delta
+
+        push = np.empty(self.n, np.float32)
+        if lr_push == 0.0:
+            push[:] = 0.0
+            self.snaps[m] = self.local[m]
         else:
-            self.upd.apply(self.w, g, m, lr_m)  # DC rules: also w_bak[m] <- w
-            res.version += 1
-            res.updates += self.local_steps
-            if self.hello is not None:
-                for k in np.nonzero((self.hello == res.version) & ~self.has_pulled)[0]:
-                    self.pull(int(k))
+            snapshot_delta(push, self.copies[m], self.local[m], self.snaps[m], np.float32(1.0 / lr_push))
+        self.pending[m] = (push, lr_push)
+
+    def _apply_pipelined(self, m):
+        """Worker m's push (computed one exchange earlier) reaches the server; meanwhile m has
+        computed its next updates on its buffer, which now takes the answer (``merge_pull``)."""
+        from .hogwild import merge_pull
+
+        if self.pending[m] is None:  # its first push: computed on the model of its first pull
+            self._start_push(m, self._local_updates(m, int(self.pulled_total[m])))
+        self._serve(m, *self.pending[m])  # (never dropped: overlap excludes max_staleness)
+        # the updates computed while the push was in flight (the push's steps counted as known)
+        lr_next = self._local_updates(m, int(self.pulled_total[m]) + self.local_steps)
+        merge_pull(self.local[m], self.copies[m], self.w, self.snaps[m])
         self.pull(m)
+        self._start_push(m, lr_next)
 
     def run_asynchronous(self, delay, delay_param, slowdown):
         """The event queue of finish times (or a replayed push order) decides who pushes next."""
@@ -412,7 +466,7 @@ class _Simulation:
             m, t = self._next_pusher(queue, order)
             if m is None:
                 break
-            self._apply(m)
+            (self._apply_pipelined if self.overlap else self._apply)(m)
             if not self.finite_or_stop():
                 break
             self.maybe_eval()

@@ -5,6 +5,13 @@ The thread that completes the k-th local update since the last push does the pus
 thread in one process is fully deterministic for a seed. While it waits for the server's
 answer it sleeps between polls, releasing the GIL: the other threads keep computing.
 
+With ``overlap`` a one-thread worker is *pipelined*: a communication thread carries the
+exchange while the thread computes the next ``local_steps`` updates, and the answer is merged
+when they are done (``w = w_new + (w - snap)``, as for the other threads' updates below). Each
+push's updates were thus computed on the model of one exchange earlier (one more version of
+staleness than the server logs for it). The merge happens only between updates, so a pipelined
+one-process run stays deterministic for a seed, and ``simulate(..., overlap=True)`` replays it.
+
 Push: ``g = (w_start - snap) / lr`` where ``snap`` is a copy of the buffer taken now and
 ``w_start`` the model last pulled; the server applies ``w -= lr * rule(g)``. Pull:
 ``w += w_new - snap`` keeps the updates the other threads made meanwhile.
@@ -130,6 +137,46 @@ class MPIChannel:
             self.comm.Send(msg.view_bytes(0), dest=s, tag=T.TAG_PUSH)
 
 
+class _Exchanger:
+    """The communication thread of a pipelined worker: runs ``channel.exchange`` jobs one at a
+    time, so the computing thread goes on while a push and its pull are in flight. Only this
+    thread touches the channel between the worker's hello and its goodbye; the computing thread
+    reads ``w_new`` only after :meth:`wait`."""
+
+    def __init__(self, channel, w_new, worker: int):
+        import queue
+
+        self.channel, self.w_new = channel, w_new
+        self.jobs: queue.Queue = queue.Queue(maxsize=1)
+        self.answers: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._main, daemon=True, name=f"dpsgd-w{worker}-comm")
+        self.thread.start()
+
+    def _main(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                answer = self.channel.exchange(*job, self.w_new)
+            except BaseException as e:  # handed to the computing thread by wait()
+                answer = e
+            self.answers.put(answer)
+
+    def submit(self, job):
+        self.jobs.put(job)
+
+    def wait(self):
+        answer = self.answers.get()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def close(self):
+        self.jobs.put(None)
+        self.thread.join()
+
+
 class Worker:
     """Runs ``config.threads`` threads of an algorithm against a channel to the server."""
 
@@ -167,6 +214,12 @@ class Worker:
         self.push_lock = threading.Lock()
         self.errors: list[BaseException] = []
         self.fatal = False
+        #: seconds the computing thread(s) spent in push/pull or waiting for an answer
+        self.wait_seconds = 0.0
+        #: one thread with ``overlap``: the communication thread and the kind of the exchange in flight
+        self.pipelined = bool(config.overlap) and self.n_threads == 1
+        self._exchanger: _Exchanger | None = None
+        self._in_flight = None
 
     # ------------------------------------------------------------------ schedule
     def _updates_done(self) -> int:
@@ -177,7 +230,9 @@ class Worker:
         return lr_at(self.config, self._updates_done())
 
     # ------------------------------------------------------------------ push/pull
-    def _exchange(self, kind):
+    def _begin_exchange(self, kind):
+        """Snapshot the buffer and form the push (``w_start - snap) / lr``): the arguments of
+        ``channel.exchange`` (without ``w_new``)."""
         nsteps = self.since_push
         # the step size of the latest local update: g = delta / lr, and the server applies lr * rule(g)
         lr = self.last_lr if kind == T.KIND_PUSH else 0.0
@@ -189,7 +244,10 @@ class Worker:
             with self.count_lock:
                 self.since_push -= nsteps
                 self.pushing = nsteps
-        flags, version, total = self.channel.exchange(kind, self.version, nsteps, lr, self.w_new)
+        return kind, self.version, nsteps, lr
+
+    def _end_exchange(self, kind, flags, version, total):
+        """The answer landed in ``w_new``: merge it (or start over from it) and take its counts."""
         if kind == T.KIND_HELLO or flags & (T.FLAG_REJECTED | T.FLAG_DROPPED_STALE):
             if flags & T.FLAG_REJECTED:
                 self.rejected_seen += 1
@@ -205,6 +263,37 @@ class Worker:
             self.fatal = bool(flags & T.FLAG_FATAL)
             self.stop.set()
 
+    def _exchange(self, kind):
+        """Push (or say hello) and pull, blocking this thread until the answer is merged."""
+        t0 = time.perf_counter()
+        job = self._begin_exchange(kind)
+        flags, version, total = self.channel.exchange(*job, self.w_new)
+        self._end_exchange(kind, flags, version, total)
+        self.wait_seconds += time.perf_counter() - t0
+
+    def _land(self):
+        """Pipelined worker: wait for the exchange in flight (if any) and merge its answer."""
+        if self._in_flight is None:
+            return
+        kind, self._in_flight = self._in_flight, None
+        t0 = time.perf_counter()
+        answer = self._exchanger.wait()
+        self._end_exchange(kind, *answer)
+        self.wait_seconds += time.perf_counter() - t0
+
+    def _push_pipelined(self):
+        """Pipelined worker (one thread, ``overlap``): merge the previous answer, which arrived
+        while these local updates were computed, then hand the next push to the communication
+        thread and go on computing."""
+        self._land()
+        if self.stop.is_set():
+            return
+        t0 = time.perf_counter()
+        job = self._begin_exchange(T.KIND_PUSH)
+        self._exchanger.submit(job)
+        self._in_flight = T.KIND_PUSH
+        self.wait_seconds += time.perf_counter() - t0
+
     def _claim(self) -> bool:
         """Reserve the next update of the budget (always granted with several workers: the
         server's STOP ends those runs)."""
@@ -218,11 +307,15 @@ class Worker:
         """The budget is spent: push the updates not pushed yet (``local_steps`` > 1), so that
         the server reaches the budget and answers STOP."""
         with self.push_lock:
+            self._land()
             if self.since_push > 0 and not self.stop.is_set():
                 self._exchange(T.KIND_PUSH)
 
     def _maybe_push(self):
         if self.since_push < self.config.local_steps or self.stop.is_set():
+            return
+        if self._exchanger is not None:  # one thread: no lock needed
+            self._push_pipelined()
             return
         if not self.push_lock.acquire(blocking=False):
             # a push is under way; a thread that is far ahead waits for it, so that one push
@@ -284,7 +377,18 @@ class Worker:
         # (a fresh run does not depend on when a worker joined: offset 0)
         self.seed_offset = self.version if self.config.resume else 0
         if not self.stop.is_set():
-            if self.n_threads == 1:
+            if self.pipelined:
+                self._exchanger = _Exchanger(self.channel, self.w_new, self.worker)
+                try:
+                    self._thread_main(0)
+                finally:
+                    try:
+                        self._land()  # an error or a STOP may leave an exchange in flight
+                    except BaseException as e:
+                        if not self.errors:
+                            self.errors.append(e)
+                    self._exchanger.close()
+            elif self.n_threads == 1:
                 self._thread_main(0)
             else:
                 threads = [threading.Thread(target=self._thread_main, args=(t,), daemon=True,
@@ -303,4 +407,6 @@ class Worker:
             "seconds": time.perf_counter() - t0,
             "rejected_seen": self.rejected_seen,
             "threads": self.n_threads,
+            "exchange_wait_seconds": self.wait_seconds,
+            "overlap": self.pipelined,
         }

@@ -237,3 +237,48 @@ def test_late_joiner_replay_matches_the_mpi_worker_by_hand(lsq):
     w = w - np.float32(lr) * lsq.compute_update(w, lsq.make_thread_state(ctx1), ctx1)
     w = w - np.float32(lr) * lsq.compute_update(w, lsq.make_thread_state(ctx0), ctx0)
     np.testing.assert_allclose(r.params, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["asgd", "dc-asgd-a"])
+@pytest.mark.parametrize("opt", ["sgd", "rmsprop"])
+def test_pipelined_one_process_run_is_the_simulated_one(lsq, rule, opt):
+    """A one-thread worker with overlap (its exchange in a communication thread) is deterministic
+    and simulate(overlap=True) reproduces it bit for bit; with one worker, pipelining changes
+    nothing but rounding (the worker computes on what the server has)."""
+    import dpsgd
+
+    kw = dict(lr=0.05, total_updates=200)
+    cfg = dpsgd.TrainConfig(rule=RuleConfig(rule), threads=1, overlap=True, progress=False, local_optimizer=opt, **kw)
+    real = dpsgd.train(lsq, cfg)
+    assert real.metrics["overlap"] and real.metrics["total_updates"] == 200
+    assert len(real.metrics["exchange_wait_seconds_per_worker"]) == 1
+    sim = simulate(lsq, rule, 1, overlap=True, local_optimizer=opt, **kw)
+    np.testing.assert_array_equal(real.params, sim.params)
+    plain = simulate(lsq, rule, 1, local_optimizer=opt, **kw)
+    np.testing.assert_allclose(plain.params, sim.params, rtol=1e-5, atol=1e-6)
+    # several threads already overlap: the option leaves them alone
+    two = dpsgd.train(lsq, dpsgd.TrainConfig(rule=RuleConfig(rule), threads=2, overlap=True, progress=False, **kw))
+    assert not two.metrics["overlap"]
+
+
+def test_pipelined_workers_are_another_run_and_still_converge(lsq):
+    kw = dict(lr=0.05, total_updates=600, delay="uniform", seed=1)
+    ov = simulate(lsq, "asgd", 4, overlap=True, **kw)
+    plain = simulate(lsq, "asgd", 4, **kw)
+    assert np.abs(ov.params - plain.params).max() > 1e-4
+    assert ov.final["dist_to_solution"] < 2 * plain.final["dist_to_solution"] + 0.05
+    with pytest.raises(ValueError, match="overlap"):
+        simulate(lsq, "ssgd", 2, lr=0.05, total_updates=10, overlap=True)
+
+
+def test_local_rmsprop_with_one_local_step_is_simulated(lsq):
+    """local_steps=1 with a local RMSprop: the worker pushes (w_start - w) / lr after its RMSprop
+    step, and the simulator does the same (it used to push the raw gradient)."""
+    import dpsgd
+
+    kw = dict(lr=0.05, total_updates=100)
+    real = dpsgd.train(lsq, dpsgd.TrainConfig(rule=RuleConfig("asgd"), threads=1, progress=False,
+                                              local_optimizer="rmsprop", **kw))
+    sim = simulate(lsq, "asgd", 1, local_optimizer="rmsprop", **kw)
+    np.testing.assert_allclose(real.params, sim.params, rtol=1e-5, atol=1e-6)
+    assert np.abs(sim.params - simulate(lsq, "asgd", 1, **kw).params).max() > 1e-3

@@ -200,7 +200,7 @@ class A3C:
 
         hparams.setdefault("n_envs", 1)
         self.progress = bool(hparams.pop("progress", False))
-        for k in ("threads", "rule", "lam", "local_steps", "schedule", "eval_seconds"):
+        for k in ("threads", "rule", "lam", "local_steps", "overlap", "schedule", "eval_seconds"):
             if k in hparams:
                 raise ConfigError(f"A3C has no {k!r} setting (it is a parameter-server option of HSA2C)")
         self.workers = DEFAULT_WORKERS if workers is None else workers

@@ -246,7 +246,7 @@ class HSA2C(Algorithm):
         return dpsgd.TrainConfig(
             rule=dpsgd.RuleConfig(name=self.config.rule, lam=self.config.lam), lr=self.config.lr, schedule=self.config.schedule,
             local_optimizer=self.config.optimizer, rms_alpha=self.config.rms_alpha, opt_eps=self.config.opt_eps,
-            local_steps=self.config.local_steps, threads=threads,
+            local_steps=self.config.local_steps, overlap=self.config.overlap, threads=threads,
             total_updates=max(1, -(-int(total_steps) // self.samples_per_update)),
             max_seconds=self.config.max_seconds, seed=self.config.seed, progress=self.config.progress,
             eval_every=self.config.eval_seconds if mpi else None,

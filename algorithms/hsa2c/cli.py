@@ -70,6 +70,8 @@ def register(subparsers) -> None:
     g.add_argument("--rule", default="dc-asgd-a", help="sgd | asgd | ssgd | dc-asgd-c | dc-asgd-a (default)")
     g.add_argument("--lam", type=float, default=None, help="DC-ASGD lambda (default: the rule's)")
     g.add_argument("--local-steps", type=int, default=1, help="local updates per rank between pushes")
+    g.add_argument("--overlap", action="store_true",
+                   help="a one-thread worker keeps computing while its push/pull is in flight (pipelined)")
     g.add_argument("--eval-seconds", type=float, default=5.0,
                    help="under MPI: seconds between evaluations of the server's model on rank 0")
     g.add_argument("--checkpoint-every", type=float, default=None,
@@ -139,7 +141,8 @@ def run(args) -> int:
         from .agent import HSA2C
 
         h = hparams_from_args(args)
-        h.update(rule=args.rule, lam=args.lam, local_steps=args.local_steps, eval_seconds=args.eval_seconds,
+        h.update(rule=args.rule, lam=args.lam, local_steps=args.local_steps, overlap=args.overlap,
+                 eval_seconds=args.eval_seconds,
                  progress=not args.no_progress and is_root_rank())
         agent = HSA2C(args.env, **h)
         cfg = agent.train_config(args.total_steps)

@@ -59,6 +59,8 @@ class HSA2CConfig:
     lam: float | None = None
     #: local updates of a rank between two pushes
     local_steps: int = 1
+    #: one-thread workers keep computing while their push/pull is in flight (``TrainConfig.overlap``)
+    overlap: bool = False
     #: step-size schedule: constant | power | linear
     schedule: str = "constant"
     #: env steps between two evaluations (one process)

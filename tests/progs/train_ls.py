@@ -50,6 +50,8 @@ if __name__ == "__main__":
     p.add_argument("--updates", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--local-steps", type=int, default=1)
+    p.add_argument("--overlap", action="store_true")
+    p.add_argument("--local-optimizer", default="sgd")
     p.add_argument("--nan-updates", type=int, default=0)
     p.add_argument("--raise-worker", type=int, default=None)
     p.add_argument("--max-bad-pushes", type=int, default=10)
@@ -67,7 +69,8 @@ if __name__ == "__main__":
         with open(os.path.join(a.pid_dir, f"rank{rank}.pid"), "w") as f:
             f.write(str(os.getpid()))
     cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig(a.rule), lr=0.05, total_updates=a.updates, threads=a.threads,
-                            local_steps=a.local_steps, n_servers=a.n_servers, max_bad_pushes=a.max_bad_pushes,
+                            local_steps=a.local_steps, overlap=a.overlap, local_optimizer=a.local_optimizer,
+                            n_servers=a.n_servers, max_bad_pushes=a.max_bad_pushes,
                             max_staleness=a.max_staleness, worker_timeout=a.worker_timeout, checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every, resume=a.resume,
                             progress=False)
     res = dpsgd.train(LS(nan_updates=a.nan_updates, raise_worker=a.raise_worker, silent_worker=a.silent_worker), cfg)
@@ -77,7 +80,10 @@ if __name__ == "__main__":
                                  "staleness_max", "staleness_hist", "n_workers", "final", "dropped_stale_pushes",
                                  "local_updates_per_worker")}
         out["n_params"] = int(res.params.size)
-        print("RESULT " + json.dumps(out))
-        if a.out:
+        if a.out:  # what a replay needs: the push order, the first pulls, the final model
+            os.makedirs(a.out, exist_ok=True)
             np.save(os.path.join(a.out, "params.npy"), res.params)
+            with open(os.path.join(a.out, "replay.json"), "w") as f:
+                json.dump({k: m.get(k) for k in ("push_workers", "hello_versions", "staleness_hist")}, f)
+        print("RESULT " + json.dumps(out))
     sys.exit(0)
