@@ -283,26 +283,11 @@ def run(args) -> int:
             heldout, Xh = corpus.heldout(args.seed)
         except CorpusError as e:
             raise _usage(str(e)) from None
-    from dpsgd.config import default_threads, ranks_on_this_node
-
-    from .plan import make_plan
-
-    # the run plan before the config: the schedule's tau0 and the total come from it
-    threads = args.threads or default_threads(ranks_on_this_node(size))
-    # thread mode minibatch: one framework thread per rank, its minibatches shared by a team of `threads`
-    team = threads if args.thread_mode == "minibatch" else 1
-    if args.thread_mode == "minibatch":
-        threads = 1
-    try:
-        run_plan = make_plan(D, args.batch_size, args.passes, n_workers=n_workers, threads=threads,
-                             learning_offset=args.learning_offset, learning_decay=args.learning_decay,
-                             batches_done=1, sparse_push={"on": True, "off": False}.get(args.sparse_push, "auto"),
-                             rule=args.rule, distributed=size > 1)
-    except ValueError as e:
-        raise _usage(str(e)) from None
+    run_plan = _run_plan(args, D, size, n_workers)
+    threads, team = run_plan.threads, run_plan.team
     total = run_plan.total_updates
-    cfg = config_from_args(args, total_updates=total, out=args.out, tau0=run_plan.tau0, kappa=run_plan.kappa, threads=threads,
-                           eval_every=args.eval_every if heldout is not None else None)
+    cfg = config_from_args(args, total_updates=total, out=args.out, tau0=run_plan.tau0, kappa=run_plan.kappa,
+                           threads=threads, eval_every=args.eval_every if heldout is not None else None)
 
     def loader(worker, n_w):
         try:
@@ -330,8 +315,26 @@ def run(args) -> int:
     result = dpsgd.train(alg, cfg)
     if not result.is_root:
         return 0
-    return _write_outputs(LdaRun(args, cfg, result, alg, corpus, run_plan, heldout, Xh, V, K, alpha, eta, D,
-                                 load_seconds))
+    return _write_outputs(LdaRun(args=args, cfg=cfg, result=result, alg=alg, corpus=corpus, plan=run_plan,
+                                 heldout=heldout, Xh=Xh, V=V, K=K, alpha=alpha, eta=eta, D=D,
+                                 load_seconds=load_seconds))
+
+
+def _run_plan(args, n_docs: int, size: int, n_workers: int):
+    """The run plan (:mod:`.plan`) before the config: the schedule's tau0, the total and the threads."""
+    from dpsgd.config import default_threads, ranks_on_this_node
+
+    from .plan import make_plan
+
+    try:
+        return make_plan(n_docs, args.batch_size, args.passes, n_workers=n_workers,
+                         threads=args.threads or default_threads(ranks_on_this_node(size)),
+                         thread_mode=args.thread_mode, learning_offset=args.learning_offset,
+                         learning_decay=args.learning_decay, batches_done=1,
+                         sparse_push={"on": True, "off": False}.get(args.sparse_push, "auto"),
+                         rule=args.rule, distributed=size > 1)
+    except ValueError as e:
+        raise _usage(str(e)) from None
 
 
 @dataclass

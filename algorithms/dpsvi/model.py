@@ -508,12 +508,12 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return X
 
     def _threads(self, n_batches=None):
-        from dpsgd.config import default_threads
+        from dpsgd.config import default_threads, ranks_on_this_node
         from dpsgd.runner import mpi_world_size_from_env
 
         t = self.n_threads if self.n_threads is not None else self.n_jobs
-        if t is None:
-            t = default_threads(mpi_world_size_from_env())
+        if t is None:  # the framework's default: cores / ranks on this node
+            t = default_threads(ranks_on_this_node(mpi_world_size_from_env()))
         elif t < 0:  # n_jobs=-1: all cores
             t = default_threads(1)
         t = int(t)
@@ -544,19 +544,19 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         n, V = X.shape
         K = self.n_components
-        # one thread in one process: the initial gammas come from random_state_ in scikit-learn's
-        # order, so DPSVI(n_threads=1) reproduces LatentDirichletAllocation(learning_method='online')
-        # thread mode "minibatch": one framework thread whose minibatches a team of threads shares
-        team = threads if self.thread_mode == "minibatch" else 1
-        threads = 1 if self.thread_mode == "minibatch" else threads
-        sequential = threads == 1 and mpi_world_size_from_env() == 1
-        seed = int(self.random_state_.randint(0, 2**31 - 1)) if not sequential else 0
+        size = mpi_world_size_from_env()
         from .plan import make_plan
 
         # scikit-learn's rho uses n_batch_iter_ (1 at the first minibatch); dpsgd's t starts at 0
-        plan = make_plan(n, self.batch_size, n_passes, threads=threads, learning_offset=self.learning_offset,
+        plan = make_plan(n, self.batch_size, n_passes, n_workers=max(1, size - 1), threads=threads,
+                         thread_mode=self.thread_mode, learning_offset=self.learning_offset,
                          learning_decay=self.learning_decay, batches_done=self.n_batch_iter_,
-                         sparse_push=self.sparse_push, rule=self.rule, distributed=mpi_world_size_from_env() > 1)
+                         sparse_push=self.sparse_push, rule=self.rule, distributed=size > 1)
+        threads, team = plan.threads, plan.team
+        # one thread in one process: the initial gammas come from random_state_ in scikit-learn's
+        # order, so DPSVI(n_threads=1) reproduces LatentDirichletAllocation(learning_method='online')
+        sequential = threads == 1 and size == 1
+        seed = int(self.random_state_.randint(0, 2**31 - 1)) if not sequential else 0
         total = plan.total_updates
         alg = SVIAlgorithm(X, V, K, alpha=self.doc_topic_prior_, eta=self.topic_word_prior_,
                            total_docs=total_docs, batch_size=self.batch_size,

@@ -41,6 +41,10 @@ class RunPlan:
     kappa: float
     #: the lazy-decay layout whose pushes carry only the minibatch's words
     sparse_push: bool
+    #: framework threads per rank (readers of their own minibatches) and the team that shares
+    #: each minibatch's E-step (thread mode "minibatch": one framework thread, a team of all threads)
+    threads: int = 1
+    team: int = 1
 
     def rhos(self) -> np.ndarray:
         return (self.tau0 + np.arange(self.total_updates)) ** -self.kappa
@@ -50,16 +54,26 @@ class RunPlan:
         return int(round(updates * n_docs / self.updates_per_pass))
 
 
+def split_threads(threads: int, thread_mode: str = "hogwild") -> tuple[int, int]:
+    """(framework threads, team size) of a rank with ``threads`` threads: "hogwild" - each thread
+    reads its own minibatches; "minibatch" - one framework thread whose minibatches a team of
+    ``threads`` shares."""
+    threads = max(1, int(threads))
+    return (1, threads) if thread_mode == "minibatch" else (threads, 1)
+
+
 def make_plan(n_docs: int, batch_size: int, passes: float, *, n_workers: int = 1, threads: int = 1,
-              learning_offset: float = 10.0, learning_decay: float = 0.7, batches_done: int = 1,
-              sparse_push="auto", rule: str = "asgd", distributed: bool = False) -> RunPlan:
-    """The plan of ``passes`` passes over ``n_docs`` documents (see the module doc).
+              thread_mode: str = "hogwild", learning_offset: float = 10.0, learning_decay: float = 0.7,
+              batches_done: int = 1, sparse_push="auto", rule: str = "asgd", distributed: bool = False) -> RunPlan:
+    """The plan of ``passes`` passes over ``n_docs`` documents (see the module doc), ``threads``
+    threads per worker rank in ``thread_mode`` (:func:`split_threads`).
 
     ``sparse_push``: True, False or "auto" (:func:`.model.choose_sparse_push`; ValueError when the
     layout cannot serve the rule or the run).
     """
     from .model import choose_sparse_push
 
+    threads, team = split_threads(threads, thread_mode)
     shares = reader_shares(int(n_docs), max(1, int(n_workers)), max(1, int(threads)))
     per_pass = max(1, sum(math.ceil(s / batch_size) for s in shares))
     total = max(1, int(round(passes * per_pass)))
@@ -67,4 +81,4 @@ def make_plan(n_docs: int, batch_size: int, passes: float, *, n_workers: int = 1
     kappa = float(learning_decay)
     rhos = (tau0 + np.arange(total)) ** -kappa
     sparse = choose_sparse_push(sparse_push, rule, rhos, distributed=distributed)
-    return RunPlan(per_pass, total, tau0, kappa, bool(sparse))
+    return RunPlan(per_pass, total, tau0, kappa, bool(sparse), threads=threads, team=team)
