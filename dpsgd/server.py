@@ -56,10 +56,10 @@ class ServerCore:
         self.config = config
         #: block size of sparse pushes (the algorithm's push_block), 0: dense pushes only
         self.block = int(block) if block else 0
-        self._sparse_g = None
         self.shard = shard
         self.n_workers = n_workers
         self.w = np.array(w0, dtype=np.float32, copy=True)
+        self.decoder = T.PushDecoder(self.w.size, self.block)
         self.rule = UpdateRule(config.rule, self.w.size, n_workers)
         warm_up_kernels()
         for m in range(n_workers):
@@ -117,72 +117,22 @@ class ServerCore:
 
     def receive(self, m: int, header: np.ndarray, payload: np.ndarray, nbytes: int) -> list[tuple[int, int]]:
         """The one entry point for a message from worker ``m`` (``nbytes``: header included, as
-        received): a hello, a leave, or a push - decoded, checked (a malformed, wrong-size,
-        wrong-dtype, non-finite or bad-step-size push is a rejection) and applied.
-        Returns the [(worker, flags)] to answer now."""
-        kind = header[T.H_KIND]
-        if kind == T.KIND_DONE:
+        received): a hello, a leave, or a push - decoded and checked by :class:`transport.PushDecoder`
+        (a malformed, wrong-size, wrong-dtype, non-finite or bad-step-size push is a rejection)
+        and applied. Returns the [(worker, flags)] to answer now."""
+        p = self.decoder.decode(header, payload, nbytes)
+        if p.kind == T.KIND_DONE:
             return self.leave(m)
-        if kind == T.KIND_HELLO:
+        if p.kind == T.KIND_HELLO:
             return self.hello(m)
-        n_recv = (nbytes - T.HEADER_BYTES) // 4 if nbytes >= T.HEADER_BYTES else -1
-        problem, g, scattered = None, payload, False
-        if kind not in (T.KIND_PUSH, T.KIND_PUSH_SPARSE) or nbytes < T.HEADER_BYTES or (nbytes - T.HEADER_BYTES) % 4:
-            problem = "malformed"
-        elif kind == T.KIND_PUSH_SPARSE:
-            g, problem = self.unpack_sparse(payload, header, n_recv)
-            scattered = g is not None
-        else:
-            problem = self.check_push(payload[:n_recv] if n_recv == self.w.size else None,
-                                      header[T.H_DTYPE], header[T.H_N], n_recv)
-        lr = float(header[T.H_LR])
-        if problem is None and not (lr > 0 and np.isfinite(lr)):
-            problem = "step size"
         try:
-            return self.push(m, payload if g is None else g, int(header[T.H_VERSION]), int(header[T.H_NSTEPS]),
-                             lr, problem)
+            return self.push(m, payload if p.g is None else p.g, p.version, p.nsteps, p.lr, p.problem)
         finally:
-            if scattered:
-                self.clear_sparse(payload, header)
-
-    def check_push(self, g: np.ndarray | None, dtype_code: float, n_declared: float, n_received: int) -> str | None:
-        """Why a push is malformed, or None when it is fine."""
-        if dtype_code != T.DTYPE_FLOAT32:
-            return "dtype"
-        if n_declared != self.w.size or n_received != self.w.size:
-            return "size"
-        if not all_finite(g):
-            return "non-finite"
-        return None
-
-    def unpack_sparse(self, payload: np.ndarray, header: np.ndarray, n_received: int):
-        """(dense gradient, None) of a sparse push, or (None, why it is malformed).
-
-        The dense buffer is shared: call :meth:`clear_sparse` once the push is applied.
-        """
-        if header[T.H_DTYPE] != T.DTYPE_FLOAT32:
-            return None, "dtype"
-        B, nb = header[T.H_BLOCK], header[T.H_N]
-        n = self.w.size
-        if not self.block or B != self.block or not (nb == int(nb) and 0 <= nb <= n // self.block):
-            return None, "malformed"
-        nb = int(nb)
-        if n_received != nb * (self.block + 1):
-            return None, "size"
-        if not all_finite(payload[nb:n_received]):
-            return None, "non-finite"
-        if self._sparse_g is None:
-            self._sparse_g = np.zeros(n, np.float32)
-        if not T.scatter_blocks(payload, nb, self.block, self._sparse_g):
-            return None, "malformed"
-        return self._sparse_g, None
-
-    def clear_sparse(self, payload: np.ndarray, header: np.ndarray) -> None:
-        T.clear_blocks(payload, int(header[T.H_N]), self.block, self._sparse_g)
+            self.decoder.release(payload)
 
     def push(self, m: int, g: np.ndarray, base_version: int, nsteps: int, lr: float,
              problem: str | None = None) -> list[tuple[int, int]]:
-        """Apply worker ``m``'s push (``problem``: why it is malformed, from check_push).
+        """Apply worker ``m``'s push (``problem``: why it is rejected, from the decoder).
 
         Returns the [(worker, flags)] to answer now (SSGD defers answers to the round's end).
         """

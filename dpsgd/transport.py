@@ -20,9 +20,12 @@ momentum). A push that changes more than ``SPARSE_MAX_FRACTION`` of the blocks g
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+
+from .rules import all_finite
 
 HEADER_FIELDS = 8
 HEADER_BYTES = 8 * HEADER_FIELDS
@@ -151,6 +154,78 @@ def encode_header(h: np.ndarray, kind: float, *, version: int = 0, nsteps: int =
         if kind == KIND_PUSH_SPARSE:
             h[H_BLOCK] = block
     return h
+
+
+class Push(NamedTuple):
+    """A decoded message from a worker: a hello, a leave, or a push (or a rejected one)."""
+
+    kind: float  # KIND_HELLO, KIND_DONE, KIND_PUSH or KIND_PUSH_SPARSE (as received, when malformed)
+    g: np.ndarray | None  # a push's dense gradient (the payload, or the sparse push scattered)
+    version: int  # the server version the update started from
+    nsteps: int  # its local steps
+    lr: float  # its step size
+    problem: str | None = None  # why the push is rejected (malformed, size, dtype, non-finite, step size)
+
+
+class PushDecoder:
+    """The one place a worker's message is read: header fields, sizes, dtype, sparse blocks,
+    finiteness and step size, for a shard of ``n_params`` parameters (``block``: the sparse
+    pushes' block size, 0 for none). The dense buffer a sparse push is scattered into is
+    shared: call :meth:`release` once the push has been applied."""
+
+    def __init__(self, n_params: int, block: int = 0):
+        self.n = int(n_params)
+        self.block = int(block or 0)
+        self.scratch = np.zeros(self.n, np.float32) if self.block else None
+        self._scattered = 0  # blocks of the last sparse push still in scratch
+
+    def decode(self, header: np.ndarray, payload: np.ndarray, nbytes: int) -> Push:
+        """``nbytes``: the bytes received, header included (MPI's status)."""
+        kind = float(header[H_KIND])
+        version, nsteps, lr = int(header[H_VERSION]), int(header[H_NSTEPS]), float(header[H_LR])
+        if kind in (KIND_HELLO, KIND_DONE):
+            return Push(kind, None, version, nsteps, lr)
+        if kind not in (KIND_PUSH, KIND_PUSH_SPARSE) or nbytes < HEADER_BYTES or (nbytes - HEADER_BYTES) % 4:
+            return Push(kind, None, version, nsteps, lr, "malformed")
+        n_recv = (nbytes - HEADER_BYTES) // 4
+        if header[H_DTYPE] != DTYPE_FLOAT32:
+            return Push(kind, None, version, nsteps, lr, "dtype")
+        if kind == KIND_PUSH_SPARSE:
+            g, problem = self._sparse(payload, header, n_recv)
+        elif header[H_N] != self.n or n_recv != self.n:
+            g, problem = None, "size"
+        else:
+            g, problem = payload[:n_recv], None
+            if not all_finite(g):
+                problem = "non-finite"
+        if problem is None and not (lr > 0 and np.isfinite(lr)):
+            problem = "step size"
+        return Push(kind, g, version, nsteps, lr, problem)
+
+    def _sparse(self, payload, header, n_recv):
+        B, nb = header[H_BLOCK], header[H_N]
+        if not self.block or B != self.block or not (nb == int(nb) and 0 <= nb <= self.n // self.block):
+            return None, "malformed"
+        nb = int(nb)
+        if n_recv != nb * (self.block + 1):
+            return None, "size"
+        if not all_finite(payload[nb:n_recv]):
+            return None, "non-finite"
+        if not scatter_blocks(payload, nb, self.block, self.scratch):
+            return None, "malformed"
+        self._scattered = nb
+        return self.scratch, None
+
+    def release(self, payload: np.ndarray) -> None:
+        """Zero the scratch blocks the last sparse push wrote (its payload must be unchanged)."""
+        if self._scattered:
+            clear_blocks(payload, self._scattered, self.block, self.scratch)
+            self._scattered = 0
+
+
+def decode_reply(header: np.ndarray) -> tuple[int, int, int]:
+    """(flags, server version, total updates) of a server's reply header."""
+    return int(header[H_FLAGS]), int(header[H_VERSION]), int(header[H_TOTAL])
 
 
 class Message:

@@ -122,11 +122,12 @@ class MPIChannel:
             self.bytes_pulled += T.HEADER_BYTES * len(self.msgs) + 4 * w_new.size
         flags = 0
         for s, h in enumerate(self.reply_headers):
-            flags |= int(h[T.H_FLAGS])
-            if int(h[T.H_FLAGS]) & T.FLAG_STOP:
+            f = T.decode_reply(h)[0]
+            flags |= f
+            if f & T.FLAG_STOP:
                 self.stopped_by.add(s)
-        h0 = self.reply_headers[0]
-        return flags, int(h0[T.H_VERSION]), int(h0[T.H_TOTAL])
+        _, version, total = T.decode_reply(self.reply_headers[0])
+        return flags, version, total
 
     def done(self):
         """Tell every shard that has not told us to stop that we leave."""

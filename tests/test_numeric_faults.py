@@ -41,15 +41,24 @@ def _core(rule="dc-asgd-c"):
     return ServerCore(np.ones(8, np.float32), cfg, 2)
 
 
+def _decoded(core, g):
+    """``g`` sent as a dense push, as the server's decoder reads it."""
+    T = dpsgd.transport
+    msg = T.Message(g.size)
+    msg.payload[:] = g
+    T.encode_header(msg.header, T.KIND_PUSH, n=g.size, lr=0.1, nsteps=1)
+    return core.decoder.decode(msg.header, msg.payload, msg.nbytes_for(g.size))
+
+
 def test_server_stops_on_overflow_and_names_the_push():
     core = _core()
     g = np.full(8, 0.1, np.float32)
     core.hello(0)
-    assert core.check_push(g, dpsgd.transport.DTYPE_FLOAT32, 8, 8) is None
+    assert _decoded(core, g).problem is None
     core.push(0, g, 0, 1, 0.1)
     assert core.fatal is None and not core.model_broken
     bad = np.full(8, BIG, np.float32)
-    assert core.check_push(bad, dpsgd.transport.DTYPE_FLOAT32, 8, 8) is None  # finite: passes the push check ...
+    assert _decoded(core, bad).problem is None  # finite: passes the push check ...
     answers = core.push(1, bad, 0, 1, 0.1)  # ... but g * g overflows in the DC term
     assert core.model_broken
     assert "non-finite" in core.fatal and "worker 1's push" in core.fatal

@@ -45,6 +45,7 @@ def test_shard_bounds_fall_on_blocks():
 def _sparse_header(nb, block=4):
     h = np.zeros(T.HEADER_FIELDS)
     h[T.H_KIND], h[T.H_DTYPE], h[T.H_N], h[T.H_BLOCK] = T.KIND_PUSH_SPARSE, T.DTYPE_FLOAT32, nb, block
+    h[T.H_LR] = 0.1
     return h
 
 
@@ -68,8 +69,8 @@ def test_server_refuses_bad_sparse_pushes(ids, values, header_kw, why):
     core = ServerCore(np.zeros(100, np.float32), dpsgd.TrainConfig(), 1, block=4)
     p = _payload(ids, values)
     h = _sparse_header(header_kw.get("nb", len(ids)), header_kw.get("block", 4))
-    g, problem = core.unpack_sparse(p, h, p.size)
-    assert g is None and problem == why
+    d = core.decoder.decode(h, p, T.HEADER_BYTES + 4 * p.size)
+    assert d.g is None and d.problem == why
 
 
 def test_server_applies_a_sparse_push_like_the_dense_one():
@@ -77,12 +78,12 @@ def test_server_applies_a_sparse_push_like_the_dense_one():
         dense = ServerCore(np.ones(100, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule)), 1)
         sparse = ServerCore(np.ones(100, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule)), 1, block=4)
         p = _payload([3, 7], np.arange(8, dtype=np.float32))
-        g, problem = sparse.unpack_sparse(p, _sparse_header(2), p.size)
-        assert problem is None
-        gd = g.copy()
-        sparse.push(0, g, 0, 1, 0.1)
-        sparse.clear_sparse(p, _sparse_header(2))
-        assert not sparse._sparse_g.any()
+        d = sparse.decoder.decode(_sparse_header(2), p, T.HEADER_BYTES + 4 * p.size)
+        assert d.problem is None
+        gd = d.g.copy()
+        sparse.push(0, d.g, 0, 1, 0.1)
+        sparse.decoder.release(p)
+        assert not sparse.decoder.scratch.any()
         dense.push(0, gd, 0, 1, 0.1)
         np.testing.assert_array_equal(sparse.w, dense.w)
 
