@@ -93,6 +93,6 @@ def test_hsa2c_trains_on_either_backend(backend):
     from algorithms.hsa2c.agent import HSA2C
 
     torch.set_num_threads(1)
-    a = HSA2C("ALE/Pong-v5", n_envs=2, eval_freq=10**9, eval_episodes=0, env_backend=backend, threads=1)
+    a = HSA2C("ALE/Pong-v5", n_envs=2, eval_episodes=0, env_backend=backend, threads=1)
     a.learn(100)
     assert a.metrics["env_steps"] >= 100 and np.isfinite(a.params).all()

@@ -14,6 +14,9 @@ from algorithms.hsa2c.envs import EnvError, VecEnv, make_env  # noqa: E402
 from algorithms.hsa2c.nets import UnsupportedSpace  # noqa: E402
 
 ID = "dpsgd/Identity-v0"
+#: eval_freq beyond every run here: no periodic evaluation, only the final one (eval_episodes=0,
+#: the configuration's switch, would turn that off too)
+NO_PERIODIC_EVAL = 10**9
 
 
 def test_vecenv_same_step_autoreset_keeps_final_observation():
@@ -77,7 +80,8 @@ def test_cnn_gradient_equals_one_full_batch_forward(monkeypatch, env_id, module)
         return seen["adv"], seen["ret"]
 
     monkeypatch.setattr(agent_mod, "compute_advantages", spy)
-    a = HSA2C(env_id, n_envs=3, n_steps=4, ent_coef=0.01, max_grad_norm=1e9, eval_freq=10**9, eval_episodes=1)
+    a = HSA2C(env_id, n_envs=3, n_steps=4, ent_coef=0.01, max_grad_norm=1e9, eval_freq=NO_PERIODIC_EVAL,
+              eval_episodes=1)
     ctx = ThreadContext(0, 1, 0, 1, seed=0)
     st = a.make_thread_state(ctx)
     w = a.init_params(np.random.default_rng(0))
@@ -107,7 +111,7 @@ def test_identity_env_learned_in_seconds():
 
 
 def test_box_actions_learn_identity():
-    a = HSA2C("dpsgd/IdentityBox-v0", lr=3e-3, eval_freq=10**9, eval_episodes=10)
+    a = HSA2C("dpsgd/IdentityBox-v0", lr=3e-3, eval_freq=NO_PERIODIC_EVAL, eval_episodes=10)
     before = a.evaluate_returns(a.init_params(np.random.default_rng(0)), 10).mean()
     a.learn(12_000)
     after = a.metrics["final_eval_return_mean"]
@@ -130,13 +134,13 @@ def test_one_thread_seeded_run_is_reproducible():
 
 
 def test_two_threads_run():
-    a = HSA2C("CartPole-v1", threads=2, eval_freq=10**9, eval_episodes=2).learn(4000)
+    a = HSA2C("CartPole-v1", threads=2, eval_freq=NO_PERIODIC_EVAL, eval_episodes=2).learn(4000)
     assert a.metrics["threads_per_worker"] == 2
     assert sum(a.metrics["framework"]["local_updates_per_worker"]) >= 4000 // 40
 
 
 def test_save_load_gives_identical_actions(tmp_path):
-    a = HSA2C("CartPole-v1", eval_freq=10**9, eval_episodes=2).learn(2000)
+    a = HSA2C("CartPole-v1", eval_freq=NO_PERIODIC_EVAL, eval_episodes=2).learn(2000)
     a.write_run(str(tmp_path))
     for f in ("model.pt", "model.json", "metrics.json", "progress.csv"):
         assert (tmp_path / f).is_file()
@@ -153,7 +157,7 @@ def test_save_load_gives_identical_actions(tmp_path):
 
 
 def test_pendulum_box_smoke():
-    a = HSA2C("Pendulum-v1", n_envs=2, eval_freq=10**9, eval_episodes=1).learn(400)
+    a = HSA2C("Pendulum-v1", n_envs=2, eval_freq=NO_PERIODIC_EVAL, eval_episodes=1).learn(400)
     assert a.metrics["env_steps"] >= 400 and a.model_config["action"]["type"] == "box"
 
 
@@ -163,7 +167,7 @@ def test_atari_smoke():
     env = make_env("ALE/Pong-v5", train=True)
     assert env.observation_space.shape == (4, 84, 84)
     env.close()
-    a = HSA2C("ALE/Pong-v5", n_envs=2, n_steps=5, eval_freq=10**9, eval_episodes=1)
+    a = HSA2C("ALE/Pong-v5", n_envs=2, n_steps=5, eval_freq=NO_PERIODIC_EVAL, eval_episodes=1)
     assert a.model_config["kind"] == "nature_cnn"
     g = a.compute_update(a.init_params(np.random.default_rng(0)), a.make_thread_state(_ctx()), _ctx())
     assert np.isfinite(g).all() and np.abs(g).sum() > 0
@@ -171,7 +175,7 @@ def test_atari_smoke():
 
 def test_atari_learn_smoke():
     pytest.importorskip("ale_py")
-    a = HSA2C("ALE/Breakout-v5", n_envs=2, eval_freq=10**9, eval_episodes=1)
+    a = HSA2C("ALE/Breakout-v5", n_envs=2, eval_freq=NO_PERIODIC_EVAL, eval_episodes=1)
     a.evaluate = lambda params: {}  # a full evaluation episode takes too long here
     a.learn(200)
     assert a.metrics["env_steps"] >= 200
@@ -179,7 +183,7 @@ def test_atari_learn_smoke():
 
 def test_minatar_smoke():
     pytest.importorskip("minatar")
-    a = HSA2C("MinAtar/Breakout-v1", n_envs=4, eval_freq=10**9, eval_episodes=2)
+    a = HSA2C("MinAtar/Breakout-v1", n_envs=4, eval_freq=NO_PERIODIC_EVAL, eval_episodes=2)
     assert a.model_config["kind"] == "minatar_cnn" and a.model_config["obs"]["scale"] == 1.0
     a.learn(400)
     assert a.metrics["env_steps"] >= 400 and a.metrics["final_eval_return_mean"] is not None
@@ -192,7 +196,7 @@ def test_default_threads_follow_the_network():
     assert HSA2C("CartPole-v1").train_config(1000).threads == 1
     assert HSA2C("CartPole-v1", threads=2).train_config(1000).threads == 2
     pytest.importorskip("minatar")
-    a = HSA2C("MinAtar/Breakout-v1", n_envs=2, eval_freq=10**9, eval_episodes=1)
+    a = HSA2C("MinAtar/Breakout-v1", n_envs=2, eval_freq=NO_PERIODIC_EVAL, eval_episodes=1)
     assert a.train_config(1000).threads is None
     a.evaluate = lambda params: {}
     a.learn(200)

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -43,14 +44,16 @@ def _wait_for(pred, proc, timeout, what):
 
 def test_live_files_sigterm_and_resume(tmp_path):
     """progress.csv, config.json and TensorBoard events exist while the run trains; SIGTERM ends it
-    cleanly with a loadable checkpoint and model; --resume continues the step count and the
-    optimizer statistics."""
+    cleanly with a loadable checkpoint and model; every file of the run is 0644 (umask 022);
+    --resume continues the step count and the optimizer statistics."""
     from algorithms.hsa2c import HSA2C
     from dpsgd import checkpoint as ckpt
 
     out = tmp_path / "run"
+    # the usual umask, whatever the test runner's (e.g. 077): the run's files must then be 0644
     proc = subprocess.Popen(_a2c(out, "--total-steps", 50_000_000, "--checkpoint-every", 1), cwd=ROOT,
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            umask=0o022)
     try:
         def live():
             p = out / "progress.csv"
@@ -76,8 +79,22 @@ def test_live_files_sigterm_and_resume(tmp_path):
     assert 0 < m["env_steps"] < 50_000_000
     arrays, meta = ckpt.load_latest(str(out / "checkpoints"), 0)
     assert meta["total_updates"] * 40 == m["env_steps"]  # the final checkpoint is the final model
-    sq = arrays["local_opt_rmsprop_sq"]  # the worker's RMSprop statistics are in the checkpoint
-    assert np.all(sq >= 0) and sq.any()
+    # every file is 0644, those written atomically (model, metrics, config, checkpoints) through
+    # mkstemp's 0600 temporary files too
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert {"model.pt", "model.json", "metrics.json", "progress.csv", "config.json",
+            "checkpoints/shard0.npz", "checkpoints/shard0.prev.npz"} <= set(modes)
+    assert all(mode == 0o644 for mode in modes.values()), {f: oct(mode) for f, mode in modes.items()}
+    # the worker's RMSprop statistics are in the checkpoint: one per parameter, an average of
+    # squared gradients clipped to norm 0.5 (--max-grad-norm), so they sum to at most 0.25
+    sq = arrays["local_opt_rmsprop_sq"]
+    assert sq.shape == arrays["w"].shape and np.all(sq >= 0) and 0 < sq.sum() <= 0.5 ** 2 * (1 + 1e-5)
+    # and they come back on resume: a resumed run with no update left saves them unchanged
+    again = HSA2C("CartPole-v1", seed=3, eval_episodes=0)
+    cfg = again.train_config(m["env_steps"])
+    cfg.resume, cfg.checkpoint_dir = str(out / "checkpoints"), str(tmp_path / "again")
+    again.learn(m["env_steps"], config=cfg)
+    np.testing.assert_array_equal(ckpt.load_latest(cfg.checkpoint_dir, 0)[0]["local_opt_rmsprop_sq"], sq)
     # the training clock (evaluations excluded) and the evaluation seconds are in it too
     clock = arrays["alg_clock"]
     assert abs(clock[0] - m["train_seconds"]) < 1.0 and abs(clock[1] - m["eval_seconds"]) < 1.0

@@ -33,13 +33,17 @@ from .gradient import a2c_gradient
 from .losses import clip_grad_norm_, compute_advantages
 from .rollout import RolloutBuffer, collect
 from .runlog import LiveLog, write_progress
-from .tracker import EvalTracker, run_metrics
+from .tracker import EVAL_SEED, EvalTracker, run_metrics
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "model.json"
 FORMAT = "hsa2c-1"
 #: an evaluation episode is cut after this many agent steps (MinAtar has no time limit)
 EVAL_MAX_STEPS = 27_000
+#: environment i of thread g trains on the seed ``seed * ENV_SEED_STRIDE + g * n_envs + i``: runs
+#: with different ``seed`` use disjoint environment seeds while all threads together have at most
+#: this many environments (a prime)
+ENV_SEED_STRIDE = 100_003
 
 class HSA2C(Algorithm):
     """Advantage actor-critic on the dpsgd framework.
@@ -95,7 +99,7 @@ class HSA2C(Algorithm):
         torch.set_num_threads(1)
         model = build_model(self.model_config, seed=0)
         g = ctx.global_thread
-        env_seed = self.config.seed * 100_003 + g * self.config.n_envs
+        env_seed = self.config.seed * ENV_SEED_STRIDE + g * self.config.n_envs
         # Atari: ale-py's C++ vector environment (outside the GIL) unless env_backend="python"
         venv = E.make_vec_env(self.env_id, self.config.n_envs, env_seed, train=True, backend=self.config.env_backend,
                               **self.env_kwargs)
@@ -322,7 +326,7 @@ class HSA2C(Algorithm):
         return out
 
     # ------------------------------------------------------------------ evaluation / inference
-    def evaluate_returns(self, params: np.ndarray | None = None, episodes: int = 10, seed: int = 10 ** 6):
+    def evaluate_returns(self, params: np.ndarray | None = None, episodes: int = 10, seed: int = EVAL_SEED):
         """Undiscounted returns of ``episodes`` deterministic episodes (seeds ``seed + i``)."""
         from .nets import build_model
 

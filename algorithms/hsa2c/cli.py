@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .tracker import EVAL_SEED
+
 EXIT_USAGE = 2
 
 
@@ -87,7 +89,7 @@ def register_evaluate(subparsers) -> None:
                               description="Mean and std of the return of deterministic episodes.")
     p.add_argument("dir", help="run directory (model.pt + model.json)")
     p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=10 ** 6, help="episode i uses seed + i")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help="episode i uses seed + i")
     p.add_argument("--env", default=None, help="evaluate on another (compatible) environment id")
     p.add_argument("--gif", default=None, metavar="FILE",
                    help="also write an animated GIF of one deterministic episode (seed --seed) to FILE")

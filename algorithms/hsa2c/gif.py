@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .tracker import EVAL_SEED
+
 
 class GifError(ValueError):
     """The GIF cannot be written (no Pillow, an environment that does not render): one line."""
@@ -42,7 +44,7 @@ def write_gif(frames, path: str, fps: float = 30.0, scale: int = 1) -> int:
     return len(images)
 
 
-def record_episode(agent, seed: int = 10 ** 6, max_frames: int = 600, every: int = 2):
+def record_episode(agent, seed: int = EVAL_SEED, max_frames: int = 600, every: int = 2):
     """Screens of one deterministic episode of ``agent`` (an HSA2C): every ``every``-th agent
     step, at most ``max_frames`` of them. Returns ``(frames, episode_return, steps)``; the episode
     is played to its end (or the evaluation step limit) even when the frames stop earlier."""

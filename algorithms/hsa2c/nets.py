@@ -30,6 +30,13 @@ class UnsupportedSpace(ValueError):
     """An observation or action space the networks cannot handle (one-line message)."""
 
 
+def gaussian_log_prob_entropy(zz, log_std):
+    """log pi(a|s) and the entropy of a diagonal Gaussian from ``zz``, the squared standardised
+    distances ((a - mean) / std) ** 2 [B, A], and the log standard deviations (numpy or torch):
+    sums over the last axis (an entropy per row when ``log_std`` is [B, A], one when it is [A])."""
+    return (-0.5 * zz - log_std - 0.5 * LOG_2PI).sum(-1), (0.5 + 0.5 * LOG_2PI + log_std).sum(-1)
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -241,8 +248,13 @@ class ActorCritic(nn.Module):
             return self.vf_head(self.vf_body(x)).squeeze(-1)
         return self.vf_head(self.trunk(x)).squeeze(-1)
 
-    def _mlp_numpy(self, obs: np.ndarray):
-        """forward() in numpy for MLPs (several times faster than torch for small batches)."""
+    def _mlp_numpy(self, obs, activations: list | None = None):
+        """forward() in numpy for MLPs (several times faster than torch for small batches).
+
+        ``activations`` (a list) receives each body's activations, the policy body's then the value
+        body's, each a list from the preprocessed observations to the last hidden layer (what the
+        gradient, :meth:`mlp_loss_grad`, needs).
+        """
         if self._np_layers is None:
             self._np_layers = []
             for body in (self.pi_body, self.vf_body):
@@ -250,18 +262,17 @@ class ActorCritic(nn.Module):
                                         for m in body if isinstance(m, nn.Linear)])
             self._np_heads = [(h.weight.detach().numpy().T, h.bias.detach().numpy())
                               for h in (self.pi_head, self.vf_head)]
-        if self.onehot:
-            x = np.eye(self.obs_shape[0], dtype=np.float32)[np.asarray(obs).reshape(-1).astype(np.int64)]
-        else:
-            x = np.asarray(obs, np.float32).reshape(len(obs), -1)
-            if self.obs_scale != 1.0:
-                x = x * np.float32(self.obs_scale)
+        x = self._obs_numpy(obs)
         act = np.tanh if self.config["activation"] == "tanh" else (lambda z: np.maximum(z, 0, out=z))
         outs = []
         for layers, (hw, hb) in zip(self._np_layers, self._np_heads):
             h = x
+            if activations is not None:
+                activations.append([x])
             for w, b in layers:
                 h = act(h @ w + b)
+                if activations is not None:
+                    activations[-1].append(h)
             outs.append(h @ hw + hb)
         return outs[0], outs[1][:, 0]
 
@@ -287,25 +298,15 @@ class ActorCritic(nn.Module):
         """
         if self.trunk is not None:
             raise TypeError("mlp_loss_grad needs an MLP model")
-        x = self._obs_numpy(obs)
-        B = x.shape[0]
+        activations = []
+        z, v = self._mlp_numpy(obs, activations)
+        B = z.shape[0]
         tanh = self.config["activation"] == "tanh"
         adv = np.asarray(advantages, np.float32).reshape(-1)
         if normalize_advantage and B > 1:
             adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
         ret = np.asarray(returns, np.float32).reshape(-1)
         out[:] = 0
-        heads = []
-        caches = []
-        for body, head in ((self.pi_body, self.pi_head), (self.vf_body, self.vf_head)):
-            hs = [x]
-            lins = [m for m in body if isinstance(m, nn.Linear)]
-            for lin in lins:
-                a = hs[-1] @ lin.weight.detach().numpy().T + lin.bias.detach().numpy()
-                hs.append(np.tanh(a) if tanh else np.maximum(a, 0))
-            heads.append(hs[-1] @ head.weight.detach().numpy().T + head.bias.detach().numpy())
-            caches.append((hs, lins, head))
-        z, v = heads[0], heads[1][:, 0]
         inv_b = np.float32(1.0 / B)
         if self.discrete:
             zmax = z.max(1, keepdims=True)
@@ -329,13 +330,15 @@ class ActorCritic(nn.Module):
             lo, hi = self._slice_of(self.log_std)
             out[lo:hi] = (-(adv[:, None] * inv_b) * (zz - 1.0)).sum(0) - np.float32(ent_coef)
             if parts is not None:
-                logp = (-0.5 * zz - log_std - 0.5 * LOG_2PI).sum(1)
+                logp, entropy = gaussian_log_prob_entropy(zz, log_std)
                 parts["policy_loss"] = -float(np.mean(adv * logp))
-                parts["entropy"] = float((0.5 + 0.5 * LOG_2PI + log_std).sum())
+                parts["entropy"] = float(entropy)
         dv = (np.float32(2.0 * vf_coef) * inv_b) * (v - ret)
         if parts is not None:
             parts["value_loss"] = float(np.mean((v - ret) ** 2))
-        for (hs, lins, head), dout in zip(caches, (dz, dv[:, None])):
+        for body, head, hs, dout in ((self.pi_body, self.pi_head, activations[0], dz),
+                                     (self.vf_body, self.vf_head, activations[1], dv[:, None])):
+            lins = [m for m in body if isinstance(m, nn.Linear)]
             lo, hi = self._slice_of(head.weight)
             out[lo:hi] = (dout.T @ hs[-1]).reshape(-1)
             lo, hi = self._slice_of(head.bias)
@@ -372,9 +375,7 @@ class ActorCritic(nn.Module):
             return logp, entropy
         log_std = self.log_std.expand_as(head)
         z = (actions - head) * torch.exp(-log_std)
-        logp = (-0.5 * z * z - log_std - 0.5 * LOG_2PI).sum(-1)
-        entropy = (0.5 + 0.5 * LOG_2PI + log_std).sum(-1)
-        return logp, entropy
+        return gaussian_log_prob_entropy(z * z, log_std)
 
     def sample(self, head: np.ndarray, rng: np.random.Generator, deterministic: bool = False) -> np.ndarray:
         """Actions from the head's output (numpy), with a numpy random stream (reproducible)."""

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: the first environment seed of the deterministic evaluation episodes (episode i: EVAL_SEED + i),
+#: the default of ``HSA2C.evaluate_returns``, ``dpsgd evaluate --seed`` and the GIF's episode
+EVAL_SEED = 10 ** 6
+
 
 @dataclass
 class EvalTracker:
