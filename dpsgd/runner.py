@@ -212,7 +212,7 @@ def _tell_resumed(algorithm, core: ServerCore, saved: dict) -> None:
 
 #: what each worker rank reports to rank 0 at the end (one float64 each, gathered in this order)
 WORKER_STATS = ("local_updates", "seconds", "rejected_seen", "threads", "pushes", "bytes_pushed", "bytes_pulled",
-                "sparse_pushes", "exchange_wait_seconds", "overlap")
+                "sparse_pushes", "exchange_wait_seconds", "overlap", "peak_rss_mb")
 
 
 def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
@@ -273,6 +273,7 @@ def _train_one_process(algorithm, config, w0, meta) -> TrainResult:
         hk.write_checkpoint()
     params = core.w.copy()
     metrics = _root_metrics(core, hk, [wstats], config, 1, t_start, algorithm, params)
+    metrics["peak_rss_mb_per_rank"] = [peak_rss_mb()]
     if core.fatal or worker.fatal:
         raise FatalRunError(core.fatal or "stopped by the server")
     return TrainResult(params, metrics, 0, True)
@@ -308,9 +309,10 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
         worker = Worker(algorithm, config, channel, rank - n_servers, n_workers, w0)
         ws = dict(worker.run(), pushes=channel.pushes, bytes_pushed=channel.bytes_pushed,
                   bytes_pulled=channel.bytes_pulled, sparse_pushes=channel.sparse_pushes)
-        stats[:] = [ws[k] for k in WORKER_STATS]
+        stats[:] = [ws.get(k, 0.0) for k in WORKER_STATS]
         fatal = "stopped by the server (see the server rank's message)" if worker.fatal else None
     params = _gather_final(comm, core, bounds, n_servers, n)
+    stats[WORKER_STATS.index("peak_rss_mb")] = peak_rss_mb()  # every rank's, servers' too
     all_stats = np.zeros((size, stats.size), np.float64) if is_root else None
     comm.Gather(stats, all_stats, root=0)
     metrics = {}
@@ -326,7 +328,8 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
             n_servers=n_servers, ranks=rank_map, dense_push_bytes=T.HEADER_BYTES * n_servers + 4 * n,
             push_bytes_mean=float(sum(w["bytes_pushed"] for w in ws_) / pushes),  # every shard's part of one push
             pull_bytes_mean=float(sum(w["bytes_pulled"] for w in ws_) / pushes),
-            sparse_pushes=int(sum(w["sparse_pushes"] for w in ws_)))
+            sparse_pushes=int(sum(w["sparse_pushes"] for w in ws_)),
+            peak_rss_mb_per_rank=[float(x) for x in all_stats[:, WORKER_STATS.index("peak_rss_mb")]])
     from . import deathwatch
 
     deathwatch.disarm()  # this rank ends normally, or reports its own error next
@@ -384,6 +387,16 @@ def _announce_ranks(comm, n_servers: int) -> list[dict] | None:
     print("dpsgd ranks: " + ", ".join(f"rank {d['rank']} = {d['role']} (pid {d['pid']} on {d['host']})"
                                       for d in out), file=sys.stderr, flush=True)
     return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (MB; getrusage, Linux kB), 0 where unknown."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except (ImportError, OSError):
+        return 0.0
 
 
 def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params) -> dict:
