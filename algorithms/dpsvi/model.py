@@ -53,6 +53,16 @@ THREAD_MODES = ("hogwild", "minibatch")
 TEAM_CHUNK = 8
 
 
+def _without_denormals(fn, *args):
+    """``fn(*args)`` with this thread's subnormal floats flushed to zero (:func:`.estep.flush_denormals_begin`),
+    the thread's previous mode restored afterwards."""
+    old = E.flush_denormals_begin()
+    try:
+        return fn(*args)
+    finally:
+        E.flush_denormals_end(old)
+
+
 class MinibatchTeam:
     """``n`` threads that work on one minibatch: the caller's thread and n - 1 pool threads run
     ``fn(t)`` for t = 0..n-1 and :meth:`run` returns when all have (the kernels they call release
@@ -63,8 +73,8 @@ class MinibatchTeam:
         self.pool = ThreadPoolExecutor(self.n - 1, thread_name_prefix="dpsvi-team") if self.n > 1 else None
 
     def run(self, fn) -> list:
-        futures = [self.pool.submit(fn, t) for t in range(1, self.n)] if self.pool else []
-        out = [fn(0)]
+        futures = [self.pool.submit(_without_denormals, fn, t) for t in range(1, self.n)] if self.pool else []
+        out = [fn(0)]  # the caller's thread: already in compute_update's flush-to-zero mode
         return out + [f.result() for f in futures]
 
     def ranges(self, n_items: int) -> np.ndarray:
@@ -249,6 +259,12 @@ class SVIAlgorithm(Algorithm):
         return st
 
     def compute_update(self, params, st, ctx):
+        # float32 subnormals (products of tiny topic and word weights) cost ~100x on x86: the
+        # update runs with them flushed to zero (V 50k, K 100: 6.5 instead of 0.6 minibatches/s
+        # once lambda has mostly decayed to near eta); the thread's mode is restored afterwards
+        return _without_denormals(self._compute_update, params, st, ctx)
+
+    def _compute_update(self, params, st, ctx):
         if st.hi <= st.lo:  # no documents for this thread (more threads than documents)
             st.g[:] = 0
             return st.g
