@@ -44,6 +44,8 @@ import subprocess
 import sys
 import time
 
+from dpsgd.config import available_cores
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "atari")
@@ -245,7 +247,7 @@ def report(dirs, a) -> int:
     if rows and rows[0]["argv"]:
         lines.append("\nCommand: `dpsgd " + shlex.join(rows[0]["argv"]) + "`")
     head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
-            f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
+            f"{available_cores()} cores, load average {os.getloadavg()[0]:.1f}")
     lines.append(f"\n(report written {head}.)")
     if png:
         lines.append(f"\n![Pong curves]({os.path.basename(png)})")
@@ -345,7 +347,7 @@ def minatar_report(results, a) -> int:
     lines.append("\nThe paper's figures are read off its learning-curve figure (30 seeds, its own AC(lambda) with "
                  "one environment and eligibility traces, and DQN): orientation at equal frames, not a same-run peer.")
     head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
-            f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
+            f"{available_cores()} cores, load average {os.getloadavg()[0]:.1f}")
     lines.append(f"\n(written {head}.)\n\n![MinAtar curves](minatar.png)")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -51,6 +51,7 @@ sys.path.insert(0, ROOT)
 
 from algorithms.dpsvi.corpus import load_corpus, synthetic_lda  # noqa: E402
 from algorithms.dpsvi.evaluate import heldout_loglik, npmi, split_documents, topic_recovery  # noqa: E402
+from dpsgd.config import available_cores  # noqa: E402
 
 
 def parallel_capacity() -> float:
@@ -396,7 +397,7 @@ def main(argv=None) -> int:
     Xtr = data["Xtr"]
     header = (f"corpus: {data['name']}: {Xtr.shape[0]} training documents, {data['Xo'].shape[0]} held out, "
               f"{Xtr.shape[1]} words, {int(Xtr.sum())} training tokens; batch {args.batch_size}, "
-              f"{args.passes} pass(es), {args.reps} repetitions; cores: {len(os.sched_getaffinity(0))}, "
+              f"{args.passes} pass(es), {args.reps} repetitions; cores: {available_cores()}, "
               f"effectively free at the start: {parallel_capacity():.2f} (2 nogil spin threads vs 1), "
               f"load average {os.getloadavg()[0]:.1f}")
     if data["beta_true"] is not None:

@@ -55,7 +55,9 @@ RULE_NAMES = ("asgd", "dc-asgd-c", "dc-asgd-a")
 
 
 def n_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from dpsgd.config import available_cores
+
+    return available_cores()
 
 
 def fmt_p(p: int) -> str:

@@ -56,6 +56,8 @@ import time
 
 import numpy as np
 
+from dpsgd.config import available_cores
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 BIN = os.path.dirname(sys.executable)
@@ -487,7 +489,7 @@ def main(argv=None):
     import platform
 
     head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
-            f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f} at start")
+            f"{available_cores()} cores, load average {os.getloadavg()[0]:.1f} at start")
     for part in a.parts:
         log(f"== {part}")
         text, data = {"cartpole": part_cartpole, "threads": part_threads, "pong": part_pong,

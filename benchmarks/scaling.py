@@ -41,11 +41,13 @@ import sys
 import tempfile
 import time
 
+from dpsgd.config import available_cores
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 BIN = os.path.dirname(sys.executable)
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = available_cores()
 
 
 def med(xs):

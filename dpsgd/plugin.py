@@ -133,3 +133,14 @@ class Algorithm:
     #: (one word's K topic weights, one embedding row): such pushes go over MPI as the changed
     #: blocks only. Must divide the number of parameters. None: dense pushes.
     push_block: int | None = None
+
+
+def checked_update(g, n: int, algorithm, error=TypeError) -> np.ndarray:
+    """``g`` when it is what ``compute_update`` must return (a float32 array of shape (n,)),
+    else ``error`` with a message naming the algorithm: the one check of the worker and the simulator."""
+    if not isinstance(g, np.ndarray) or g.dtype != np.float32 or g.shape != (n,):
+        raise error(
+            f"{type(algorithm).__name__}.compute_update must return a float32 array of shape ({n},), "
+            f"got {getattr(g, 'dtype', type(g))} {getattr(g, 'shape', '')}"
+        )
+    return g

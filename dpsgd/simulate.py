@@ -48,8 +48,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .config import SCHEDULES, TrainConfig, lr_at
-from .plugin import ThreadContext
+from .config import TrainConfig, lr_at
+from .plugin import ThreadContext, checked_update
 from .rules import RuleConfig, UpdateRule, all_finite
 
 __all__ = ["DELAYS", "ReplayLog", "SimResult", "load_staleness_log", "simulate"]
@@ -226,19 +226,12 @@ def simulate(algorithm, rule: RuleConfig | str, n_workers: int, *, lr: float,
 def _validated(rule, n_workers, lr, schedule, local_steps, slowdown, delay, total_updates, eval_every,
                local_optimizer):
     """Check simulate's arguments (ValueError); returns (replay log or None, total_updates)."""
-    from .config import LOCAL_OPTIMIZERS
-
     rule.validate(n_workers)
     if int(n_workers) < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if not (lr > 0 and np.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
-    if int(local_steps) < 1:
-        raise ValueError(f"local_steps must be >= 1, got {local_steps}")
-    if local_optimizer not in LOCAL_OPTIMIZERS:
-        raise ValueError(f"unknown local optimizer {local_optimizer!r}; choose one of {', '.join(LOCAL_OPTIMIZERS)}")
+    # the checks a real run makes (ConfigError is a ValueError): schedule, lr, local steps, optimizer
+    TrainConfig(rule=rule, lr=lr, schedule=schedule, local_steps=local_steps, local_optimizer=local_optimizer,
+                progress=False).validate()
     if slowdown is not None and len(slowdown) != n_workers:
         raise ValueError(f"slowdown needs one factor per worker ({n_workers}), got {len(slowdown)}")
     replay = None
@@ -332,14 +325,14 @@ class _Simulation:
         ctx, state, n = self.ctxs[m], self.states[m], self.n
         if self.local_steps == 1 and self.opts[m].name == "sgd":  # the plain gradient (the push is that to rounding)
             ctx.lr = lr_at(self.sched, known_total)
-            g = _checked(self.alg.compute_update(base, state, ctx), n, self.alg)
+            g = checked_update(self.alg.compute_update(base, state, ctx), n, self.alg)
             ctx.step += 1
             return g, ctx.lr
         local = base.copy()
         lr_push = 0.0
         for k in range(self.local_steps):
             ctx.lr = lr_at(self.sched, known_total + k)
-            g = _checked(self.alg.compute_update(local, state, ctx), n, self.alg)
+            g = checked_update(self.alg.compute_update(local, state, ctx), n, self.alg)
             self.opts[m].step(local, g, ctx.lr, ctx.step + 1)
             ctx.step += 1
             lr_push = ctx.lr or lr_push  # the step size of the last (non-zero) local update
@@ -418,7 +411,7 @@ class _Simulation:
         lr_last = 0.0
         for k in range(self.local_steps):
             ctx.lr = lr_at(self.sched, known_total + k)
-            g = _checked(self.alg.compute_update(w, state, ctx), self.n, self.alg)
+            g = checked_update(self.alg.compute_update(w, state, ctx), self.n, self.alg)
             self.opts[m].step(w, g, ctx.lr, ctx.step + 1)
             ctx.step += 1
             lr_last = ctx.lr or lr_last
@@ -473,12 +466,3 @@ class _Simulation:
             if self.replay is None:
                 heapq.heappush(queue, (t + draw(m), seq, m))
                 seq += 1
-
-
-def _checked(g, n, algorithm) -> np.ndarray:
-    if not isinstance(g, np.ndarray) or g.dtype != np.float32 or g.shape != (n,):
-        raise TypeError(
-            f"{type(algorithm).__name__}.compute_update must return a float32 array of shape ({n},), "
-            f"got {getattr(g, 'dtype', type(g))} {getattr(g, 'shape', '')}"
-        )
-    return g

@@ -28,7 +28,7 @@ import numpy as np
 from . import transport as T
 from .config import TrainConfig, lr_at
 from .hogwild import LocalOptimizer, merge_pull, snapshot_delta
-from .plugin import ThreadContext
+from .plugin import ThreadContext, checked_update
 
 
 class WorkerError(RuntimeError):
@@ -349,11 +349,7 @@ class Worker:
                     with self.count_lock:
                         self.in_flight -= 1
                     raise
-                if not isinstance(g, np.ndarray) or g.dtype != np.float32 or g.shape != (n,):
-                    raise WorkerError(
-                        f"{type(self.alg).__name__}.compute_update must return a float32 array of "
-                        f"shape ({n},), got {getattr(g, 'dtype', type(g))} {getattr(g, 'shape', '')}"
-                    )
+                checked_update(g, n, self.alg, WorkerError)
                 self.opt.step(self.w, g, ctx.lr, self.local_updates + 1)
                 if ctx.lr > 0:
                     self.last_lr = ctx.lr
