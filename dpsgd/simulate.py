@@ -329,13 +329,7 @@ class _Simulation:
             ctx.step += 1
             return g, ctx.lr
         local = base.copy()
-        lr_push = 0.0
-        for k in range(self.local_steps):
-            ctx.lr = lr_at(self.sched, known_total + k)
-            g = checked_update(self.alg.compute_update(local, state, ctx), n, self.alg)
-            self.opts[m].step(local, g, ctx.lr, ctx.step + 1)
-            ctx.step += 1
-            lr_push = ctx.lr or lr_push  # the step size of the last (non-zero) local update
+        lr_push = self._local_updates(m, local, known_total)
         if lr_push == 0.0:
             return np.zeros(n, np.float32), 0.0
         return ((base - local) / np.float32(lr_push)).astype(np.float32), lr_push
@@ -405,9 +399,10 @@ class _Simulation:
             for k in np.nonzero((self.hello == res.version) & ~self.has_pulled)[0]:
                 self.pull(int(k))
 
-    def _local_updates(self, m, known_total: int) -> float:
-        """The rank's ``local_steps`` updates on its buffer ``local[m]``; the lr of the last one."""
-        ctx, state, w = self.ctxs[m], self.states[m], self.local[m]
+    def _local_updates(self, m, w: np.ndarray, known_total: int) -> float:
+        """Worker m's ``local_steps`` updates on ``w`` with its local optimizer, as the worker rank
+        makes them on its buffer; returns the step size of the last (non-zero) one."""
+        ctx, state = self.ctxs[m], self.states[m]
         lr_last = 0.0
         for k in range(self.local_steps):
             ctx.lr = lr_at(self.sched, known_total + k)
@@ -435,10 +430,10 @@ class _Simulation:
         from .hogwild import merge_pull
 
         if self.pending[m] is None:  # its first push: computed on the model of its first pull
-            self._start_push(m, self._local_updates(m, int(self.pulled_total[m])))
+            self._start_push(m, self._local_updates(m, self.local[m], int(self.pulled_total[m])))
         self._serve(m, *self.pending[m])  # (never dropped: overlap excludes max_staleness)
         # the updates computed while the push was in flight (the push's steps counted as known)
-        lr_next = self._local_updates(m, int(self.pulled_total[m]) + self.local_steps)
+        lr_next = self._local_updates(m, self.local[m], int(self.pulled_total[m]) + self.local_steps)
         merge_pull(self.local[m], self.copies[m], self.w, self.snaps[m])
         self.pull(m)
         self._start_push(m, lr_next)
