@@ -44,7 +44,7 @@ def add_framework_options(p: argparse.ArgumentParser, *, lr: float = 0.1, update
     """Options every training command shares (rule, step size, threads, checkpoints...)."""
     g = p.add_argument_group("parameter server and threads")
     g.add_argument("--rule", default=rule, help=f"server update rule: {', '.join(RULES)} (default {rule})")
-    g.add_argument("--lam", type=float, default=None, help="DC-ASGD lambda (default: 0.04 for -c, 2 for -a)")
+    g.add_argument("--lam", type=float, default=None, help="DC-ASGD lambda (default: 0.04 for -c, 2 for -a, 1 for -i)")
     g.add_argument("--momentum", type=float, default=0.0, help="server momentum (default 0)")
     g.add_argument("--lr", type=float, default=lr, help=f"step size (default {lr})")
     g.add_argument("--schedule", default="constant", help="constant | power | linear")

@@ -14,6 +14,13 @@ and then sets ``w_bak[m] <- w`` because the worker pulls the new model right awa
 * ``dc-asgd-c``  constant lam.
 * ``dc-asgd-a``  adaptive lam: ``lam_m = lam / (sqrt(MeanSquare_m) + eps)`` with
                  ``MeanSquare_m <- ms_decay * MeanSquare_m + (1 - ms_decay) * g * g`` kept per worker.
+* ``dc-asgd-i``  the compensation with an isotropic Hessian ``lam * I`` in place of ``g * g``:
+                 ``w <- w - lr * (g + lam * (w - w_bak[m]))``. For an update of the form
+                 ``g = w - target(w)`` (a stochastic fixed-point step: online EM, SVI's
+                 ``lambda <- (1 - rho) lambda + rho lambda_hat``), ``lam = 1`` (the default) applies
+                 the ``-w`` part to the *current* model instead of the stale copy the worker pulled:
+                 ``w <- (1 - lr) w + lr target(w_bak)``. Unlike ``g * g`` it is scale-free: it does
+                 not grow with the square of the parameters' magnitude (DPSVI's lambda runs to 1e4).
 
 Optional heavy-ball momentum is applied to the compensated gradient on the server:
 ``v <- momentum * v + g_dc; w <- w - lr * v``.
@@ -43,11 +50,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numba import njit
 
-RULES = ("sgd", "asgd", "ssgd", "dc-asgd-c", "dc-asgd-a")
+RULES = ("sgd", "asgd", "ssgd", "dc-asgd-c", "dc-asgd-a", "dc-asgd-i")
 
 #: Default lambda per rule (MXNet's dcasgd uses 0.04 for the constant rule; ports of the
 #: adaptive rule use lam = 2 with MeanSquare decay 0.95).
-DEFAULT_LAM = {"dc-asgd-c": 0.04, "dc-asgd-a": 2.0}
+DEFAULT_LAM = {"dc-asgd-c": 0.04, "dc-asgd-a": 2.0, "dc-asgd-i": 1.0}
 
 
 @dataclass
@@ -164,19 +171,33 @@ def _dc_adaptive_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps):
 
 
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, adaptive, mom, mu):
+def _dc_isotropic_kernel(w, g, lr, wbak, lam):
+    """DC-ASGD-i in one pass: w -= lr * (g + lam (w - wbak)); wbak = w. True when w is finite."""
+    bad = 0
+    for i in range(w.shape[0]):
+        wi = w[i] - lr * (g[i] + lam * (w[i] - wbak[i]))
+        w[i] = wi
+        wbak[i] = wi
+        bad |= not (abs(wi) <= _FLT_MAX)
+    return bad == 0
+
+
+@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
+def _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu):
     """The DC rules with server momentum (a less common path: one generic pass)."""
     one_m = np.float32(1.0) - ms_decay
     bad = 0
     for i in range(w.shape[0]):
         gi = g[i]
         g2 = gi * gi
-        if adaptive:
+        if mode == 2:
             msi = ms_decay * ms[i] + one_m * g2
             ms[i] = msi
             li = lam / (np.sqrt(msi) + eps)
         else:
             li = lam
+        if mode == 3:
+            g2 = np.float32(1.0)
         v = mu * mom[i] + gi + li * g2 * (w[i] - wbak[i])
         mom[i] = v
         wi = w[i] - lr * v
@@ -187,13 +208,15 @@ def _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, adaptive, mom, m
 
 
 def _dc_kernel(w, g, scale, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu):
-    """Fused pass of a mode (0 plain, 1 constant lam, 2 adaptive lam); True when w stays finite."""
+    """Fused pass of a mode (0 plain, 1 constant lam, 2 adaptive lam, 3 isotropic); True when w stays finite."""
     if mode == 0:
         return _plain_kernel(w, g, scale, lr, mom, mu)
     if mu > 0.0:
-        return _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, mode == 2, mom, mu)
+        return _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu)
     if mode == 1:
         return _dc_const_kernel(w, g, lr, wbak, lam)
+    if mode == 3:
+        return _dc_isotropic_kernel(w, g, lr, wbak, lam)
     return _dc_adaptive_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps)
 
 
@@ -217,7 +240,7 @@ class UpdateRule:
         self.n_params = int(n_params)
         self.n_workers = int(n_workers)
         name = config.name
-        self.mode = {"dc-asgd-c": 1, "dc-asgd-a": 2}.get(name, 0)
+        self.mode = {"dc-asgd-c": 1, "dc-asgd-a": 2, "dc-asgd-i": 3}.get(name, 0)
         self.lam = np.float32(config.effective_lam)
         self.w_bak = np.zeros((n_workers, n_params) if self.mode else (0, 0), np.float32)
         self.mean_square = np.zeros((n_workers, n_params) if self.mode == 2 else (0, 0), np.float32)
@@ -289,15 +312,18 @@ class UpdateRule:
 # --------------------------------------------------------------------------- references
 
 
-def reference_dc_update(w, g, w_bak, lr, lam=0.0, mean_square=None, ms_decay=0.95, eps=1e-7):
+def reference_dc_update(w, g, w_bak, lr, lam=0.0, mean_square=None, ms_decay=0.95, eps=1e-7,
+                        isotropic=False):
     """Plain numpy DC-ASGD step (float64). Returns (new_w, new_mean_square).
 
     ``mean_square`` None: constant lam (DC-ASGD-c; lam=0 is ASGD/SGD). Otherwise the
-    adaptive rule with that worker's MeanSquare.
+    adaptive rule with that worker's MeanSquare. ``isotropic``: DC-ASGD-i (``lam * I`` for ``g * g``).
     """
     w = np.asarray(w, np.float64)
     g = np.asarray(g, np.float64)
     w_bak = np.asarray(w_bak, np.float64)
+    if isotropic:
+        return w - lr * (g + lam * (w - w_bak)), None
     if mean_square is None:
         lam_i = lam
         new_ms = None

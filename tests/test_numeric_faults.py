@@ -22,8 +22,9 @@ def test_every_kernel_reports_overflow(name, momentum):
         w = np.ones(n, np.float32)
         rule.reset_worker(0, w - 1)  # w != backup: the DC term is used
         g = np.zeros(n, np.float32)
-        g[i] = -BIG if name in ("sgd", "asgd") else BIG
-        lr = 1e30 if name in ("sgd", "asgd") else 0.1  # plain rules: lr * g overflows; DC: g * g does
+        linear = name in ("sgd", "asgd", "dc-asgd-i")
+        g[i] = -BIG if linear else BIG
+        lr = 1e30 if linear else 0.1  # rules linear in g: lr * g overflows; DC with g * g: g * g does
         assert rule.apply(w, g, 0, lr) is False, (name, i)
         assert not np.isfinite(w[i])
 

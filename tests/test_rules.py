@@ -19,7 +19,7 @@ def test_plain_rules_are_sgd(name):
     np.testing.assert_allclose(w, expect, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a"])
+@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a", "dc-asgd-i"])
 def test_lambda_zero_is_sgd(name):
     w, g = rand(500, 0), rand(500, 1)
     rule = UpdateRule(RuleConfig(name, lam=0.0), w.size, 2)
@@ -29,7 +29,7 @@ def test_lambda_zero_is_sgd(name):
     np.testing.assert_allclose(w, expect, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a"])
+@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a", "dc-asgd-i"])
 def test_w_equal_backup_is_sgd(name):
     w, g = rand(500, 0), rand(500, 1)
     rule = UpdateRule(RuleConfig(name, lam=3.0), w.size, 1)
@@ -39,7 +39,7 @@ def test_w_equal_backup_is_sgd(name):
     np.testing.assert_allclose(w, expect, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,lam", [("dc-asgd-c", 0.5), ("dc-asgd-a", 2.0)])
+@pytest.mark.parametrize("name,lam", [("dc-asgd-c", 0.5), ("dc-asgd-a", 2.0), ("dc-asgd-i", 0.7)])
 def test_dc_matches_reference_over_many_pushes(name, lam):
     n, workers, lr = 300, 3, 0.05
     rng = np.random.default_rng(0)
@@ -57,12 +57,30 @@ def test_dc_matches_reference_over_many_pushes(name, lam):
         if name == "dc-asgd-a":
             ref_w, ref_ms[m] = reference_dc_update(ref_w, g, ref_bak[m], lr, lam, mean_square=ref_ms[m])
         else:
-            ref_w, _ = reference_dc_update(ref_w, g, ref_bak[m], lr, lam)
+            ref_w, _ = reference_dc_update(ref_w, g, ref_bak[m], lr, lam, isotropic=name == "dc-asgd-i")
         ref_bak[m] = ref_w
     np.testing.assert_allclose(w, ref_w, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(rule.w_bak, ref_bak, rtol=1e-4, atol=1e-4)
     if name == "dc-asgd-a":
         np.testing.assert_allclose(rule.mean_square, ref_ms, rtol=1e-4, atol=1e-6)
+
+
+def test_isotropic_rule_is_a_fixed_point_step_from_the_current_model():
+    """dc-asgd-i, lam 1, on g = w_pulled - target: w <- (1 - lr) w_now + lr target, whatever the staleness."""
+    n, lr = 400, 0.3
+    w_pulled, target, drift = rand(n, 0), rand(n, 1), rand(n, 2)
+    rule = UpdateRule(RuleConfig("dc-asgd-i"), n, 2)
+    rule.reset_worker(0, w_pulled)
+    w = (w_pulled + drift).astype(np.float32)  # other workers moved the model since the pull
+    expect = (1 - lr) * w.astype(np.float64) + lr * target
+    rule.apply(w, (w_pulled - target).astype(np.float32), 0, lr)
+    np.testing.assert_allclose(w, expect, rtol=1e-5, atol=1e-5)
+    # with momentum the compensated gradient is the one accumulated
+    w2 = (w_pulled + drift).astype(np.float32)
+    mom = UpdateRule(RuleConfig("dc-asgd-i", momentum=0.5), n, 2)
+    mom.reset_worker(0, w_pulled)
+    mom.apply(w2, (w_pulled - target).astype(np.float32), 0, lr)
+    np.testing.assert_allclose(w2, expect, rtol=1e-5, atol=1e-5)  # first step: v = g_dc
 
 
 def test_per_worker_state_is_isolated():

@@ -106,7 +106,7 @@ def test_one_worker_is_sequential_sgd(lsq, rule, schedule):
     assert np.all(r.staleness == 0)
 
 
-@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a"])
+@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a", "dc-asgd-i"])
 def test_dc_asgd_with_lambda_zero_is_asgd(digits, name):
     kw = dict(lr=0.1, total_updates=300, delay="uniform", seed=5)
     a = simulate(digits, "asgd", 4, **kw)
@@ -117,7 +117,7 @@ def test_dc_asgd_with_lambda_zero_is_asgd(digits, name):
     assert np.abs(d2.params - a.params).max() > 1e-4  # and lambda does something
 
 
-@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a"])
+@pytest.mark.parametrize("name", ["dc-asgd-c", "dc-asgd-a", "dc-asgd-i"])
 def test_dc_asgd_by_hand_two_workers_round_robin(lsq, name):
     n, lr, lam, T = 2, 0.05, 3.0, 12
     r = simulate(lsq, RuleConfig(name, lam=lam), n, lr=lr, total_updates=T, delay="constant", seed=1)
@@ -129,7 +129,7 @@ def test_dc_asgd_by_hand_two_workers_round_robin(lsq, name):
     for t in range(T):
         m = t % n
         g = lsq.compute_update(bak[m].astype(np.float32), states[m], ctxs[m])
-        w, ms[m] = reference_dc_update(w, g, bak[m], lr, lam, ms[m], 0.95, 1e-7)
+        w, ms[m] = reference_dc_update(w, g, bak[m], lr, lam, ms[m], 0.95, 1e-7, isotropic=name == "dc-asgd-i")
         bak[m] = w.copy()
     np.testing.assert_allclose(r.params, w, rtol=1e-4, atol=1e-5)
 

@@ -423,7 +423,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     its own minibatches, lock-free; faster) interleaves non-deterministically.
 
     Extra parameters: ``n_threads`` (threads per process; None: ``n_jobs``, else all cores),
-    ``rule`` (the server's update rule under MPI: sgd, asgd, ssgd, dc-asgd-c, dc-asgd-a),
+    ``rule`` (the server's update rule under MPI: sgd, asgd, ssgd, dc-asgd-c, dc-asgd-a, dc-asgd-i),
     ``local_steps`` (local minibatches per push), ``max_seconds`` (time limit of ``fit``),
     ``sparse_push`` (True/False/'auto': the lazy-decay layout whose updates and pushes touch only
     the minibatch's words; 'auto' uses it under mpiexec with the linear rules sgd/asgd/ssgd when

@@ -69,7 +69,7 @@ def register(subparsers) -> None:
                     "workers around a DC-ASGD parameter server).")
     add_rl_options(p)
     g = p.add_argument_group("parameter server")
-    g.add_argument("--rule", default="dc-asgd-a", help="sgd | asgd | ssgd | dc-asgd-c | dc-asgd-a (default)")
+    g.add_argument("--rule", default="dc-asgd-a", help="sgd | asgd | ssgd | dc-asgd-c | dc-asgd-a (default) | dc-asgd-i")
     g.add_argument("--lam", type=float, default=None, help="DC-ASGD lambda (default: the rule's)")
     g.add_argument("--local-steps", type=int, default=1, help="local updates per rank between pushes")
     g.add_argument("--overlap", action="store_true",

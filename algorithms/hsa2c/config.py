@@ -53,7 +53,7 @@ class HSA2CConfig:
     seed: int = 0
     #: threads per rank (None: 1 for MLPs, where the GIL serialises them; cores / ranks for CNNs)
     threads: int | None = None
-    #: server rule: sgd | asgd | ssgd | dc-asgd-c | dc-asgd-a
+    #: server rule: sgd | asgd | ssgd | dc-asgd-c | dc-asgd-a | dc-asgd-i
     rule: str = "dc-asgd-a"
     #: DC-ASGD lambda (None: the rule's default)
     lam: float | None = None
