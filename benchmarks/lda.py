@@ -124,14 +124,12 @@ def run_dpsvi(data, K, passes, batch, seed, threads, sparse="auto", mode="hogwil
     n = X.shape[0]
     kw = dict(n_components=K, batch_size=batch, max_iter=passes, random_state=seed, n_threads=threads,
               sparse_push=sparse, thread_mode=mode)
-    m = DPSVI(**kw)
-    m._check_params()
-    m._validate_X(X, reset=True, whom="bench")
-    m._init_latent_vars(X.shape[1])
+    # as scikit-learn's above: partial_fit with total_samples = n is fit()'s loop, pass by pass
+    m = DPSVI(**kw, total_samples=n)
     curve, train, cpu = [], 0.0, 0.0
-    for p in range(passes):  # fit()'s own loop, with an evaluation between passes
+    for p in range(passes):
         t, c = time.perf_counter(), time.process_time()
-        m._train(X, 1, n, threads)
+        m.partial_fit(X)
         train += time.perf_counter() - t
         cpu += time.process_time() - c
         curve.append((train, (p + 1) * n, evaluate(m.components_, data, K)))

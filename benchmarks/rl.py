@@ -56,6 +56,7 @@ import time
 
 import numpy as np
 
+from benchmarks.stats import med
 from dpsgd.config import available_cores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -289,11 +290,6 @@ def launch(system, env, seed, max_steps, *, target=None, eval_freq=5000, eval_ep
         return {"error": f"timeout after {timeout} s"}
     finally:
         os.unlink(path)
-
-
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def med_solved(runs, key):

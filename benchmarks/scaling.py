@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks.stats import med
 from dpsgd.config import available_cores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,11 +49,6 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 BIN = os.path.dirname(sys.executable)
 CORES = available_cores()
-
-
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def layouts(kind: str) -> list[dict]:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 
+from .checks import ConfigError, check_number  # noqa: F401 (ConfigError: re-exported)
 from .rules import RuleConfig
 
 SCHEDULES = ("constant", "power", "linear")
 LOCAL_OPTIMIZERS = ("sgd", "rmsprop", "rmsprop_tf", "adam")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration: reported as one line, exit code 2."""
 
 
 @dataclass
@@ -80,10 +76,7 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
 
         def positive(name, value, integer=False):
-            ok = value is not None and (not integer or float(value).is_integer())
-            if not ok or not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
-                kind = "a positive integer" if integer else "a positive finite number"
-                raise ConfigError(f"{name} must be {kind}, got {value!r}")
+            check_number(name, value, lo=0, lo_open=True, integer=integer)
 
         positive("lr", self.lr)
         positive("local_steps", self.local_steps, integer=True)
@@ -107,8 +100,7 @@ class TrainConfig:
                 positive(name, v)
         if self.eval_every_updates is not None:
             positive("eval_every_updates", self.eval_every_updates, integer=True)
-        if self.max_staleness is not None and not (int(self.max_staleness) == self.max_staleness and self.max_staleness >= 0):
-            raise ConfigError(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        check_number("max_staleness", self.max_staleness, lo=0, integer=True, none_ok=True)
         if n_ranks > 1:
             n_workers = n_ranks - self.n_servers
             if n_workers < 1:

@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numba import njit
 
+from .checks import check_number
+
 RULES = ("sgd", "asgd", "ssgd", "dc-asgd-c", "dc-asgd-a", "dc-asgd-i")
 
 #: Default lambda per rule (MXNet's dcasgd uses 0.04 for the constant rule; ports of the
@@ -75,14 +77,10 @@ class RuleConfig:
     def validate(self, n_workers: int | None = None) -> "RuleConfig":
         if self.name not in RULES:
             raise ValueError(f"unknown rule {self.name!r}; choose one of {', '.join(RULES)}")
-        if self.lam is not None and not (self.lam >= 0 and np.isfinite(self.lam)):
-            raise ValueError(f"lambda must be a finite number >= 0, got {self.lam}")
-        if not 0.0 <= self.ms_decay < 1.0:
-            raise ValueError(f"ms_decay must be in [0, 1), got {self.ms_decay}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_number("lambda", self.lam, lo=0, none_ok=True, error=ValueError)
+        check_number("ms_decay", self.ms_decay, lo=0, hi=1, hi_open=True, error=ValueError)
+        check_number("eps", self.eps, lo=0, lo_open=True, error=ValueError)
+        check_number("momentum", self.momentum, lo=0, hi=1, hi_open=True, error=ValueError)
         if self.name == "sgd" and n_workers is not None and n_workers != 1:
             raise ValueError(
                 f"rule 'sgd' is sequential SGD and needs exactly one worker, got {n_workers}; "

@@ -261,6 +261,14 @@ def test_partial_fit_and_save_load(tmp_path):
     np.testing.assert_allclose(m2.transform(X), m.transform(X), atol=1e-5)
     with pytest.raises(ValueError, match="features"):
         m2.transform(X[:, :10])
+    # a topic-word matrix wrapped as a fitted estimator: the same transform, the schedule continued
+    m3 = DPSVI.from_components(m.components_, n_batch_iter=m.n_batch_iter_, n_components=4, batch_size=50,
+                               n_threads=1, random_state=0, total_samples=400)
+    np.testing.assert_allclose(m3.transform(X), m.transform(X), atol=1e-6)
+    m3.partial_fit(X[:50])
+    assert m3.n_batch_iter_ == m.n_batch_iter_ + 1
+    with pytest.raises(ValueError, match="n_components must be a positive integer"):
+        DPSVI.from_components(m.components_, n_components=0)
 
 
 def test_estimator_rejects_bad_input_and_parameters():

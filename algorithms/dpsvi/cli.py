@@ -456,12 +456,12 @@ def _write_files(run: LdaRun, m: dict, out: dict, history: list, comp, lines: li
                     f"{out['heldout_loglik']:.6f},{out['perplexity']:.4f}")
     atomic_write_text(os.path.join(args.out, "progress.csv"), "\n".join(rows) + "\n")
     atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(out, indent=1, default=float) + "\n")
-    model = DPSVI(n_components=run.K, doc_topic_prior=run.alpha, topic_word_prior=run.eta,
-                  learning_offset=args.learning_offset, learning_decay=args.learning_decay,
-                  batch_size=args.batch_size, mean_change_tol=args.mean_change_tol,
-                  max_doc_update_iter=args.max_doc_update_iter, total_samples=run.D, rule=run.cfg.rule.name,
-                  random_state=args.seed)
-    model._set_fitted(comp, n_batch_iter=int(m.get("total_updates", 0)) + 1, n_iter=args.passes)
+    model = DPSVI.from_components(
+        comp, n_batch_iter=int(m.get("total_updates", 0)) + 1, n_iter=args.passes,
+        n_components=run.K, doc_topic_prior=run.alpha, topic_word_prior=run.eta,
+        learning_offset=args.learning_offset, learning_decay=args.learning_decay, batch_size=args.batch_size,
+        mean_change_tol=args.mean_change_tol, max_doc_update_iter=args.max_doc_update_iter, total_samples=run.D,
+        rule=run.cfg.rule.name, random_state=args.seed)
     model.save(os.path.join(args.out, "model.npz"), vocabulary=run.corpus.vocab,
                extra={"corpus": os.path.abspath(args.corpus), "heldout_loglik": out["heldout_loglik"]})
     conf = {"command": "lda", "args": {k: v for k, v in vars(args).items() if k != "func"},

@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from dpsgd.checks import check_number
 from dpsgd.plugin import Algorithm
 
 from . import estep as E
@@ -474,17 +475,8 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     # -- validation -------------------------------------------------------------------------
     def _check_params(self):
         def num(name, lo=None, lo_open=False, integer=False, none_ok=False):
-            v = getattr(self, name)
-            if v is None and none_ok:
-                return
-            ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            ok = ok and math.isfinite(float(v)) and (not integer or float(v).is_integer())
-            if ok and lo is not None:
-                ok = v > lo if lo_open else v >= lo
-            if not ok:
-                kind = "an integer" if integer else "a number"
-                bound = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
-                raise ValueError(f"{type(self).__name__}: {name} must be {kind}{bound}, got {v!r}")
+            check_number(name, getattr(self, name), lo=lo, lo_open=lo_open, integer=integer, none_ok=none_ok,
+                         error=ValueError, prefix=f"{type(self).__name__}: ")
 
         num("n_components", 0, True, True)
         num("doc_topic_prior", 0, True, none_ok=True)
@@ -741,6 +733,15 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if sub_sampling:
             words *= float(self.total_samples) / X.shape[0]
         return float(np.exp(-bound / words))
+
+    @classmethod
+    def from_components(cls, components, *, n_batch_iter: int = 1, n_iter=0, **params) -> "DPSVI":
+        """A fitted estimator around a K x V topic-word matrix (``components_``; e.g. lambda of a
+        ``dpsgd lda`` run), with the constructor's ``params``; ``n_batch_iter`` continues the step-size
+        schedule of a later ``partial_fit``."""
+        est = cls(**params)
+        est._check_params()
+        return est._set_fitted(components, n_batch_iter=n_batch_iter, n_iter=n_iter)
 
     def _set_fitted(self, components, n_batch_iter=1, n_iter=0):
         """Make this estimator fitted with the given K x V components (used by the CLI)."""

@@ -11,6 +11,7 @@ tau0 = learning_offset + the minibatches already done (1 at the start, as scikit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -77,8 +78,7 @@ def make_plan(n_docs: int, batch_size: int, passes: float, *, n_workers: int = 1
     shares = reader_shares(int(n_docs), max(1, int(n_workers)), max(1, int(threads)))
     per_pass = max(1, sum(math.ceil(s / batch_size) for s in shares))
     total = max(1, int(round(passes * per_pass)))
-    tau0 = float(learning_offset) + float(batches_done)
-    kappa = float(learning_decay)
-    rhos = (tau0 + np.arange(total)) ** -kappa
-    sparse = choose_sparse_push(sparse_push, rule, rhos, distributed=distributed)
-    return RunPlan(per_pass, total, tau0, kappa, bool(sparse), threads=threads, team=team)
+    plan = RunPlan(per_pass, total, float(learning_offset) + float(batches_done), float(learning_decay), False,
+                   threads=threads, team=team)
+    sparse = choose_sparse_push(sparse_push, rule, plan.rhos(), distributed=distributed)
+    return dataclasses.replace(plan, sparse_push=bool(sparse))

@@ -6,12 +6,11 @@ Defaults are Stable-Baselines3 A2C's (rl-zoo CartPole-v1). For Atari use the A2C
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from dpsgd.config import ConfigError
+from dpsgd.checks import ConfigError, check_number
 
 
 @dataclass
@@ -115,35 +114,22 @@ class HSA2CConfig:
             if not cond:
                 raise ConfigError(msg)
 
-        def finite(name):
-            v = h[name]
-            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-                 f"{name} must be a finite number, got {v!r}")
-            return v
-
-        need(isinstance(h["eval_episodes"], (int, np.integer)) and not isinstance(h["eval_episodes"], bool)
-             and h["eval_episodes"] >= 0, f"eval_episodes must be an integer >= 0 (0: no evaluation), "
-             f"got {h['eval_episodes']!r}")
-        for name in ("n_envs", "n_steps", "eval_freq", "solve_evals", "local_steps", "threads"):
-            v = h[name]
-            if name == "threads" and v is None:
-                continue  # chosen from the network: see HSA2C.train_config
-            need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0,
-                 f"{name} must be a positive integer, got {v!r}")
-        need(0 < finite("gamma") <= 1, f"gamma must be in (0, 1], got {h['gamma']}")
-        need(0 <= finite("gae_lambda") <= 1, f"gae_lambda must be in [0, 1], got {h['gae_lambda']}")
-        need(finite("ent_coef") >= 0, f"ent_coef must be >= 0, got {h['ent_coef']}")
-        need(finite("vf_coef") >= 0, f"vf_coef must be >= 0, got {h['vf_coef']}")
-        need(finite("lr") > 0, f"lr must be > 0, got {h['lr']}")
-        need(0 <= finite("rms_alpha") < 1, f"rms_alpha must be in [0, 1), got {h['rms_alpha']}")
-        need(finite("opt_eps") > 0, f"opt_eps must be > 0, got {h['opt_eps']}")
-        need(finite("eval_seconds") > 0, f"eval_seconds must be > 0, got {h['eval_seconds']}")
-        if h["max_grad_norm"] is not None:
-            need(finite("max_grad_norm") > 0, f"max_grad_norm must be > 0 (or None), got {h['max_grad_norm']}")
-        if h["target_return"] is not None:
-            finite("target_return")
-        if h["max_seconds"] is not None:
-            need(finite("max_seconds") > 0, f"max_seconds must be > 0, got {h['max_seconds']}")
+        num = check_number  # raises ConfigError
+        num("eval_episodes", h["eval_episodes"], lo=0, int_type=True)  # 0: no evaluation
+        for name in ("n_envs", "n_steps", "eval_freq", "solve_evals", "local_steps"):
+            num(name, h[name], lo=0, lo_open=True, int_type=True)
+        num("threads", h["threads"], lo=0, lo_open=True, int_type=True, none_ok=True)  # None: see HSA2C.train_config
+        num("gamma", h["gamma"], lo=0, hi=1, lo_open=True)
+        num("gae_lambda", h["gae_lambda"], lo=0, hi=1)
+        num("ent_coef", h["ent_coef"], lo=0)
+        num("vf_coef", h["vf_coef"], lo=0)
+        num("lr", h["lr"], lo=0, lo_open=True)
+        num("rms_alpha", h["rms_alpha"], lo=0, hi=1, hi_open=True)
+        num("opt_eps", h["opt_eps"], lo=0, lo_open=True)
+        num("eval_seconds", h["eval_seconds"], lo=0, lo_open=True)
+        num("max_grad_norm", h["max_grad_norm"], lo=0, lo_open=True, none_ok=True)
+        num("target_return", h["target_return"], none_ok=True)
+        num("max_seconds", h["max_seconds"], lo=0, lo_open=True, none_ok=True)
         need(h["backend"] in ("auto", "torch"), f"unknown backend {h['backend']!r}; choose auto or torch")
         need(h["env_backend"] in ("auto", "ale", "python"),
              f"unknown env_backend {h['env_backend']!r}; choose auto, ale or python")

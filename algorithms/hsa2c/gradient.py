@@ -36,7 +36,4 @@ def a2c_gradient(buf, graph, adv: np.ndarray, ret: np.ndarray, vf_coef: float, e
                         vf_coef, ent_coef, normalize_advantage)
     if parts is not None:
         parts.update({k: float(v.detach()) for k, v in lp.items()})
-    grads = torch.autograd.grad(loss, m._params)
-    for gr, (lo, hi) in zip(grads, m.slices):
-        out[lo:hi] = gr.reshape(-1).numpy()
-    return out
+    return m.loss_grad(loss, out)

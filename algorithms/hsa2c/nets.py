@@ -205,6 +205,12 @@ class ActorCritic(nn.Module):
                 out[a:b] = p.grad.reshape(-1).numpy()
         return out
 
+    def loss_grad(self, loss: torch.Tensor, out: np.ndarray) -> np.ndarray:
+        """d loss / d parameters into the flat ``out`` (autograd, without touching ``.grad``)."""
+        for gr, (a, b) in zip(torch.autograd.grad(loss, self._params), self.slices):
+            out[a:b] = gr.reshape(-1).numpy()
+        return out
+
     # -- forward ----------------------------------------------------------------------
     def obs_tensor(self, obs) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(obs))

@@ -35,7 +35,7 @@ class EvalTracker:
 
     def reset(self, env_steps: int = 0) -> None:
         """A new run (or one resumed at ``env_steps``): no evaluation yet."""
-        self.next_eval = (int(env_steps) // self.eval_freq + 1) * self.eval_freq
+        self.take(env_steps)
         self.consecutive = 0
         self.n_evals = 0
         self.stop = False
@@ -45,7 +45,8 @@ class EvalTracker:
         return env_steps >= self.next_eval
 
     def take(self, env_steps: int) -> None:
-        """The evaluation due at ``env_steps`` is being run: schedule the next one."""
+        """The evaluation due at ``env_steps`` is being run (or a run starts there): the next one
+        is due at the next multiple of ``eval_freq`` after it."""
         self.next_eval = (int(env_steps) // self.eval_freq + 1) * self.eval_freq
 
     def note(self, mean: float, counts: bool = True) -> bool:
