@@ -348,7 +348,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
         for k, i in enumerate(done):
             started[i] = False
             msg, st = msgs[i], statuses[k]  # statuses are in completion order
-            if msg.header[T.H_KIND] == T.KIND_DONE:
+            if T.is_leaving(msg.header):
                 open_[i] = False
             answers = core.receive(i, msg.header, msg.payload, st.Get_count(MPI.BYTE))
             for m, flags in answers:

@@ -227,6 +227,11 @@ class PushDecoder:
             self._scattered = 0
 
 
+def is_leaving(header: np.ndarray) -> bool:
+    """The worker's message says it leaves (KIND_DONE): it sends nothing more."""
+    return float(header[H_KIND]) == KIND_DONE
+
+
 def decode_reply(header: np.ndarray) -> tuple[int, int, int]:
     """(flags, server version, total updates) of a server's reply header."""
     return int(header[H_FLAGS]), int(header[H_VERSION]), int(header[H_TOTAL])
