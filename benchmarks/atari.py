@@ -25,6 +25,7 @@ Parts:
 
     python -m benchmarks.atari pong --seeds 0 --max-seconds 6000     # up to 100 min a seed on 2 cores
     python -m benchmarks.atari report runs/atari/pong-hsa2c-s0       # any time, also mid-run
+    python -m benchmarks.atari report RUN --previous benchmarks/results/atari/pong.json  # keep earlier rows
     python -m benchmarks.atari minatar --steps 300000 --seeds 0 1 2  # ~15 min
 
 Outputs: ``benchmarks/results/atari/pong.{md,json,png}`` (``--results-dir``). The run directories
@@ -122,8 +123,10 @@ def solved_at(evals, target, k=3):
 
 
 def run_algorithm(run: dict) -> str:
-    """The run's algorithm: its metrics' (a finished run) or its directory name's (``<env>-<alg>-s<seed>``)."""
-    return run["metrics"].get("algorithm") or os.path.basename(run["dir"].rstrip("/")).split("-")[-2]
+    """The run's algorithm: its metrics' (a finished run), its config's command (a3c; a2c is HSA2C) or
+    its directory name's (``<env>-<alg>-s<seed>``)."""
+    cmd = {"a2c": "hsa2c", "a3c": "a3c"}.get(run["config"].get("command"))
+    return run["metrics"].get("algorithm") or cmd or os.path.basename(run["dir"].rstrip("/")).split("-")[-2]
 
 
 def summarize(run: dict, target: float) -> dict:
@@ -203,9 +206,28 @@ def plot(runs, png, target):
     return png
 
 
+def previous_runs(path: str, names) -> tuple[list, list]:
+    """Runs kept only in an earlier report's JSON (their directories are gone): their summary rows
+    and pseudo-runs with the evaluation curve (the JSON holds no training episodes)."""
+    with open(path) as f:
+        old = json.load(f)
+    rows, runs = [], []
+    for r in old["runs"]:
+        if names and r["run"] not in names:
+            continue
+        rows.append(dict(r, note=((r.get("note") or "") + "; " if r.get("note") else "") + f"from {os.path.basename(path)}"))
+        runs.append({"dir": r["run"], "train": [], "evals": old["curves"].get(r["run"], {}).get("evals", []),
+                     "losses": [], "metrics": {"algorithm": r["algorithm"]}, "config": {"env": r["env"]},
+                     "finished": r["finished"]})
+    return rows, runs
+
+
 def report(dirs, a) -> int:
     runs = [read_run(d) for d in dirs]
     rows = [summarize(r, a.target) for r in runs]
+    if a.previous:
+        old_rows, old_runs = previous_runs(a.previous, a.previous_runs)
+        rows, runs = old_rows + rows, old_runs + runs
     os.makedirs(a.results_dir, exist_ok=True)
     png = plot(runs, os.path.join(a.results_dir, "pong.png"), a.target)
     lines = [f"Pong to a mean evaluation return >= {a.target:g} ({a.eval_episodes} episodes) three "
@@ -225,17 +247,19 @@ def report(dirs, a) -> int:
                      f"{_f(r['train_return_last20'], '.1f')} |")
     # the runs of one env side by side at the training time the shortest of them reached
     for env in sorted({r["env"] for r in rows}):
+        # (runs kept only as JSON have no training episodes: their steps come from the evaluations)
         same = [(run, r["run"]) for run, r in zip(runs, rows) if r["env"] == env]
         if len(same) < 2:
             continue
-        t = min(max([x[1] or 0 for x in run["train"]] + [0]) for run, _ in same)
+        t = min(max([x[1] or 0 for x in run["train"] + run["evals"]] + [0]) for run, _ in same)
         lines += ["", f"{env} at equal training time ({t:.0f} s, evaluation excluded):", "",
                   "| run | agent steps by then | training return (last 20 ep.) | last evaluation |", "|---|---:|---:|---:|"]
         for run, name in same:
             tr = [x for x in run["train"] if (x[1] or 0) <= t]
             ev = [e for e in run["evals"] if (e[1] or 0) <= t]
+            steps = max([x[0] for x in tr] + [e[0] for e in ev], default=None)
             tail = [x[2] for x in tr[-20:]]
-            lines.append(f"| {name} | {_f(tr[-1][0] if tr else None, ',')} | "
+            lines.append(f"| {name} | {_f(steps, ',')} | "
                          f"{_f(statistics.mean(tail) if tail else None, '.1f')} | {_f(ev[-1][2] if ev else None, '.1f')} |")
     for env, alg in sorted({(r["env"], r["algorithm"]) for r in rows if r["solved"]}):
         same = [r for r in rows if r["env"] == env and r["algorithm"] == alg]
@@ -412,6 +436,9 @@ def main(argv=None):
                    help="minatar: the systems to run (default: all)")
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "atari"))
     p.add_argument("--results-dir", default=RESULTS)
+    p.add_argument("--previous", help="report: an earlier pong.json whose runs (directories gone) stay in the "
+                                      "table and, evaluation only, in the curves")
+    p.add_argument("--previous-runs", nargs="*", default=None, help="report: only these runs of --previous")
     a = p.parse_args(argv)
     if a.part == "pong":
         return part_pong(a)
