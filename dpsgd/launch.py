@@ -238,12 +238,34 @@ def _abort_mpi(code: int) -> None:
         MPI.COMM_WORLD.Abort(code)
 
 
+#: glibc's mallopt parameter M_MMAP_THRESHOLD and the fixed threshold dpsgd sets (see _return_large_frees)
+_M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 1 << 20
+
+
+def _return_large_frees() -> bool:
+    """Let glibc serve every allocation of >= 1 MB with its own mmap, so that freeing it gives the
+    memory back. By default glibc raises that threshold (up to 32 MB) after the first large free;
+    the model-sized temporaries of evaluations and exchanges (20 MB at V 50k, K 100) then come from
+    the threads' heaps, which keep them: `dpsgd lda` on 100k documents grew by ~150 MB of RSS
+    during training that way (979 against 830 MB at the peak). No-op off glibc or when
+    MALLOC_MMAP_THRESHOLD_ is set."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    _return_large_frees()
     rank = rank_from_env()
     where = f"rank {rank}: " if mpi_world_size_from_env() > 1 else ""
     try:

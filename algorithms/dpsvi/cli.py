@@ -212,7 +212,8 @@ class CorpusPlan:
         if self.full is not None:
             # rows of the loaded corpus: doc_ids are positions in the input (or line numbers)
             X = self.full.X[np.asarray(ids, np.int64)]
-            return X[np.diff(X.indptr) > 0]
+            empty = np.diff(X.indptr) == 0
+            return X[~empty] if empty.any() else X  # no second copy when every document has words
         keep = np.zeros(self.n_docs, bool)
         keep[ids] = True
         c = C.read_uci(self.uci, self.args.vocab, keep=keep)
@@ -291,9 +292,14 @@ def run(args) -> int:
 
     def loader(worker, n_w):
         try:
-            return corpus.shard(worker, n_w)
+            X = corpus.shard(worker, n_w)
         except CorpusError as e:  # raised in a worker thread: keep it one line
             raise RuntimeError(str(e)) from None
+        if size == 1 or not is_root:
+            # a rank that trains keeps only its documents (one process: NPMI then pools the
+            # training and held-out documents, the same corpus without a second copy of it)
+            corpus.full = None
+        return X
 
     alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
@@ -357,6 +363,10 @@ class LdaRun:
     load_seconds: float
 
 
+def _rows_of(ref) -> int:
+    return sum(x.shape[0] for x in ref) if isinstance(ref, list) else ref.shape[0]
+
+
 def _write_outputs(run: LdaRun) -> int:
     from .evaluate import top_words
     from .model import topic_word_from_lambda
@@ -399,12 +409,14 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
     # NPMI needs many reference documents: the whole corpus when this rank has it in memory
     if run.corpus.full is not None:
         ref, ref_name = run.corpus.full.X, "whole corpus"
+    elif alg.X is not None and run.Xh is not None:  # one process: it trained on all the other documents
+        ref, ref_name = [alg.X, run.Xh], "whole corpus"
     else:
         ref, ref_name = run.Xh, "held-out documents"
     out = {
         "heldout_loglik": final.get("heldout_loglik"),
         "perplexity": final.get("perplexity"),
-        "npmi": npmi(beta, ref, 10) if ref is not None and ref.shape[0] > 1 else None,
+        "npmi": npmi(beta, ref, 10) if ref is not None and _rows_of(ref) > 1 else None,
         "npmi_reference": f"{ref_name} (document co-occurrence of each topic's top-10 words)",
         "documents_seen": docs,
         "docs_per_second": docs / train_seconds,

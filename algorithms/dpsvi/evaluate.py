@@ -119,17 +119,25 @@ def top_words(beta, n: int = 10) -> np.ndarray:
 
 
 def npmi(beta, X_ref, n: int = 10) -> float:
-    """Mean NPMI of the top-``n`` word pairs of every topic, with document co-occurrence in X_ref.
+    """Mean NPMI of the top-``n`` word pairs of every topic, with document co-occurrence in X_ref
+    (a documents x words matrix, or a list of them whose documents are pooled).
 
-    NPMI(i, j) = log(p_ij / (p_i p_j)) / -log(p_ij); pairs that never co-occur score -1.
+    NPMI(i, j) = log(p_ij / (p_i p_j)) / -log(p_ij); pairs that never co-occur score -1. Only the
+    columns of the topics' top words are read (no copy of the whole reference matrix).
     """
     tops = top_words(beta, n)
-    B = (sp.csr_matrix(X_ref) > 0).astype(np.float64).tocsc()
-    D = B.shape[0]
+    words, pos = np.unique(tops, return_inverse=True)
+    pos = pos.reshape(tops.shape)
+    parts = X_ref if isinstance(X_ref, (list, tuple)) else [X_ref]
+    co_all, D = np.zeros((words.size, words.size)), 0
+    for X in parts:
+        B = (sp.csr_matrix(X)[:, words] > 0).astype(np.float64)  # documents x top words, binary
+        co_all += (B.T @ B).toarray()
+        D += X.shape[0]
+    co_all /= max(D, 1)
     scores = []
-    for t in tops:
-        sub = B[:, t]
-        co = (sub.T @ sub).toarray() / D
+    for t in pos:
+        co = co_all[np.ix_(t, t)]
         p = np.diag(co).copy()
         for a in range(len(t)):
             for b in range(a + 1, len(t)):

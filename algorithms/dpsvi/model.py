@@ -222,7 +222,9 @@ class SVIAlgorithm(Algorithm):
             rows = ctx.shard(n)
             lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
         st = _ThreadState()
-        st.X = (X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data.astype(np.float32))
+        # the corpus arrays themselves, not a copy per thread (dtype already right: CSR float32 / int32)
+        st.X = (X.indptr.astype(np.int64, copy=False), X.indices.astype(np.int32, copy=False),
+                X.data.astype(np.float32, copy=False))
         st.lo, st.hi, st.pos = lo, hi, lo
         if self.start_updates > 0 and hi > lo:
             # compute_update's cursor after this thread's share of the earlier updates
