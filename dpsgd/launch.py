@@ -247,9 +247,10 @@ def _return_large_frees() -> bool:
     memory back. By default glibc raises that threshold (up to 32 MB) after the first large free;
     the model-sized temporaries of evaluations and exchanges (20 MB at V 50k, K 100) then come from
     the threads' heaps, which keep them: `dpsgd lda` on 100k documents grew by ~150 MB of RSS
-    during training that way (979 against 830 MB at the peak). No-op off glibc or when
-    MALLOC_MMAP_THRESHOLD_ is set."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
+    during training that way (979 against 830 MB at the peak). No-op off glibc, when
+    MALLOC_MMAP_THRESHOLD_ is set (the user's choice) or with DPSGD_MALLOPT=0."""
+    if (os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("DPSGD_MALLOPT") == "0"
+            or not sys.platform.startswith("linux")):
         return False
     try:
         import ctypes
