@@ -208,7 +208,7 @@ def plot(runs, png, target):
 
 def previous_runs(path: str, names) -> tuple[list, list]:
     """Runs kept only in an earlier report's JSON (their directories are gone): their summary rows
-    and pseudo-runs with the evaluation curve (the JSON holds no training episodes)."""
+    and pseudo-runs with their curves (training episodes only in reports written since 2026-12-02 15:30)."""
     with open(path) as f:
         old = json.load(f)
     rows, runs = [], []
@@ -216,7 +216,8 @@ def previous_runs(path: str, names) -> tuple[list, list]:
         if names and r["run"] not in names:
             continue
         rows.append(dict(r, note=((r.get("note") or "") + "; " if r.get("note") else "") + f"from {os.path.basename(path)}"))
-        runs.append({"dir": r["run"], "train": [], "evals": old["curves"].get(r["run"], {}).get("evals", []),
+        curves = old["curves"].get(r["run"], {})
+        runs.append({"dir": r["run"], "train": [tuple(x) for x in curves.get("train", [])], "evals": curves.get("evals", []),
                      "losses": [], "metrics": {"algorithm": r["algorithm"]}, "config": {"env": r["env"]},
                      "finished": r["finished"]})
     return rows, runs
@@ -280,7 +281,8 @@ def report(dirs, a) -> int:
     with open(os.path.join(a.results_dir, "pong.md"), "w") as f:
         f.write(text)
     with open(os.path.join(a.results_dir, "pong.json"), "w") as f:
-        json.dump({"runs": rows, "curves": {r["run"]: {"evals": run["evals"], "losses": run["losses"]}
+        json.dump({"runs": rows, "curves": {r["run"]: {"evals": run["evals"], "losses": run["losses"],
+                                                       "train": run["train"]}
                                             for r, run in zip(rows, runs)}}, f, indent=1, default=float)
     return 0
 
