@@ -253,10 +253,11 @@ def _checkpoint_updates(directory: str) -> int:
 
 
 def run(args) -> int:
-    from dpsgd.launch import config_from_args, rank_from_env
+    from dpsgd.launch import config_from_args, rank_from_env, return_large_frees
     from dpsgd.runner import mpi_world_size_from_env
 
     _validate(args)
+    return_large_frees()  # model-sized temporaries go back to the system when freed (see there)
     size = mpi_world_size_from_env()
     rank = rank_from_env()
     n_servers = args.n_servers if size > 1 else 1
