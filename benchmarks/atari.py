@@ -248,7 +248,7 @@ def report(dirs, a) -> int:
                      f"{_f(r['train_return_last20'], '.1f')} |")
     # the runs of one env side by side at the training time the shortest of them reached
     for env in sorted({r["env"] for r in rows}):
-        # (runs kept only as JSON have no training episodes: their steps come from the evaluations)
+        # (runs kept from a JSON written before its "train" curves: steps from the evaluations)
         same = [(run, r["run"]) for run, r in zip(runs, rows) if r["env"] == env]
         if len(same) < 2:
             continue
@@ -439,7 +439,7 @@ def main(argv=None):
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "atari"))
     p.add_argument("--results-dir", default=RESULTS)
     p.add_argument("--previous", help="report: an earlier pong.json whose runs (directories gone) stay in the "
-                                      "table and, evaluation only, in the curves")
+                                      "table and in the curves")
     p.add_argument("--previous-runs", nargs="*", default=None, help="report: only these runs of --previous")
     a = p.parse_args(argv)
     if a.part == "pong":

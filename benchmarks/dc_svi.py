@@ -102,7 +102,8 @@ def run(alg, plan, rule, lam, n, lr, seed):
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def med(runs):
+def cell(runs):
+    """A table cell: "median [min, max]" of the runs' held-out log-likelihood, and the median (None if any diverged)."""
     q = [r["heldout_loglik"] for r in runs if not r["diverged"]]
     dv = sum(r["diverged"] for r in runs)
     if not q:
@@ -127,7 +128,7 @@ def table(runs, args, name, seconds):
             cells = []
             for lr in lrs:
                 sel = [r for r in runs if r["rule"] == rule and r["lam"] == lam and r["M"] == m and r["lr"] == lr]
-                s, v = med(sel)
+                s, v = cell(sel)
                 cells.append(s)
                 if v is not None:
                     best[lab] = max(best.get(lab, -np.inf), v)

@@ -296,10 +296,10 @@ def run(args) -> int:
             X = corpus.shard(worker, n_w)
         except CorpusError as e:  # raised in a worker thread: keep it one line
             raise RuntimeError(str(e)) from None
-        if size == 1 or not is_root:
-            # a rank that trains keeps only its documents (one process: NPMI then pools the
-            # training and held-out documents, the same corpus without a second copy of it)
-            corpus.full = None
+        # only a training rank loads a shard (never the root rank of an MPI run, a server): it keeps
+        # only its documents (one process: NPMI then pools the training and held-out documents, the
+        # same corpus without a second copy of it)
+        corpus.full = None
         return X
 
     alg = SVIAlgorithm(None, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
