@@ -15,6 +15,9 @@ Parts:
              Each run is a plain ``dpsgd a2c`` command (printed), writing its live ``progress.csv``,
              TensorBoard events, model and checkpoints into ``--runs-dir``/pong-hsa2c-s<seed>;
              an interrupted run continues with ``--resume`` (the command is printed too).
+             The peers: ``dpsgd a3c`` (the A3C baseline, a plain command) and Stable-Baselines3 A2C
+             (``python -m benchmarks.sb3_pong``, same settings and environments), each for the
+             training time HSA2C needed; their run directories go to ``report`` beside HSA2C's.
 ``report``   the table, the JSON and the curves (PNG: evaluation return and training episode return
              against wall time and against frames) from run directories, finished or still running.
 ``minatar``  HSA2C (one process, its defaults: 2 threads x 16 envs on 2 cores; with torch's and with
@@ -123,9 +126,9 @@ def solved_at(evals, target, k=3):
 
 
 def run_algorithm(run: dict) -> str:
-    """The run's algorithm: its metrics' (a finished run), its config's command (a3c; a2c is HSA2C) or
-    its directory name's (``<env>-<alg>-s<seed>``)."""
-    cmd = {"a2c": "hsa2c", "a3c": "a3c"}.get(run["config"].get("command"))
+    """The run's algorithm: its metrics' (a finished run), its config's command (a3c, sb3-a2c of
+    ``benchmarks/sb3_pong.py``; a2c is HSA2C) or its directory name's (``<env>-<alg>-s<seed>``)."""
+    cmd = {"a2c": "hsa2c", "a3c": "a3c", "sb3-a2c": "sb3-a2c"}.get(run["config"].get("command"))
     return run["metrics"].get("algorithm") or cmd or os.path.basename(run["dir"].rstrip("/")).split("-")[-2]
 
 

@@ -71,15 +71,18 @@ LABELS = {"a3c-classic": "A3C classic (independent)"}
 # ============================================================================ children
 
 
-def _eval_returns(env_id, predict, episodes=10, seed=EVAL_SEED, make=None):
-    """The evaluator used for SB3 (HSA2C/A3C use HSA2C.evaluate_returns: same seeds, same envs)."""
+def _eval_returns(env_id, predict, episodes=10, seed=EVAL_SEED, make=None, max_steps=None):
+    """The evaluator used for SB3 (HSA2C/A3C use HSA2C.evaluate_returns: same seeds, same envs;
+    ``max_steps``: its cap on an episode's steps)."""
     from algorithms.hsa2c.envs import make_env
 
     envs = [(make or (lambda: make_env(env_id, train=False)))() for _ in range(episodes)]
     obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
     rets = np.zeros(episodes)
     alive = list(range(episodes))
-    while alive:
+    steps = 0
+    while alive and (max_steps is None or steps < max_steps):
+        steps += 1
         acts = predict(np.stack([np.asarray(obs[i]) for i in alive]))
         still = []
         for k, i in enumerate(alive):
