@@ -139,6 +139,7 @@ def test_losses_rows_have_the_loss_parts(tmp_path, monkeypatch):
 
     out = tmp_path / "r"
     monkeypatch.setattr(runlog, "FLUSH_SECONDS", 0.0)  # a losses row after every update
+    monkeypatch.setattr(runlog, "LOSS_SAMPLE_SECONDS", 0.0)  # with every update's loss parts
     HSA2C("CartPole-v1", eval_episodes=0, seed=1).learn(4000, out=str(out))
     rows = [r for r in _rows(out / "progress.csv") if r["kind"] == "losses" and r["entropy"]]
     assert len(rows) > 10
@@ -188,3 +189,16 @@ def test_evaluate_a_saved_atari_model_with_a_gif(tmp_path):
         assert 1 < im.n_frames <= 8 and im.size == (160, 210)
     bad = dpsgd("evaluate", tmp_path / "pong", "--gif", gif, "--gif-frames", 0)
     assert bad.returncode == 2 and "--gif-frames" in bad.stderr
+
+
+def test_loss_parts_are_sampled(tmp_path, monkeypatch):
+    """Only one update per LOSS_SAMPLE_SECONDS computes its loss parts (the rows' means are of a
+    sample); the other rows of the run still come, without them."""
+    from algorithms.hsa2c import HSA2C, runlog
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(runlog, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(runlog, "LOSS_SAMPLE_SECONDS", 1e9)  # the first update only
+    HSA2C("CartPole-v1", eval_episodes=0, seed=1).learn(4000, out=str(out))
+    rows = [r for r in _rows(out / "progress.csv") if r["kind"] == "losses"]
+    assert len(rows) > 10 and len([r for r in rows if r["entropy"]]) == 1

@@ -118,7 +118,7 @@ class HSA2C(Algorithm):
         graph, last_v, episodes = collect(st, keep_graph)
         adv, ret = compute_advantages(st.rewards, st.values, st.term, st.trunc, st.next_values, last_v,
                                       self.config.gamma, self.config.gae_lambda)
-        parts = {} if self._live is not None else None
+        parts = {} if self._live is not None and self._live.want_losses() else None
         g = a2c_gradient(st, graph, adv, ret, self.config.vf_coef, self.config.ent_coef, self.config.normalize_advantage, st.grad, parts)
         if parts is not None:
             self._live.losses(parts)

@@ -26,6 +26,9 @@ TB_TAGS = {"train": "charts/episodic_return", "eval": "eval/episodic_return", "s
 LOSS_PARTS = ("policy_loss", "value_loss", "entropy")
 #: seconds between two flushes (and ``losses`` rows) of a live log
 FLUSH_SECONDS = 10.0
+#: the loss parts are computed for at most one update in this many seconds (each costs a few numpy
+#: reductions, ~20 us: 2-4 % of a CartPole update, nothing next to a Pong one)
+LOSS_SAMPLE_SECONDS = 0.05
 
 
 def _fmt(x):
@@ -69,6 +72,8 @@ class LiveLog:
         self._last_flush = time.monotonic()
         self._sums = {k: 0.0 for k in LOSS_PARTS}
         self._n_loss = 0
+        self._last_loss = -float("inf")
+        self._tb_episodes: list[tuple[float, int]] = []  # (return, env steps) not yet in tb/
         self._last_summary = (time.monotonic(), None)
         self.closed = False
 
@@ -83,7 +88,10 @@ class LiveLog:
             self._row(kind="train", env_steps=env_steps, wall_seconds=round(wall, 4), episode_return=ret,
                       episode_length=length)
             if self._tb is not None:
-                self._tb.add_scalar(TB_TAGS["train"], ret, env_steps)
+                # written at the next flush: one scalar at a time woke TensorBoard's writer thread
+                # (pure-Python CRC-32C, holding the GIL) after every episode; with that and every
+                # update's loss parts CartPole trained at 0.80x (22.2k against 27.8k steps/s)
+                self._tb_episodes.append((ret, env_steps))
 
     def evaluation(self, env_steps: int, wall: float, mean: float, std: float) -> None:
         with self._lock:
@@ -94,6 +102,15 @@ class LiveLog:
             if self._tb is not None:
                 self._tb.add_scalar(TB_TAGS["eval"], mean, env_steps)
             self._flush_locked()
+
+    def want_losses(self) -> bool:
+        """Whether the next update should compute its loss parts for :meth:`losses` (at most one
+        update every :data:`LOSS_SAMPLE_SECONDS`: the ``losses`` row is the mean of a sample)."""
+        now = time.monotonic()
+        if now - self._last_loss < LOSS_SAMPLE_SECONDS:
+            return False
+        self._last_loss = now
+        return True
 
     def losses(self, parts: dict) -> None:
         """Accumulate one update's loss parts (averaged into the next ``losses`` row)."""
@@ -136,6 +153,9 @@ class LiveLog:
     def _flush_locked(self):
         self._f.flush()
         if self._tb is not None:
+            for ret, steps in self._tb_episodes:
+                self._tb.add_scalar(TB_TAGS["train"], ret, steps)
+            self._tb_episodes.clear()
             self._tb.flush()
         self._last_flush = time.monotonic()
 
@@ -147,6 +167,7 @@ class LiveLog:
                 return
             if env_steps is not None:
                 self._losses_row_locked(env_steps, wall, sps)
+            self._flush_locked()
             self.closed = True
             self._f.close()
             if self._tb is not None:
