@@ -160,12 +160,15 @@ def _cv_options(args) -> dict:
 class CorpusPlan:
     """Which documents are held out, and which training documents each worker rank reads.
 
-    UCI files are never loaded whole: the header gives the number of documents, and each rank
-    streams the file keeping only its own documents. Other formats are small enough to load
-    on every rank (their vocabulary depends on the whole corpus anyway).
+    UCI files and scipy CSR ``.npz`` files are never loaded whole: the UCI header or the npz's
+    ``indptr`` gives the documents, and each rank streams the file keeping only its own
+    (:class:`npz_rows.NpzRows`). Other formats (text, the compact npz of the bundled corpora)
+    are loaded on every rank (a text corpus's vocabulary depends on all of its documents).
     """
 
     def __init__(self, args, seed: int):
+        import warnings
+
         import numpy as np
 
         from . import corpus as C
@@ -180,10 +183,25 @@ class CorpusPlan:
         elif C.is_uci(self.path) and os.path.exists(self.path):
             self.uci = self.path
         self.full = None
+        self.npz = None
+        # DPSVI_NPZ_ROWS=0: load a .npz whole on every rank, as before the row reader (for A/B runs)
+        if (self.uci is None and self.path.endswith(".npz") and os.path.isfile(self.path)
+                and os.environ.get("DPSVI_NPZ_ROWS", "1") != "0"):
+            from .npz_rows import NpzRows
+
+            self.npz = NpzRows.open(self.path)  # None: read_npz reads it (and reports what is wrong)
         if self.uci is not None:
             vocab_path = args.vocab or C.uci_vocab_path(self.uci)
             self.vocab = C.read_vocab(vocab_path)
             n_docs = C.uci_header(self.uci)[0]
+        elif self.npz is not None:
+            vocab_path = C.npz_vocab_path(self.path, args.vocab)
+            self.vocab = C.check_vocab(C.read_vocab(vocab_path) if vocab_path else None, self.npz.shape[1], self.path)
+            n_docs = self.npz.n_docs
+            if n_docs < self.npz.shape[0]:
+                empty = np.setdiff1d(np.arange(self.npz.shape[0]), self.npz.rows)
+                warnings.warn(f"{self.path}: skipped {empty.size} document(s) with no words "
+                              f"(after the vocabulary filters), e.g. {empty[:5].tolist()}", stacklevel=2)
         else:
             self.full = C.load_corpus(self.path, vocab=args.vocab, **_cv_options(args))
             self.vocab = self.full.vocab
@@ -209,6 +227,8 @@ class CorpusPlan:
 
         if len(ids) == 0:  # e.g. more worker ranks than training documents
             return sp.csr_matrix((0, len(self.vocab)), dtype=np.float32)
+        if self.npz is not None:
+            return self.npz.csr(ids)
         if self.full is not None:
             # rows of the loaded corpus: doc_ids are positions in the input (or line numbers)
             X = self.full.X[np.asarray(ids, np.int64)]
@@ -365,7 +385,9 @@ class LdaRun:
 
 
 def _rows_of(ref) -> int:
-    return sum(x.shape[0] for x in ref) if isinstance(ref, list) else ref.shape[0]
+    if isinstance(ref, list):
+        return sum(x.shape[0] for x in ref)
+    return ref.n_docs if hasattr(ref, "n_docs") else ref.shape[0]
 
 
 def _write_outputs(run: LdaRun) -> int:
@@ -412,6 +434,8 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
         ref, ref_name = run.corpus.full.X, "whole corpus"
     elif alg.X is not None and run.Xh is not None:  # one process: it trained on all the other documents
         ref, ref_name = [alg.X, run.Xh], "whole corpus"
+    elif run.corpus.npz is not None:  # MPI root: the top words' columns, streamed from the file
+        ref, ref_name = run.corpus.npz, "whole corpus"
     else:
         ref, ref_name = run.Xh, "held-out documents"
     out = {

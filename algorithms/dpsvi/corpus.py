@@ -156,14 +156,7 @@ MAX_NUMBERED_WORDS = 2**24
 def from_matrix(X, vocab=None, source: str = "<array>", *, doc_ids=None) -> Corpus:
     """A corpus from a matrix; ``doc_ids`` numbers its rows (default 0, 1, ...)."""
     X = check_counts(X, source, doc_ids=doc_ids)
-    if vocab is None:
-        if X.shape[1] > MAX_NUMBERED_WORDS:
-            raise CorpusError(f"{source}: {X.shape[1]} words and no vocabulary (unnamed words are numbered w0, w1, "
-                              f"... only up to {MAX_NUMBERED_WORDS}); give the vocabulary, e.g. --vocab FILE")
-        vocab = [f"w{i}" for i in range(X.shape[1])]
-    vocab = [str(v) for v in vocab]
-    if len(vocab) != X.shape[1]:
-        raise CorpusError(f"{source}: {X.shape[1]} words in the matrix but {len(vocab)} in the vocabulary")
+    vocab = check_vocab(vocab, X.shape[1], source)
     return Corpus(X, vocab, source, np.arange(X.shape[0]) if doc_ids is None else np.asarray(doc_ids))
 
 
@@ -485,15 +478,8 @@ def read_npz(path: str, vocab_path: str | None = None) -> Corpus:
             X = _sparse_from_arrays(arrays)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as e:
             raise CorpusError(f"{path}: not a scipy sparse matrix saved with scipy.sparse.save_npz ({e})") from None
-        vocab = None
-        if vocab_path is None:
-            stem = path[:-4]
-            for cand in (stem + ".vocab.txt", os.path.join(os.path.dirname(path), "vocab.txt")):
-                if os.path.exists(cand):
-                    vocab_path = cand
-                    break
-        if vocab_path is not None:
-            vocab = read_vocab(vocab_path)
+        vocab_path = npz_vocab_path(path, vocab_path)
+        vocab = read_vocab(vocab_path) if vocab_path is not None else None
     doc_ids = None
     if X.format != "csr" and X.shape[0] > 2 * X.nnz + (1 << 16):
         # csc, coo: the shape may announce far more documents than have words (a CSR matrix would
@@ -506,6 +492,30 @@ def read_npz(path: str, vocab_path: str | None = None) -> Corpus:
     c = from_matrix(X, vocab, path, doc_ids=doc_ids)
     c.X, c.doc_ids = drop_empty(c.X, path, c.doc_ids)
     return c
+
+
+def npz_vocab_path(path: str, vocab_path: str | None = None) -> str | None:
+    """The vocabulary file of a scipy ``.npz`` corpus: ``vocab_path``, else ``<stem>.vocab.txt`` or
+    ``vocab.txt`` next to it, else None (the words are numbered)."""
+    if vocab_path is not None:
+        return vocab_path
+    for cand in (path[:-4] + ".vocab.txt", os.path.join(os.path.dirname(path), "vocab.txt")):
+        if os.path.exists(cand):
+            return cand
+    return None
+
+
+def check_vocab(vocab, n_words: int, source: str) -> list[str]:
+    """The vocabulary of a matrix of ``n_words`` columns (None: w0, w1, ...), checked."""
+    if vocab is None:
+        if n_words > MAX_NUMBERED_WORDS:
+            raise CorpusError(f"{source}: {n_words} words and no vocabulary (unnamed words are numbered w0, w1, "
+                              f"... only up to {MAX_NUMBERED_WORDS}); give the vocabulary, e.g. --vocab FILE")
+        vocab = [f"w{i}" for i in range(n_words)]
+    vocab = [str(v) for v in vocab]
+    if len(vocab) != n_words:
+        raise CorpusError(f"{source}: {n_words} words in the matrix but {len(vocab)} in the vocabulary")
+    return vocab
 
 
 def _sparse_from_arrays(a):

@@ -120,7 +120,9 @@ def top_words(beta, n: int = 10) -> np.ndarray:
 
 def npmi(beta, X_ref, n: int = 10) -> float:
     """Mean NPMI of the top-``n`` word pairs of every topic, with document co-occurrence in X_ref
-    (a documents x words matrix, or a list of them whose documents are pooled).
+    (a documents x words matrix, or a list of them whose documents are pooled; or a reader with
+    ``columns(words)`` and ``n_docs``, such as :class:`npz_rows.NpzRows`, that streams a corpus
+    too large to hold).
 
     NPMI(i, j) = log(p_ij / (p_i p_j)) / -log(p_ij); pairs that never co-occur score -1. Only the
     columns of the topics' top words are read (no copy of the whole reference matrix).
@@ -131,9 +133,12 @@ def npmi(beta, X_ref, n: int = 10) -> float:
     parts = X_ref if isinstance(X_ref, (list, tuple)) else [X_ref]
     co_all, D = np.zeros((words.size, words.size)), 0
     for X in parts:
-        B = (sp.csr_matrix(X)[:, words] > 0).astype(np.float64)  # documents x top words, binary
+        if hasattr(X, "columns"):
+            B, n_docs = X.columns(words), X.n_docs
+        else:
+            B, n_docs = (sp.csr_matrix(X)[:, words] > 0).astype(np.float64), X.shape[0]  # binary
         co_all += (B.T @ B).toarray()
-        D += X.shape[0]
+        D += n_docs
     co_all /= max(D, 1)
     scores = []
     for t in pos:

@@ -1,0 +1,219 @@
+"""Some documents of a scipy ``save_npz`` CSR corpus without the whole matrix in memory.
+
+Under ``mpiexec`` every worker rank trains on its shard of the documents (a random subset, spread
+over the file). :func:`corpus.read_npz` would load all of them on every rank - the whole CSR
+matrix, held next to the shard until it is dropped, on each of N ranks. :class:`NpzRows` reads the
+``indptr`` array (one integer a document), then streams the compressed ``data`` and ``indices``
+members in blocks and keeps only the requested rows: a rank's peak holds its shard and one block.
+
+It gives exactly what ``read_npz(path).X[ids]`` gives (the same documents, numbered the same way:
+the rows with at least one non-zero count, in file order; float32 counts, sorted and summed
+indices). Anything unusual - a damaged archive, a bad count, an index out of range, another sparse
+format - is left to :func:`corpus.read_npz`, which reads the whole file and raises its message
+(:meth:`NpzRows.open` returns None where ``read_npz`` is the reader to use).
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import scipy.sparse as sp
+
+#: elements of ``data`` / ``indices`` read per block (the temporaries of a block: ~25 MB)
+BLOCK = 1 << 20
+
+
+def _member(zf: zipfile.ZipFile, name: str):
+    """(open stream positioned at the array's bytes, shape, dtype) of ``name``.npy in the archive."""
+    f = zf.open(name + ".npy")
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject:
+        raise ValueError("object array")
+    return f, shape, dtype
+
+
+def _blocks(f, dtype, n: int, block: int):
+    """The ``n`` elements of an open member, ``block`` at a time: (start, array) pairs."""
+    pos = 0
+    while pos < n:
+        k = min(block, n - pos)
+        raw = f.read(k * dtype.itemsize)
+        if len(raw) != k * dtype.itemsize:
+            raise ValueError("truncated member")
+        yield pos, np.frombuffer(raw, dtype)
+        pos += k
+
+
+class NpzRows:
+    """The non-empty documents of a CSR ``.npz`` (count ``n_docs``), read by row on demand."""
+
+    def __init__(self, path: str, shape, indptr: np.ndarray, data_dtype, index_dtype, block: int = BLOCK):
+        self.path = path
+        self.shape = shape
+        self.indptr = indptr
+        self.data_dtype = data_dtype
+        self.index_dtype = index_dtype
+        self.block = int(block)
+        #: file row of each document (rows with a non-zero count)
+        self.rows = np.flatnonzero(self._nonzeros_per_row() > 0)
+
+    @classmethod
+    def open(cls, path: str, block: int = BLOCK) -> "NpzRows | None":
+        """The reader of ``path`` if it is a well-formed CSR ``save_npz`` file whose counts pass the
+        checks of :func:`corpus.check_counts`; else None (``read_npz`` then reads it and reports)."""
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = set(zf.namelist())
+                if not {"format.npy", "shape.npy", "indptr.npy", "data.npy", "indices.npy"} <= names:
+                    return None
+                with zf.open("format.npy") as f:
+                    fmt = np.lib.format.read_array(f, allow_pickle=False)
+                if fmt.ndim != 0 or fmt.dtype.kind not in "SU":
+                    return None
+                fmt = fmt.item().decode("ascii", "replace") if fmt.dtype.kind == "S" else str(fmt.item())
+                if fmt != "csr":
+                    return None
+                with zf.open("shape.npy") as f:
+                    shape = np.lib.format.read_array(f, allow_pickle=False)
+                with zf.open("indptr.npy") as f:
+                    indptr = np.lib.format.read_array(f, allow_pickle=False)
+                fd, dshape, ddt = _member(zf, "data")
+                fd.close()
+                fi, ishape, idt = _member(zf, "indices")
+                fi.close()
+        except Exception:  # noqa: BLE001 - a damaged archive: read_npz says what is wrong
+            return None
+        if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+            return None
+        n_rows, n_cols = int(shape[0]), int(shape[1])
+        if (indptr.ndim != 1 or indptr.dtype.kind not in "iu" or indptr.size != n_rows + 1 or n_rows == 0
+                or n_cols == 0):
+            return None
+        indptr = indptr.astype(np.int64)
+        nnz = int(indptr[-1])
+        if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or dshape != (nnz,) or ishape != (nnz,):
+            return None
+        if ddt.kind not in "iuf" or ddt.itemsize < 4 or not ddt.isnative or idt.kind not in "iu" or not idt.isnative:
+            return None
+        try:
+            r = cls(path, (n_rows, n_cols), indptr, ddt, idt, block)
+        except ValueError:  # a bad count or index: read_npz names the document
+            return None
+        if r.rows.size == 0:
+            return None
+        return r
+
+    def _entries(self):
+        """(start, data block, indices block) over the whole matrix, in file order."""
+        nnz = int(self.indptr[-1])
+        with zipfile.ZipFile(self.path) as zf:
+            fd, _, _ = _member(zf, "data")
+            fi, _, _ = _member(zf, "indices")
+            with fd, fi:
+                for (p0, d), (_, ix) in zip(_blocks(fd, self.data_dtype, nnz, self.block),
+                                            _blocks(fi, self.index_dtype, nnz, self.block)):
+                    yield p0, d, ix
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.rows.size)
+
+    def _nonzeros_per_row(self) -> np.ndarray:
+        """Non-zero counts of every file row, checking every count and index on the way (ValueError
+        on the first bad one, as check_counts and check_format would reject it)."""
+        ip = self.indptr
+        nnz = int(ip[-1])
+        # cum[i] = non-zeros among data[:ip[i]]
+        cum = np.zeros(ip.size, np.int64)
+        done = 0
+        for p0, d, ix in self._entries():
+            _check_block(d, ix, self.shape[1])
+            cs = np.cumsum(d != 0)
+            p1 = p0 + d.size
+            # the row boundaries inside (p0, p1]
+            a, b = np.searchsorted(ip, [p0, p1], side="right")
+            cum[a:b] = done + cs[ip[a:b] - p0 - 1]
+            done += int(cs[-1])
+        # boundaries at 0 (empty rows before the first entry) stay 0; at nnz: done
+        last = np.searchsorted(ip, nnz, side="left")
+        cum[last:] = done
+        return np.diff(cum)
+
+    def csr(self, ids) -> sp.csr_matrix:
+        """CSR (float32 counts, canonical) of the documents ``ids`` (0 <= id < n_docs), in that order."""
+        ids = np.asarray(ids, np.int64)
+        V = self.shape[1]
+        if ids.size == 0:
+            return sp.csr_matrix((0, V), dtype=np.float32)
+        file_rows = self.rows[ids]
+        ip = self.indptr
+        lengths = ip[file_rows + 1] - ip[file_rows]
+        out_ptr = np.zeros(ids.size + 1, np.int64)
+        np.cumsum(lengths, out=out_ptr[1:])
+        data = np.empty(int(out_ptr[-1]), np.float32 if self.data_dtype.kind == "f" else np.float64)
+        indices = np.empty(int(out_ptr[-1]), np.int32)
+        order = np.argsort(file_rows, kind="stable")  # the rows in file order, for one sequential read
+        starts, ends, dest = ip[file_rows[order]], ip[file_rows[order] + 1], out_ptr[:-1][order]
+        lo = 0  # first row (in file order) not yet copied completely
+        for p0, d, ix in self._entries():
+            p1 = p0 + d.size
+            hi = int(np.searchsorted(starts, p1, side="left"))  # rows starting before p1
+            if hi > lo:
+                s = np.maximum(starts[lo:hi], p0)
+                e = np.minimum(ends[lo:hi], p1)
+                n = e - s
+                keep = n > 0
+                s, n, o = s[keep], n[keep], (dest[lo:hi] + (s - starts[lo:hi]))[keep]
+                if n.size:
+                    # the positions of these rows' pieces in the block and in the output
+                    total = int(n.sum())
+                    first = np.repeat(np.cumsum(n) - n, n)
+                    src = np.repeat(s - p0, n) + (np.arange(total) - first)
+                    dst = np.repeat(o, n) + (np.arange(total) - first)
+                    data[dst] = d[src]
+                    indices[dst] = ix[src]
+                # rows that end inside this block are done
+                lo += int(np.searchsorted(ends[lo:hi], p1, side="right"))
+        X = sp.csr_matrix((data, indices, out_ptr), shape=(ids.size, V))
+        from .corpus import check_counts
+
+        return check_counts(X, self.path, doc_ids=file_rows)  # messages name file rows, as read_npz's
+
+    def columns(self, words) -> sp.csr_matrix:
+        """Presence (1.0 where the count is > 0) of the words ``words`` in every document:
+        n_docs x len(words), streamed - NPMI's reference is the whole corpus, but only the columns
+        of the topics' top words (:func:`evaluate.npmi` takes this reader in place of a matrix)."""
+        words = np.asarray(words, np.int64)
+        col = np.full(self.shape[1], -1, np.int64)
+        col[words] = np.arange(words.size)
+        doc_of_row = np.full(self.shape[0], -1, np.int64)
+        doc_of_row[self.rows] = np.arange(self.rows.size)
+        ip = self.indptr
+        rows_out, cols_out = [], []
+        for p0, d, ix in self._entries():
+            c = col[ix]
+            hit = np.flatnonzero((c >= 0) & (d > 0))
+            rows_out.append(doc_of_row[np.searchsorted(ip, p0 + hit, side="right") - 1])
+            cols_out.append(c[hit])
+        r = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+        c = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
+        B = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(self.n_docs, words.size))
+        B.data[:] = 1.0  # a word repeated within a document counts once
+        return B
+
+
+def _check_block(d: np.ndarray, ix: np.ndarray, n_cols: int) -> None:
+    if d.size == 0:
+        return
+    if ix.min() < 0 or ix.max() >= n_cols:
+        raise ValueError("index out of range")
+    if d.dtype.kind == "f":
+        if not np.all(np.isfinite(d)) or d.min() < 0 or np.any(d != np.round(d)) or d.max() > np.finfo(np.float32).max:
+            raise ValueError("bad count")
+    elif d.min() < 0 or d.max() > np.finfo(np.float32).max:
+        raise ValueError("bad count")

@@ -1,0 +1,141 @@
+"""NpzRows: the documents of a scipy CSR .npz read by row, equal to read_npz's rows."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from algorithms.dpsvi import corpus as C
+from algorithms.dpsvi.npz_rows import NpzRows
+from conftest import dpsgd_cmd, run
+
+
+def _raw_csr(rng, n, V, dtype, messy):
+    """A CSR matrix as save_npz writes it; ``messy``: explicit zeros, duplicates, unsorted indices."""
+    X = sp.csr_matrix(rng.poisson(0.4, (n, V)).astype(dtype))
+    if not messy or X.nnz == 0:
+        return X
+    coo = X.tocoo()
+    r = np.concatenate([coo.row, coo.row[:5]])
+    c = np.concatenate([coo.col, coo.col[:5]])
+    v = np.concatenate([coo.data, coo.data[:5]])
+    v[::3] = 0
+    perm = rng.permutation(r.size)
+    order = np.argsort(r[perm], kind="stable")
+    ip = np.zeros(n + 1, np.int64)
+    np.add.at(ip, r[perm] + 1, 1)
+    return sp.csr_matrix((v[perm][order], c[perm][order], np.cumsum(ip)), shape=(n, V))
+
+
+def test_rows_equal_read_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n, V = int(rng.integers(1, 50)), int(rng.integers(1, 25))
+        X = _raw_csr(rng, n, V, rng.choice([np.float32, np.float64, np.int64, np.int32]), trial % 3 == 0)
+        p = tmp_path / f"c{trial}.npz"
+        sp.save_npz(p, X, compressed=bool(trial % 2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                full = C.read_npz(str(p))
+            except C.CorpusError:
+                full = None
+        r = NpzRows.open(str(p), block=int(rng.integers(1, 9)))  # blocks cut through the rows
+        if full is None:  # e.g. no word at all: read_npz reports it
+            assert r is None
+            continue
+        assert r is not None and r.n_docs == full.n_docs
+        ids = rng.permutation(full.n_docs)[: int(rng.integers(0, full.n_docs + 1))]
+        A, B = r.csr(ids), full.X[ids]
+        assert A.dtype == B.dtype == np.float32 and A.shape == B.shape
+        assert np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)
+        assert np.array_equal(A.data, B.data)
+
+
+@pytest.mark.parametrize("bad", ["negative", "nan", "fraction", "index", "coo"])
+def test_bad_files_go_to_read_npz(tmp_path, bad):
+    X = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], np.float32))
+    if bad == "negative":
+        X.data[1] = -1
+    elif bad == "nan":
+        X.data[0] = np.nan
+    elif bad == "fraction":
+        X.data[2] = 0.5
+    elif bad == "index":
+        X.indices[0] = 7  # saved without scipy's check
+    p = tmp_path / "bad.npz"
+    sp.save_npz(p, X.tocoo() if bad == "coo" else X)
+    assert NpzRows.open(str(p)) is None
+    if bad != "coo":
+        with pytest.raises(C.CorpusError):
+            C.read_npz(str(p))
+
+
+def test_lda_on_npz_uses_the_row_reader(tmp_path, monkeypatch):
+    """`dpsgd lda` on a CSR .npz: same documents, same result through NpzRows as through read_npz
+    (one process, one thread, minibatch mode: deterministic)."""
+    X, _ = C.synthetic_lda(200, 40, 3, doc_length=25, seed=1)
+    X = sp.csr_matrix(X)
+    X.data[X.indptr[5]:X.indptr[6]] = 0  # an empty document (explicit zeros): skipped by both
+    p = tmp_path / "c.npz"
+    sp.save_npz(p, X)
+    (tmp_path / "c.vocab.txt").write_text("\n".join(f"v{i}" for i in range(40)) + "\n")
+    outs = {}
+    for mode in ("rows", "whole"):
+        out = tmp_path / mode
+        env = {"DPSVI_NPZ_ROWS": "0"} if mode == "whole" else {}
+        r = run(dpsgd_cmd("lda", "--corpus", p, "--topics", 3, "--passes", 2, "--batch-size", 20, "--threads", 1,
+                          "--thread-mode", "minibatch", "--out", out, "--quiet", "--no-progress"), env_extra=env)
+        assert r.returncode == 0, r.stderr
+        assert "skipped 1 document(s)" in r.stderr
+        outs[mode] = json.loads((out / "metrics.json").read_text())
+        assert (out / "topics.txt").read_text().split()[2].startswith("v")
+    a, b = outs["rows"], outs["whole"]
+    assert a["n_documents"] == b["n_documents"] == 199
+    assert a["heldout_loglik"] == b["heldout_loglik"] and a["npmi"] == b["npmi"]
+
+
+def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
+    """The CLI's plan: with a CSR .npz no rank holds the whole corpus; shards and held-out rows
+    equal those of the whole-corpus path (DPSVI_NPZ_ROWS=0)."""
+    from types import SimpleNamespace
+
+    from algorithms.dpsvi.cli import CorpusPlan
+
+    X, _ = C.synthetic_lda(300, 50, 4, doc_length=20, seed=2)
+    p = tmp_path / "c.npz"
+    sp.save_npz(p, sp.csr_matrix(X))
+    args = SimpleNamespace(corpus=str(p), vocab=None, holdout=0.1, stop_words="english", min_df=1, max_df=1.0,
+                           max_features=None)
+    rows = CorpusPlan(args, 3)
+    assert rows.npz is not None and rows.full is None and rows.vocab[:2] == ["w0", "w1"]
+    monkeypatch.setenv("DPSVI_NPZ_ROWS", "0")
+    whole = CorpusPlan(args, 3)
+    assert whole.npz is None and whole.full is not None
+    assert rows.n_docs == whole.n_docs and np.array_equal(rows.train_ids, whole.train_ids)
+    for w in range(3):
+        a, b = rows.shard(w, 3), whole.shard(w, 3)
+        assert (a != b).nnz == 0 and a.shape == b.shape
+    (ao, at), ah = rows.heldout(3)
+    (bo, bt), bh = whole.heldout(3)
+    assert (ah != bh).nnz == 0 and (ao != bo).nnz == 0 and (at != bt).nnz == 0
+
+
+def test_npmi_streams_the_top_words_columns(tmp_path):
+    """NPMI with the reader as its reference equals NPMI with the whole matrix in memory."""
+    from algorithms.dpsvi.evaluate import npmi
+
+    rng = np.random.default_rng(4)
+    X = _raw_csr(rng, 120, 30, np.float32, True)
+    p = tmp_path / "c.npz"
+    sp.save_npz(p, X)
+    r = NpzRows.open(str(p), block=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = C.read_npz(str(p))
+    beta = rng.dirichlet(np.full(30, 0.3), 6)
+    assert npmi(beta, r, 5) == pytest.approx(npmi(beta, full.X, 5), abs=1e-12)
+    B = r.columns([3, 0, 7])
+    assert B.shape == (full.n_docs, 3) and np.array_equal(B.toarray(), (full.X[:, [3, 0, 7]] > 0).toarray())
