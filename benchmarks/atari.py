@@ -42,6 +42,7 @@ import csv
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -218,7 +219,11 @@ def previous_runs(path: str, names) -> tuple[list, list]:
     for r in old["runs"]:
         if names and r["run"] not in names:
             continue
-        rows.append(dict(r, note=((r.get("note") or "") + "; " if r.get("note") else "") + f"from {os.path.basename(path)}"))
+        src = f"from {os.path.basename(path)}"
+        note = r.get("note") or ""
+        if not re.search(r"\bfrom \S+\.json", note):  # a run kept through several reports names its first JSON once
+            note = (note + "; " if note else "") + src
+        rows.append(dict(r, note=note))
         curves = old["curves"].get(r["run"], {})
         runs.append({"dir": r["run"], "train": [tuple(x) for x in curves.get("train", [])], "evals": curves.get("evals", []),
                      "losses": [], "metrics": {"algorithm": r["algorithm"]}, "config": {"env": r["env"]},
