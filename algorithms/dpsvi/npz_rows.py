@@ -127,8 +127,7 @@ class NpzRows:
         """Non-zero counts of every file row, checking every count and index on the way (ValueError
         on the first bad one, as check_counts and check_format would reject it)."""
         ip = self.indptr
-        nnz = int(ip[-1])
-        # cum[i] = non-zeros among data[:ip[i]]
+        # cum[i] = non-zeros among data[:ip[i]] (boundaries at 0, before the first entry, stay 0)
         cum = np.zeros(ip.size, np.int64)
         done = 0
         for p0, d, ix in self._entries():
@@ -139,9 +138,6 @@ class NpzRows:
             a, b = np.searchsorted(ip, [p0, p1], side="right")
             cum[a:b] = done + cs[ip[a:b] - p0 - 1]
             done += int(cs[-1])
-        # boundaries at 0 (empty rows before the first entry) stay 0; at nnz: done
-        last = np.searchsorted(ip, nnz, side="left")
-        cum[last:] = done
         return np.diff(cum)
 
     def csr(self, ids) -> sp.csr_matrix:
@@ -164,19 +160,17 @@ class NpzRows:
             p1 = p0 + d.size
             hi = int(np.searchsorted(starts, p1, side="left"))  # rows starting before p1
             if hi > lo:
+                # rows lo..hi-1 started before p1 and end after p0 (every document has entries), so
+                # each has a piece of length > 0 in this block: its positions in the block and output
                 s = np.maximum(starts[lo:hi], p0)
-                e = np.minimum(ends[lo:hi], p1)
-                n = e - s
-                keep = n > 0
-                s, n, o = s[keep], n[keep], (dest[lo:hi] + (s - starts[lo:hi]))[keep]
-                if n.size:
-                    # the positions of these rows' pieces in the block and in the output
-                    total = int(n.sum())
-                    first = np.repeat(np.cumsum(n) - n, n)
-                    src = np.repeat(s - p0, n) + (np.arange(total) - first)
-                    dst = np.repeat(o, n) + (np.arange(total) - first)
-                    data[dst] = d[src]
-                    indices[dst] = ix[src]
+                n = np.minimum(ends[lo:hi], p1) - s
+                o = dest[lo:hi] + (s - starts[lo:hi])
+                total = int(n.sum())
+                within = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+                src = np.repeat(s - p0, n) + within
+                dst = np.repeat(o, n) + within
+                data[dst] = d[src]
+                indices[dst] = ix[src]
                 # rows that end inside this block are done
                 lo += int(np.searchsorted(ends[lo:hi], p1, side="right"))
         X = sp.csr_matrix((data, indices, out_ptr), shape=(ids.size, V))
