@@ -92,7 +92,7 @@ def problem(args):
 
 
 def run(alg, plan, rule, lam, n, lr, seed):
-    alg.states = []
+    alg.thread_counts = []  # the plug-in keeps every thread's counts: not across runs
     t0 = time.perf_counter()
     r = simulate(alg, RuleConfig(rule, lam=lam), n, lr=lr, total_updates=plan.total_updates, schedule="power",
                  tau0=plan.tau0, kappa=plan.kappa, delay="uniform", delay_param=0.5, seed=seed)

@@ -102,7 +102,7 @@ def lda_problem(args):
 
 
 def run_lda(alg, plan, n, seed, eval_every=None):
-    alg.states = []  # the plug-in keeps every thread state for statistics: not across runs
+    alg.thread_counts = []  # the plug-in keeps every thread's counts: not across runs
     t0 = time.perf_counter()
     r = simulate(alg, "sgd" if n == 1 else "asgd", n, lr=1.0, total_updates=plan.total_updates, schedule="power",
                  tau0=plan.tau0, kappa=plan.kappa, delay="uniform", delay_param=0.5, seed=seed, eval_every=eval_every)

@@ -237,7 +237,9 @@ def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
     meta = {"n_params": w0.size, "n_servers": n_servers, "config": config.to_dict(),
             "algorithm": type(algorithm).__name__, "seed": config.seed}
     if comm is None:
-        return _train_one_process(algorithm, config, w0, meta)
+        handed = [w0]
+        del w0  # the server's copy replaces it: one model's size less for the whole run
+        return _train_one_process(algorithm, config, handed, meta)
     return _train_mpi(comm, algorithm, config, w0, meta, n_servers, block)
 
 
@@ -256,9 +258,12 @@ def _server_shard(algorithm, config, w, n_workers, meta, *, shard=0, block=None,
     return core, hk, saved
 
 
-def _train_one_process(algorithm, config, w0, meta) -> TrainResult:
+def _train_one_process(algorithm, config, handed: list, meta) -> TrainResult:
+    """``handed``: ``[w0]``, emptied here so that the initial parameters are freed once the server
+    holds its copy."""
     t_start = time.perf_counter()
-    core, hk, saved = _server_shard(algorithm, config, w0, 1, meta, evaluate=True, show_progress=config.progress)
+    core, hk, saved = _server_shard(algorithm, config, handed.pop(), 1, meta, evaluate=True,
+                                    show_progress=config.progress)
     # the one process does the server's periodic work too, after each push
     worker = Worker(algorithm, config, LocalChannel(core, housekeeping=hk), 0, 1, core.w)
     # the worker's optimizer statistics (RMSprop/Adam) go into the checkpoints and come back on resume
@@ -271,10 +276,12 @@ def _train_one_process(algorithm, config, w0, meta) -> TrainResult:
         hk.close()
     if config.checkpoint_dir:
         hk.write_checkpoint()
-    params = core.w.copy()
+    worker_fatal = worker.fatal
+    del worker  # its four model-sized buffers, before the final evaluation needs memory
+    params = core.w  # training is over: nothing writes the server's array any more
     metrics = _root_metrics(core, hk, [wstats], config, 1, t_start, algorithm, params)
     metrics["peak_rss_mb_per_rank"] = [peak_rss_mb()]
-    if core.fatal or worker.fatal:
+    if core.fatal or worker_fatal:
         raise FatalRunError(core.fatal or "stopped by the server")
     return TrainResult(params, metrics, 0, True)
 

@@ -150,7 +150,7 @@ def test_minibatch_team_computes_the_one_thread_update(sparse):
             g = alg.compute_update(p, st, ctx).copy()
             gs.append(g)
             p -= np.float32(0.3) * g
-        out[team] = (np.concatenate(gs), p.copy(), st.iters)
+        out[team] = (np.concatenate(gs), p.copy(), st.counts.iters)
     g1, p1, it1 = out[1]
     for team in (2, 3):
         g, p, it = out[team]
@@ -455,6 +455,34 @@ def test_plugin_shards_documents_between_threads():
         # every thread reads the corpus's own arrays (a copy per thread cost 2 x 173 MB at 100k documents)
         assert np.shares_memory(st.X[1], X.indices) and np.shares_memory(st.X[2], X.data)
     assert spans == [(0, 50), (50, 100)]
+
+
+def test_thread_buffers_are_sized_by_the_distinct_words_and_freed_after_training():
+    import gc
+
+    import dpsgd
+    from algorithms.dpsvi.model import _ThreadState
+    from dpsgd.plugin import ThreadContext
+
+    X = _random_counts(130, 400, 0.02, seed=1).astype(np.float32)
+    ip, ind = X.indptr.astype(np.int64), X.indices.astype(np.int32)
+    starts = np.arange(0, 130, 40)
+    ends = np.minimum(starts + 40, 130)
+    want = max(np.unique(ind[ip[a]:ip[b]]).size for a, b in zip(starts, ends))
+    assert E.max_distinct_words(ip, ind, starts, ends, np.empty(400, np.int64)) == want < 400
+    alg = SVIAlgorithm(X, 400, 3, alpha=0.1, eta=0.1, total_docs=130, batch_size=40)
+    st = alg.make_thread_state(ThreadContext(worker=0, n_workers=1, thread=0, n_threads=1, seed=0))
+    assert st.ebeta.shape[0] == st.sstats.shape[0] == want
+    del st
+    # after a run the algorithm keeps each thread's counts, not its model-sized buffers
+    alg.thread_counts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dpsgd.train(alg, dpsgd.TrainConfig(total_updates=6, threads=2, lr=0.5, progress=False))
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is _ThreadState]
+    # each thread's 65 documents go in minibatches of 40 and 25; 6 updates in all
+    assert len(alg.thread_counts) == 2 and 6 * 25 <= sum(c.docs for c in alg.thread_counts) <= 6 * 40
 
 
 def test_reading_a_canonical_float32_corpus_does_not_copy_it():

@@ -425,8 +425,9 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
     final = m.pop("final", {}) or {}
     # the root rank of an MPI run does not see the workers' own document counts: the plan's average
     docs = run.plan.documents(int(m.get("total_updates", 0)), run.D)
-    if alg.states and all(st.docs for st in alg.states):
-        docs = sum(st.docs for st in alg.states)
+    counts = alg.thread_counts
+    if counts and all(c.docs for c in counts):
+        docs = sum(c.docs for c in counts)
     wall = float(m["wall_seconds"])
     train_seconds = max(wall - float(m.get("eval_seconds", 0.0)), 1e-9)
     # NPMI needs many reference documents: the whole corpus when this rank has it in memory
@@ -464,12 +465,12 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
         "bytes_per_push": float(m.get("push_bytes_mean", 64 + 4 * result.params.size)),
         "bytes_per_pull": float(m.get("pull_bytes_mean", 64 + 4 * result.params.size)),
     }
-    if alg.states:  # the root rank's own worker threads (one-process runs)
-        docs_local = sum(st.docs for st in alg.states)
+    if counts:  # the root rank's own worker threads (one-process runs)
+        docs_local = sum(c.docs for c in counts)
         if docs_local:
-            out["estep_iterations_per_document"] = sum(st.iters for st in alg.states) / docs_local
-            out["distinct_words_per_minibatch"] = sum(st.words for st in alg.states) / max(
-                1, sum(math.ceil(st.docs / run.args.batch_size) for st in alg.states))
+            out["estep_iterations_per_document"] = sum(c.iters for c in counts) / docs_local
+            out["distinct_words_per_minibatch"] = sum(c.words for c in counts) / max(
+                1, sum(math.ceil(c.docs / run.args.batch_size) for c in counts))
     out["framework"] = m
     return out
 

@@ -240,6 +240,24 @@ def relabel(indices, lo, hi, mark, local, touched):
     return u
 
 
+@njit(nogil=True, cache=True)
+def max_distinct_words(indptr, indices, starts, ends, stamp):
+    """The largest number of distinct words in the minibatches ``starts[i]:ends[i]`` (documents),
+    the row count of a thread's exp(E[log beta]) and statistics buffers. ``stamp`` (length V,
+    int64) is scratch: overwritten."""
+    stamp[:] = -1
+    best = 0
+    for b in range(starts.shape[0]):
+        u = 0
+        for i in range(indptr[starts[b]], indptr[ends[b]]):
+            w = indices[i]
+            if stamp[w] != b:
+                stamp[w] = b
+                u += 1
+        best = max(best, u)
+    return best
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def topic_sums(lam, K, out):
     """out[k] = sum_w lam[w*K + k] (float64; entries as :func:`clean_lambda` makes them)."""

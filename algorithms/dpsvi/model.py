@@ -43,7 +43,17 @@ from .evaluate import heldout_loglik, infer_theta  # noqa: F401 (re-exported for
 
 class _ThreadState:
     __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sstats", "sums", "g", "X",
-                 "docs", "iters", "words", "prev_touched", "prev_u", "team", "msum", "theta", "jptr", "jdoc", "jcnt")
+                 "counts", "prev_touched", "prev_u", "team", "msum", "theta", "jptr", "jdoc", "jcnt")
+
+
+class ThreadCounts:
+    """What a thread did (documents, E-step iterations, distinct words summed over its minibatches):
+    kept by the algorithm after the thread ends, unlike its model-sized buffers."""
+
+    __slots__ = ("docs", "iters", "words")
+
+    def __init__(self):
+        self.docs = self.iters = self.words = 0
 
 
 #: thread modes: "hogwild" (the default) - each thread runs its own minibatches into the rank's
@@ -166,7 +176,9 @@ class SVIAlgorithm(Algorithm):
         #: (one thread only): DPSVI then draws exactly what scikit-learn draws
         self.gamma_rng = gamma_rng
         self._load_lock = threading.Lock()
-        self.states: list[_ThreadState] = []  # for statistics (documents, E-step iterations)
+        #: one per thread state made (for statistics); the states themselves, with their model-sized
+        #: buffers, are freed when their threads end
+        self.thread_counts: list[ThreadCounts] = []
 
     # -- plug-in interface --------------------------------------------------------------
     def init_params(self, rng):
@@ -230,15 +242,19 @@ class SVIAlgorithm(Algorithm):
             # compute_update's cursor after this thread's share of the earlier updates
             per_pass = -(-(hi - lo) // self.batch_size)
             st.pos = lo + (int(self.start_updates) // ctx.n_global_threads) % per_pass * self.batch_size
-        # the largest minibatch of this shard bounds the buffers
+        # the largest minibatch of this shard bounds the buffers: its non-zeros the word labels,
+        # its distinct words the K-wide rows (at K 1000 a row of both buffers is 8 kB)
         ip = st.X[0]
         starts = np.arange(lo, hi, self.batch_size)
         ends = np.minimum(starts + self.batch_size, hi)
         max_nnz = int((ip[ends] - ip[starts]).max()) if starts.size else 1
-        st.mark = np.full(self.V, -1, np.int32)
         st.local = np.empty(max(max_nnz, 1), np.int32)
         st.touched = np.empty(max(max_nnz, 1), np.int32)
-        u = min(max_nnz, self.V) or 1
+        stamp = np.empty(self.V, np.int64)
+        u = E.max_distinct_words(ip, st.X[1], starts, ends, stamp) if starts.size else 0
+        u = u or 1
+        del stamp
+        st.mark = np.full(self.V, -1, np.int32)
         kp = E.padded_topics(self.K)
         st.ebeta = np.empty((u, kp), np.float32)
         # one thread accumulates the sufficient statistics in the E-step; a team computes them word by word
@@ -255,10 +271,8 @@ class SVIAlgorithm(Algorithm):
             st.jptr = np.empty(u + 1, np.int64)  # the minibatch by word
             st.jdoc = np.empty(max(max_nnz, 1), np.int32)
             st.jcnt = np.empty(max(max_nnz, 1), np.float32)
-        st.docs = 0
-        st.iters = 0
-        st.words = 0
-        self.states.append(st)
+        st.counts = ThreadCounts()
+        self.thread_counts.append(st.counts)
         return st
 
     def compute_update(self, params, st, ctx):
@@ -293,9 +307,10 @@ class SVIAlgorithm(Algorithm):
                 gamma, st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
         if self.sparse_push:
             st.prev_u = u
-        st.docs += hi - lo
-        st.iters += iters
-        st.words += u
+        c = st.counts
+        c.docs += hi - lo
+        c.iters += iters
+        c.words += u
         return st.g
 
     def _team_update(self, params, st, ctx, lo, hi, gamma, rho):
@@ -375,8 +390,8 @@ class SVIAlgorithm(Algorithm):
 def topic_word_from_lambda(params, V, K) -> np.ndarray:
     """K x V components (lambda) from the word-major flat vector (entries floored at 1e-6)."""
     lam = np.asarray(params, np.float32).reshape(V, K).T
-    lam = np.nan_to_num(lam, nan=E.LAMBDA_FLOOR, posinf=1e30)
-    return np.clip(lam, E.LAMBDA_FLOOR, 1e30)
+    out = np.nan_to_num(lam, nan=E.LAMBDA_FLOOR, posinf=1e30)  # the one copy (word-major memory)
+    return np.clip(out, E.LAMBDA_FLOOR, 1e30, out=out)
 
 
 def lambda_from_topic_word(components) -> np.ndarray:
@@ -589,7 +604,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         done = int(result.metrics.get("total_updates", total)) if result.metrics else total
         self.n_batch_iter_ += done
         self.train_metrics_ = result.metrics
-        self.train_metrics_["documents"] = sum(s.docs for s in alg.states)
+        self.train_metrics_["documents"] = sum(c.docs for c in alg.thread_counts)
         return result
 
     def _batch_em_step(self, X):
