@@ -104,7 +104,8 @@ def run_one(kind: str, lay: dict, a) -> dict:
     row = {"command": shlex.join(cmd), "process_seconds": wall, "load_avg": os.getloadavg()[0],
            "staleness_mean": fw.get("staleness_mean"),
            "exchange_wait_seconds": fw.get("exchange_wait_seconds_per_worker"),
-           "framework_seconds": fw.get("wall_seconds"), "peak_rss_mb_per_rank": fw.get("peak_rss_mb_per_rank")}
+           "framework_seconds": fw.get("wall_seconds"), "peak_rss_mb_per_rank": fw.get("peak_rss_mb_per_rank"),
+           "cpu_seconds_per_rank": fw.get("cpu_seconds_per_rank")}
     if kind == "lda":
         row.update(train_seconds=m["train_seconds"], rate=m["docs_per_second"], load_seconds=m["load_seconds"],
                    heldout_loglik=m["heldout_loglik"], documents=m["documents_seen"])
@@ -139,8 +140,9 @@ def report(kind: str, results: dict, a) -> str:
     ref = med([r["rate"] for r in results.get(ref_name, []) if "error" not in r])
     lines = [f"| layout | ranks on {CORES} cores | training {unit} | x 1 process x 2 threads | whole run s | "
              f"of it: reading s | training s | rest s | whole / training | " + ("held-out ll | " if kind == "lda" else "")
-             + "staleness | exchange wait s/worker | peak RSS MB, largest rank / all ranks |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if kind == "lda" else "") + "---:|---:|---:|"]
+             + "staleness | exchange wait s/worker | CPU s per 1k " + unit.split("/")[0] + ", all ranks | cores busy in "
+             "training | peak RSS MB, largest rank / all ranks |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if kind == "lda" else "") + "---:|---:|---:|---:|---:|"]
     for name, rows in results.items():
         ok = [r for r in rows if "error" not in r]
         if not ok:
@@ -161,6 +163,10 @@ def report(kind: str, results: dict, a) -> str:
             cells.append(f"{med([r['heldout_loglik'] for r in ok]):.4f}")
         st = med([r["staleness_mean"] for r in ok])
         cells += ["-" if st is None else f"{st:.2f}", f"{med(waits):.2f}" if waits else "-"]
+        # CPU seconds of every rank's training (all threads; the server's evaluation thread included)
+        cpu = [(sum(r["cpu_seconds_per_rank"]), r) for r in ok if r.get("cpu_seconds_per_rank")]
+        cells += ([f"{med([c / r['documents'] * 1000 for c, r in cpu]):.2f}",
+                   f"{med([c / r['train_seconds'] for c, r in cpu]):.2f}"] if cpu else ["-", "-"])
         rss = [r["peak_rss_mb_per_rank"] for r in ok if r.get("peak_rss_mb_per_rank")]
         cells.append(f"{med([max(x) for x in rss]):,.0f} / {med([sum(x) for x in rss]):,.0f}" if rss else "-")
         lines.append("| " + " | ".join(cells) + " |")

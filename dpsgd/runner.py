@@ -212,7 +212,7 @@ def _tell_resumed(algorithm, core: ServerCore, saved: dict) -> None:
 
 #: what each worker rank reports to rank 0 at the end (one float64 each, gathered in this order)
 WORKER_STATS = ("local_updates", "seconds", "rejected_seen", "threads", "pushes", "bytes_pushed", "bytes_pulled",
-                "sparse_pushes", "exchange_wait_seconds", "overlap", "peak_rss_mb")
+                "sparse_pushes", "exchange_wait_seconds", "overlap", "peak_rss_mb", "cpu_seconds")
 
 
 def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
@@ -270,10 +270,12 @@ def _train_one_process(algorithm, config, handed: list, meta) -> TrainResult:
     hk.extra_arrays = worker.opt.state_arrays
     if saved is not None and not worker.opt.load_state_arrays(saved) and worker.opt.state_arrays():
         print(f"dpsgd: {config.resume} holds no {config.local_optimizer} statistics: they start afresh")
+    cpu0 = time.process_time()
     try:
         wstats = worker.run()
     finally:
         hk.close()
+    cpu = time.process_time() - cpu0
     if config.checkpoint_dir:
         hk.write_checkpoint()
     worker_fatal = worker.fatal
@@ -281,6 +283,7 @@ def _train_one_process(algorithm, config, handed: list, meta) -> TrainResult:
     params = core.w  # training is over: nothing writes the server's array any more
     metrics = _root_metrics(core, hk, [wstats], config, 1, t_start, algorithm, params)
     metrics["peak_rss_mb_per_rank"] = [peak_rss_mb()]
+    metrics["cpu_seconds_per_rank"] = [cpu]
     if core.fatal or worker_fatal:
         raise FatalRunError(core.fatal or "stopped by the server")
     return TrainResult(params, metrics, 0, True)
@@ -294,6 +297,7 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
     bounds = T.shard_bounds(n, n_servers, int(block or 1))
     stats = np.zeros(len(WORKER_STATS), np.float64)
     core = hk = None
+    cpu0 = time.process_time()  # CPU seconds of this rank's training (all its threads)
     if rank < n_servers:
         core, hk, _ = _server_shard(algorithm, config, w0[bounds[rank]:bounds[rank + 1]], n_workers, meta,
                                     shard=rank, block=block, is_root=is_root, evaluate=(n_servers == 1),
@@ -318,8 +322,9 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
                   bytes_pulled=channel.bytes_pulled, sparse_pushes=channel.sparse_pushes)
         stats[:] = [ws.get(k, 0.0) for k in WORKER_STATS]
         fatal = "stopped by the server (see the server rank's message)" if worker.fatal else None
+    stats[WORKER_STATS.index("cpu_seconds")] = time.process_time() - cpu0  # every rank's, servers' too
     params = _gather_final(comm, core, bounds, n_servers, n)
-    stats[WORKER_STATS.index("peak_rss_mb")] = peak_rss_mb()  # every rank's, servers' too
+    stats[WORKER_STATS.index("peak_rss_mb")] = peak_rss_mb()
     all_stats = np.zeros((size, stats.size), np.float64) if is_root else None
     comm.Gather(stats, all_stats, root=0)
     metrics = {}
@@ -336,7 +341,8 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
             push_bytes_mean=float(sum(w["bytes_pushed"] for w in ws_) / pushes),  # every shard's part of one push
             pull_bytes_mean=float(sum(w["bytes_pulled"] for w in ws_) / pushes),
             sparse_pushes=int(sum(w["sparse_pushes"] for w in ws_)),
-            peak_rss_mb_per_rank=[float(x) for x in all_stats[:, WORKER_STATS.index("peak_rss_mb")]])
+            peak_rss_mb_per_rank=[float(x) for x in all_stats[:, WORKER_STATS.index("peak_rss_mb")]],
+            cpu_seconds_per_rank=[float(x) for x in all_stats[:, WORKER_STATS.index("cpu_seconds")]])
     from . import deathwatch
 
     deathwatch.disarm()  # this rank ends normally, or reports its own error next

@@ -26,6 +26,9 @@ def test_three_ranks_converge(rule):
     assert r["final"]["dist"] < 0.05, r
     assert r["total_updates"] >= 3000 and r["rejected_pushes"] == 0
     assert all(u > 0 for u in r["local_updates_per_worker"])  # no worker starved
+    # every rank reports its training's CPU seconds and peak RSS, the server's too
+    assert len(r["cpu_seconds_per_rank"]) == 3 and all(c > 0 for c in r["cpu_seconds_per_rank"]), r
+    assert len(r["peak_rss_mb_per_rank"]) == 3 and all(m > 10 for m in r["peak_rss_mb_per_rank"]), r
     if rule == "ssgd":
         assert r["staleness_max"] == 0
     assert sum(r["staleness_hist"].values()) == r["pushes"] - r["dropped_stale_pushes"] or rule == "ssgd"
@@ -56,6 +59,7 @@ def test_network_path_without_shared_memory(args):
 def test_same_program_without_mpiexec():
     r = result_of(run([sys.executable, str(PROGS / "train_ls.py"), "--updates", 3000]))
     assert r["n_workers"] == 1 and r["final"]["dist"] < 0.05
+    assert len(r["cpu_seconds_per_rank"]) == 1 and r["cpu_seconds_per_rank"][0] > 0
 
 
 def test_nan_push_is_rejected_over_mpi():
