@@ -109,11 +109,15 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
     sp.save_npz(p, sp.csr_matrix(X))
     args = SimpleNamespace(corpus=str(p), vocab=None, holdout=0.1, stop_words="english", min_df=1, max_df=1.0,
                            max_features=None)
-    rows = CorpusPlan(args, 3)
+    rows = CorpusPlan(args, 3, ranks=4)
     assert rows.npz is not None and rows.full is None and rows.vocab[:2] == ["w0", "w1"]
+    # one process needs every document: it reads the file once, whole
+    one = CorpusPlan(args, 3)
+    assert one.npz is None and one.full is not None
     monkeypatch.setenv("DPSVI_NPZ_ROWS", "0")
-    whole = CorpusPlan(args, 3)
+    whole = CorpusPlan(args, 3, ranks=4)
     assert whole.npz is None and whole.full is not None
+    assert np.array_equal(one.train_ids, whole.train_ids)
     assert rows.n_docs == whole.n_docs and np.array_equal(rows.train_ids, whole.train_ids)
     for w in range(3):
         a, b = rows.shard(w, 3), whole.shard(w, 3)
