@@ -305,8 +305,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     One persistent receive per worker, polled with ``Testsome`` and a backing-off sleep
     (never a blocking receive, which spins a core, and never ``Waitany``, which can starve
     all workers but one). Answers are two sends (header, then the parameters straight from
-    ``core.w``: no copy) into receives the worker posted before it pushed, completed before the
-    next push changes ``core.w``.
+    ``core.w``: no copy) into receives the worker posted before it pushed.
     """
     from mpi4py import MPI
 
@@ -323,10 +322,8 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
 
     def answer(m, flags):
         T.encode_header(reply, T.KIND_PARAMS, version=core.version, flags=flags, total=core.total_updates, n=n)
-        # waited for before core.w changes again; politely, since the worker's receive progresses
-        # only when it polls (a blocking Send would spin meanwhile)
-        T.wait_all([comm.Isend(reply, dest=worker_ranks[m], tag=T.TAG_REPLY),
-                    comm.Isend(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY_PARAMS)])
+        comm.Send(reply, dest=worker_ranks[m], tag=T.TAG_REPLY)
+        comm.Send(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY_PARAMS)
 
     next_check = time.perf_counter() + 1.0
     while any(open_):

@@ -270,17 +270,6 @@ def wait(req, max_sleep: float = 1e-3):
     return status
 
 
-def wait_all(reqs, max_sleep: float = 1e-3) -> None:
-    """:func:`wait` for every request of ``reqs`` (sends and receives alike): a large message's
-    transfer progresses on both sides' ``Test`` calls, so a blocking ``Send`` would spin while the
-    other rank sleeps."""
-    from mpi4py import MPI
-
-    backoff = Backoff(max_sleep=max_sleep)
-    while not MPI.Request.Testall(reqs):
-        backoff.idle()
-
-
 class Backoff:
     """Wait politely: ``os.sched_yield`` for the first ``spin`` seconds of a wait, then sleeps
     that grow from ~10 us to ``max_sleep``; :meth:`reset` on activity.

@@ -103,8 +103,6 @@ class MPIChannel:
         return np.array(w0, np.float32, copy=True), np.empty(w0.size, np.float32)
 
     def _send_push(self, s, msg, kind, base_version, nsteps, lr):
-        """Start sending a push (or hello) to shard ``s``: ``(request, bytes)``; the buffer is
-        reused only after the request completed."""
         if kind == T.KIND_PUSH and self.block:
             sp = self.sparse_msgs[s]
             nb = T.compress_blocks(msg.payload, self.block, sp.payload, self.block_ids[s], self.max_blocks[s])
@@ -112,12 +110,14 @@ class MPIChannel:
                 T.encode_header(sp.header, T.KIND_PUSH_SPARSE, version=base_version, nsteps=nsteps, n=nb, lr=lr,
                                 block=self.block)
                 buf = sp.view_bytes(nb * (self.block + 1))
+                self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
                 self.sparse_pushes += 1
-                return self.comm.Isend(buf, dest=s, tag=T.TAG_PUSH), buf.nbytes
+                return buf.nbytes
         n = msg.payload.size if kind == T.KIND_PUSH else 0
         T.encode_header(msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
         buf = msg.view_bytes(n)
-        return self.comm.Isend(buf, dest=s, tag=T.TAG_PUSH), buf.nbytes
+        self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
+        return buf.nbytes
 
     def exchange(self, kind, base_version, nsteps, lr, w_new):
         comm = self.comm
@@ -128,12 +128,9 @@ class MPIChannel:
             reqs.append(comm.Irecv(w_new[lo:hi], source=s, tag=T.TAG_REPLY_PARAMS))
         sent = 0
         for s, msg in enumerate(self.msgs):
-            req, nbytes = self._send_push(s, msg, kind, base_version, nsteps, lr)
-            reqs.append(req)
-            sent += nbytes
-        # one polite wait for the push and the answer: a blocking Send of a large push would spin
-        # until the server's next poll moves it
-        T.wait_all(reqs)
+            sent += self._send_push(s, msg, kind, base_version, nsteps, lr)
+        for r in reqs:
+            T.wait(r)
         if kind == T.KIND_PUSH:
             self.pushes += 1
             self.bytes_pushed += sent
