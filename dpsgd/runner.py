@@ -8,6 +8,7 @@ whose pushes go to an in-process server with the same update rule.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -212,7 +213,8 @@ def _tell_resumed(algorithm, core: ServerCore, saved: dict) -> None:
 
 #: what each worker rank reports to rank 0 at the end (one float64 each, gathered in this order)
 WORKER_STATS = ("local_updates", "seconds", "rejected_seen", "threads", "pushes", "bytes_pushed", "bytes_pulled",
-                "sparse_pushes", "exchange_wait_seconds", "overlap", "peak_rss_mb", "cpu_seconds")
+                "sparse_pushes", "exchange_wait_seconds", "overlap", "peak_rss_mb", "cpu_seconds",
+                "first_update_unix")
 
 
 def train(algorithm, config: TrainConfig | None = None) -> TrainResult:
@@ -270,12 +272,11 @@ def _train_one_process(algorithm, config, handed: list, meta) -> TrainResult:
     hk.extra_arrays = worker.opt.state_arrays
     if saved is not None and not worker.opt.load_state_arrays(saved) and worker.opt.state_arrays():
         print(f"dpsgd: {config.resume} holds no {config.local_optimizer} statistics: they start afresh")
-    cpu0 = time.process_time()
     try:
         wstats = worker.run()
     finally:
         hk.close()
-    cpu = time.process_time() - cpu0
+    cpu = _training_cpu(worker)
     if config.checkpoint_dir:
         hk.write_checkpoint()
     worker_fatal = worker.fatal
@@ -297,11 +298,11 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
     bounds = T.shard_bounds(n, n_servers, int(block or 1))
     stats = np.zeros(len(WORKER_STATS), np.float64)
     core = hk = None
-    cpu0 = time.process_time()  # CPU seconds of this rank's training (all its threads)
     if rank < n_servers:
         core, hk, _ = _server_shard(algorithm, config, w0[bounds[rank]:bounds[rank + 1]], n_workers, meta,
                                     shard=rank, block=block, is_root=is_root, evaluate=(n_servers == 1),
                                     show_progress=config.progress and is_root, background_eval=True)
+        cpu0 = time.process_time()  # CPU seconds of this rank's training (all its threads)
         try:
             serve(comm, core, list(range(n_servers, size)), housekeeping=hk)
         finally:
@@ -322,7 +323,8 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
                   bytes_pulled=channel.bytes_pulled, sparse_pushes=channel.sparse_pushes)
         stats[:] = [ws.get(k, 0.0) for k in WORKER_STATS]
         fatal = "stopped by the server (see the server rank's message)" if worker.fatal else None
-    stats[WORKER_STATS.index("cpu_seconds")] = time.process_time() - cpu0  # every rank's, servers' too
+    # every rank's CPU seconds of training, servers' too
+    stats[WORKER_STATS.index("cpu_seconds")] = time.process_time() - cpu0 if core is not None else _training_cpu(worker)
     params = _gather_final(comm, core, bounds, n_servers, n)
     stats[WORKER_STATS.index("peak_rss_mb")] = peak_rss_mb()
     all_stats = np.zeros((size, stats.size), np.float64) if is_root else None
@@ -332,7 +334,8 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
         ws_ = [dict(zip(WORKER_STATS, r)) for r in all_stats[n_servers:]]
         wstats = [{"local_updates": int(w["local_updates"]), "seconds": float(w["seconds"]),
                    "rejected_seen": int(w["rejected_seen"]), "threads": int(w["threads"]),
-                   "exchange_wait_seconds": float(w["exchange_wait_seconds"]), "overlap": bool(w["overlap"])}
+                   "exchange_wait_seconds": float(w["exchange_wait_seconds"]), "overlap": bool(w["overlap"]),
+                   "first_update_unix": float(w["first_update_unix"])}
                   for w in ws_]
         metrics = _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params)
         pushes = max(sum(w["pushes"] for w in ws_), 1.0)
@@ -412,11 +415,21 @@ def peak_rss_mb() -> float:
         return 0.0
 
 
+def _training_cpu(worker) -> float:
+    """CPU seconds of this process (all its threads) since the worker's first update began
+    (0 when it made none): set-up before training is not counted, as by the training clocks."""
+    return time.process_time() - worker.first_update_cpu if worker.first_update_cpu is not None else 0.0
+
+
 def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, params) -> dict:
     wall = time.perf_counter() - t_start
     m = core.metrics()
+    starts = [w["first_update_unix"] for w in wstats if math.isfinite(w["first_update_unix"])]
     m.update({
         "wall_seconds": wall,
+        # time.time() when the first update of any worker began (nan when none did): the start of
+        # training proper, after every rank's set-up (an algorithm's training clock can start here)
+        "first_update_unix": min(starts) if starts else float("nan"),
         "n_workers": n_workers,
         "threads_per_worker": config.threads,
         "rule": config.rule.name,

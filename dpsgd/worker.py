@@ -225,6 +225,10 @@ class Worker:
         self.pushing = 0  # updates in the push under way (counted by neither since_push nor server_total)
         self.exact_budget = n_workers == 1
         self.rejected_seen = 0
+        #: wall clock (``time.time()``) and process CPU seconds when the first update began: the
+        #: start of training proper (environment creation, warm-up and the hello excluded)
+        self.first_update_unix = float("nan")
+        self.first_update_cpu: float | None = None
         self.stop = threading.Event()
         self.count_lock = threading.Lock()
         self.push_lock = threading.Lock()
@@ -316,6 +320,8 @@ class Worker:
         with self.count_lock:
             if self.exact_budget and self._updates_done() + self.in_flight >= self.config.total_updates:
                 return False
+            if self.first_update_cpu is None:
+                self.first_update_unix, self.first_update_cpu = time.time(), time.process_time()
             self.in_flight += 1
             return True
 
@@ -421,4 +427,5 @@ class Worker:
             "threads": self.n_threads,
             "exchange_wait_seconds": self.wait_seconds,
             "overlap": self.pipelined,
+            "first_update_unix": self.first_update_unix,
         }

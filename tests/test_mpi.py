@@ -21,7 +21,10 @@ def result_of(proc):
 
 @pytest.mark.parametrize("rule", ["asgd", "dc-asgd-c", "dc-asgd-a", "ssgd"])
 def test_three_ranks_converge(rule):
+    t_launch = time.time()
     r = result_of(mpirun(3, [PROGS / "train_ls.py", "--rule", rule, "--updates", 3000]))
+    # training began with the first worker's first update: after the launch, before the end
+    assert t_launch < r["first_update_unix"] < time.time(), r
     assert r["n_workers"] == 2
     assert r["final"]["dist"] < 0.05, r
     assert r["total_updates"] >= 3000 and r["rejected_pushes"] == 0
@@ -57,8 +60,10 @@ def test_network_path_without_shared_memory(args):
 
 
 def test_same_program_without_mpiexec():
+    t_launch = time.time()
     r = result_of(run([sys.executable, str(PROGS / "train_ls.py"), "--updates", 3000]))
     assert r["n_workers"] == 1 and r["final"]["dist"] < 0.05
+    assert t_launch < r["first_update_unix"] < time.time(), r
     assert len(r["cpu_seconds_per_rank"]) == 1 and r["cpu_seconds_per_rank"][0] > 0
 
 

@@ -113,4 +113,7 @@ def test_mpiexec_a2c_smoke(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["n_workers"] == 2 and m["env_steps"] >= 4000
     assert m["final_eval_return_mean"] is not None and m["evaluations"]
+    # the training clock starts with the workers' first update (their set-up excluded, as in one
+    # process), so it is shorter than the framework's clock, which starts before the workers exist
+    assert 0 < m["train_seconds"] < m["framework"]["wall_seconds"], m
     assert (tmp_path / "model.pt").is_file()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import threading
 import time
@@ -300,6 +301,11 @@ class HSA2C(Algorithm):
     def _summarize(self, fm: dict, cfg) -> dict:
         wall = time.perf_counter() - self._t0
         paused = self._eval_seconds  # evaluation time during which training waited
+        started = float(fm.get("first_update_unix", float("nan")))
+        if not self._local_eval and math.isfinite(started):
+            # MPI: this rank (the server) computes nothing; training began with the workers' first
+            # update, after their environments were made, as the clock of one process does
+            wall = time.time() - started
         if self._local_eval:
             evals = list(self.tracker.log)
             env_steps = self._env_steps

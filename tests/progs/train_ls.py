@@ -78,7 +78,8 @@ if __name__ == "__main__":
         m = res.metrics
         out = {k: m[k] for k in ("pushes", "total_updates", "rejected_pushes", "reject_reasons", "staleness_mean",
                                  "staleness_max", "staleness_hist", "n_workers", "final", "dropped_stale_pushes",
-                                 "local_updates_per_worker", "cpu_seconds_per_rank", "peak_rss_mb_per_rank")}
+                                 "local_updates_per_worker", "cpu_seconds_per_rank", "peak_rss_mb_per_rank",
+                                 "first_update_unix", "wall_seconds")}
         out["n_params"] = int(res.params.size)
         if a.out:  # what a replay needs: the push order, the first pulls, the final model
             os.makedirs(a.out, exist_ok=True)
