@@ -121,26 +121,37 @@ class Housekeeper:
             self.write_checkpoint()
             self.next_ckpt = time.perf_counter() + self.config.checkpoint_every
 
+    def evaluate_start(self):
+        """Evaluate the model training starts from, in this thread, before any worker computes
+        (in one process and under MPI alike: never overlapped with training, outside its clock)."""
+        if not self.evaluate or self.core.model_broken:  # (evaluations every N updates start at N)
+            return
+        self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates, background=False,
+                       initial=True)
+        self.core.last_push_time[:] = time.perf_counter()  # no worker has been heard yet: none is silent
+        self.next_eval = time.perf_counter() + self.config.eval_every
+
     def record_eval(self):
         if self.core.model_broken:
             return
         if not self.background_eval:
-            self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates)
+            self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates, background=False)
             return
         if self._eval_thread is not None and self._eval_thread.is_alive():
             return  # the previous evaluation is still running: this one is skipped
-        args = (self.core.w.copy(), self.core.elapsed, self.core.version, self.core.total_updates)
+        args = (self.core.w.copy(), self.core.elapsed, self.core.version, self.core.total_updates, True)
         self._eval_thread = threading.Thread(target=self._evaluate, args=args, name="dpsgd-eval", daemon=True)
         self._eval_thread.start()
 
-    def _evaluate(self, w, seconds, version, updates):
+    def _evaluate(self, w, seconds, version, updates, background: bool, initial: bool = False):
         """One history row: the model's metrics at ``updates``; ``seconds`` is when the snapshot was
-        taken (background) or, when None, the time after the evaluation (the serving paused meanwhile)."""
+        taken (background) or, when None, the time after the evaluation (the serving paused meanwhile).
+        ``initial``: the evaluation before training began."""
         t0 = time.perf_counter()
         try:
             m = self.alg.evaluate(w)
         except BaseException as e:  # noqa: BLE001 - raised again in the serving thread
-            if not self.background_eval:
+            if not background:
                 raise
             self._eval_error = e
             return
@@ -148,7 +159,8 @@ class Housekeeper:
         row = {"seconds": self.core.elapsed if seconds is None else seconds, "version": version, "updates": updates}
         row.update({k: float(v) for k, v in m.items()})
         row["eval_duration"] = dt
-        row["eval_background"] = float(self.background_eval)
+        row["eval_background"] = float(background)
+        row["eval_initial"] = float(initial)
         with self._hist_lock:
             self.eval_seconds += dt
             self.history.append(row)
@@ -272,6 +284,7 @@ def _train_one_process(algorithm, config, handed: list, meta) -> TrainResult:
     hk.extra_arrays = worker.opt.state_arrays
     if saved is not None and not worker.opt.load_state_arrays(saved) and worker.opt.state_arrays():
         print(f"dpsgd: {config.resume} holds no {config.local_optimizer} statistics: they start afresh")
+    hk.evaluate_start()
     try:
         wstats = worker.run()
     finally:
@@ -302,6 +315,7 @@ def _train_mpi(comm, algorithm, config, w0, meta, n_servers, block) -> TrainResu
         core, hk, _ = _server_shard(algorithm, config, w0[bounds[rank]:bounds[rank + 1]], n_workers, meta,
                                     shard=rank, block=block, is_root=is_root, evaluate=(n_servers == 1),
                                     show_progress=config.progress and is_root, background_eval=True)
+        hk.evaluate_start()  # the workers wait for their hello's answer meanwhile
         cpu0 = time.process_time()  # CPU seconds of this rank's training (all its threads)
         try:
             serve(comm, core, list(range(n_servers, size)), housekeeping=hk)
@@ -415,6 +429,13 @@ def peak_rss_mb() -> float:
         return 0.0
 
 
+def paused_eval_seconds(history) -> float:
+    """Seconds of the evaluations in ``history`` that paused training: neither those of a
+    background thread (training went on) nor the one before training began (not in its clock)."""
+    return float(sum(r["eval_duration"] for r in history
+                     if not r.get("eval_background") and not r.get("eval_initial")))
+
+
 def _training_cpu(worker) -> float:
     """CPU seconds of this process (all its threads) since the worker's first update began
     (0 when it made none): set-up before training is not counted, as by the training clocks."""
@@ -425,11 +446,16 @@ def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, param
     wall = time.perf_counter() - t_start
     m = core.metrics()
     starts = [w["first_update_unix"] for w in wstats if math.isfinite(w["first_update_unix"])]
+    first = min(starts) if starts else float("nan")
     m.update({
         "wall_seconds": wall,
         # time.time() when the first update of any worker began (nan when none did): the start of
         # training proper, after every rank's set-up (an algorithm's training clock can start here)
-        "first_update_unix": min(starts) if starts else float("nan"),
+        "first_update_unix": first,
+        # from then to the end of training (evaluations included: see paused_eval_seconds)
+        "training_wall_seconds": time.time() - first,
+        # evaluations during that time that paused training (those of a background thread did not)
+        "paused_eval_seconds": paused_eval_seconds(hk.history),
         "n_workers": n_workers,
         "threads_per_worker": config.threads,
         "rule": config.rule.name,

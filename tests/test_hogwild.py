@@ -217,3 +217,16 @@ def test_threads_compute_exactly_the_budget(local_steps):
     assert res.metrics["total_updates"] == 100
     assert alg.calls == 100
     assert sum(res.metrics["local_updates_per_worker"]) == 100
+
+
+def test_only_evaluations_that_paused_training_are_taken_off_its_clock():
+    from dpsgd.runner import paused_eval_seconds
+
+    history = [
+        {"updates": 0, "eval_duration": 1.0, "eval_background": 0.0, "eval_initial": 1.0},  # before training
+        {"updates": 10, "eval_duration": 0.5, "eval_background": 0.0},  # paused the serving
+        {"updates": 20, "eval_duration": 2.0, "eval_background": 1.0},  # a background thread's
+        {"updates": 30, "eval_duration": 0.25, "eval_background": 0.0},
+    ]
+    assert paused_eval_seconds(history) == 0.75
+    assert paused_eval_seconds([]) == 0.0

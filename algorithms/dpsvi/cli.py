@@ -432,8 +432,13 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
     counts = alg.thread_counts
     if counts and all(c.docs for c in counts):
         docs = sum(c.docs for c in counts)
+    # training: from the first update of any worker (set-up, reading and the hello excluded, in one
+    # process and under MPI alike) to the end, less the evaluations that paused it
     wall = float(m["wall_seconds"])
-    train_seconds = max(wall - float(m.get("eval_seconds", 0.0)), 1e-9)
+    window = float(m.get("training_wall_seconds", float("nan")))
+    if not math.isfinite(window):
+        window = wall
+    train_seconds = max(window - float(m.get("paused_eval_seconds", m.get("eval_seconds", 0.0))), 1e-9)
     # NPMI needs many reference documents: the whole corpus when this rank has it in memory
     if run.corpus.full is not None:
         ref, ref_name = run.corpus.full.X, "whole corpus"

@@ -312,7 +312,8 @@ class HSA2C(Algorithm):
         else:  # MPI: the server's periodic evaluations (history rows of dpsgd)
             hist = [r for r in fm.get("history", []) if "eval_return_mean" in r]
             # evaluations in the server's background thread did not pause training: not excluded
-            paused -= sum(r.get("eval_duration", 0.0) for r in hist if r.get("eval_background"))
+            # nor did the one before training began (outside the clock, which starts at the first update)
+            paused -= sum(r.get("eval_duration", 0.0) for r in hist if r.get("eval_background") or r.get("eval_initial"))
             evals = [{"env_steps": int(r["updates"]) * self.samples_per_update,
                       "wall_seconds": float(r["seconds"]) - (0.0 if r.get("eval_background")
                                                              else float(r.get("eval_seconds_before", 0.0))),
