@@ -14,6 +14,9 @@ updates, pulling, the server's update rule, logging and checkpoints.
 
 ``params`` handed to ``compute_update`` is the rank's live shared buffer: other threads
 write to it while you read it (Hogwild). Copy what must stay consistent for one update.
+Treat it as read-only: a one-thread worker with plain SGD steps (``local_steps`` 1) hands over
+the model it pulled - in one process the server's own array - and pushes ``g`` itself.
+Return a buffer of your own (reused between updates is fine), never ``params`` or a view of it.
 
 Worked example (least squares, see :mod:`dpsgd.problems` for more)::
 

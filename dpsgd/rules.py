@@ -205,6 +205,24 @@ def _dc_momentum_kernel(w, g, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu):
     return bad == 0
 
 
+@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
+def _plain_blocks_kernel(w, payload, nb, block, lr):
+    """``_plain_kernel`` without momentum on the blocks of a sparse push only (``payload``: nb
+    checked block indices, then their values): ``w[block b] -= lr * values``. The other blocks'
+    gradient is zero, which leaves them unchanged, so the result is the dense pass's. True when
+    the blocks written are all finite."""
+    ids = payload[:nb].view(np.int32)
+    bad = 0
+    for k in range(nb):
+        wb = w[ids[k] * block:(ids[k] + 1) * block]  # views: the inner loop vectorizes (2x at K 100)
+        gb = payload[nb + k * block:nb + (k + 1) * block]
+        for j in range(block):
+            wi = wb[j] - lr * gb[j]
+            wb[j] = wi
+            bad |= not (abs(wi) <= _FLT_MAX)
+    return bad == 0
+
+
 def _dc_kernel(w, g, scale, lr, wbak, ms, lam, ms_decay, eps, mode, mom, mu):
     """Fused pass of a mode (0 plain, 1 constant lam, 2 adaptive lam, 3 isotropic); True when w stays finite."""
     if mode == 0:
@@ -252,6 +270,12 @@ class UpdateRule:
     def synchronous(self) -> bool:
         return self.config.name == "ssgd"
 
+    @property
+    def applies_blocks(self) -> bool:
+        """The rule applies a sparse push's blocks in place (:meth:`apply_blocks`): asgd and sgd
+        without momentum, whose update of a parameter with a zero gradient is no update."""
+        return self.mode == 0 and not self.synchronous and not self.momentum_buf.size
+
     def reset_worker(self, m: int, w: np.ndarray) -> None:
         """Record that worker ``m`` now holds ``w`` (it pulled it)."""
         if self.mode:
@@ -270,6 +294,13 @@ class UpdateRule:
         return _dc_kernel(w, g, np.float32(1.0), np.float32(lr), wbak, ms, self.lam,
                    np.float32(self.config.ms_decay), np.float32(self.config.eps),
                    self.mode, mom, np.float32(self.config.momentum))
+
+    def apply_blocks(self, w: np.ndarray, blocks, m: int, lr: float) -> bool:
+        """:meth:`apply` for a sparse push (``transport.SparseBlocks``, indices checked), touching
+        only its blocks; only where :attr:`applies_blocks`. False when ``w`` overflowed."""
+        if not self.applies_blocks:
+            raise RuntimeError(f"rule {self.config.name!r} needs a dense gradient")
+        return _plain_blocks_kernel(w, blocks.payload, blocks.nb, blocks.block, np.float32(lr))
 
     # SSGD ------------------------------------------------------------------
     def add_to_round(self, g: np.ndarray) -> None:

@@ -24,7 +24,7 @@ def warm_up_kernels() -> None:
     """Compile (or load from cache) the Numba kernels before the first push arrives: a first
     push that waits ~0.3 s for compilation lets the workers pile up local updates."""
     from .hogwild import merge_pull, snapshot_delta
-    from .rules import _dc_kernel
+    from .rules import _dc_kernel, _plain_blocks_kernel
 
     x = np.zeros(1, np.float32)
     e = np.zeros(0, np.float32)
@@ -34,6 +34,10 @@ def warm_up_kernels() -> None:
                    np.float32(1e-7), mode, e, np.float32(0))
     snapshot_delta(x, x, x, x.copy(), np.float32(1))
     merge_pull(x.copy(), x.copy(), x, x)
+    sparse = np.zeros(2, np.float32)  # one block of one value: index 0, value 0
+    T.compress_blocks(x, 1, sparse, np.zeros(1, np.int32), 1)
+    T.valid_block_ids(sparse, 1, 1)
+    _plain_blocks_kernel(x.copy(), sparse, 1, 1, np.float32(0))
 
 
 class FatalRunError(RuntimeError):
@@ -59,8 +63,9 @@ class ServerCore:
         self.shard = shard
         self.n_workers = n_workers
         self.w = np.array(w0, dtype=np.float32, copy=True)
-        self.decoder = T.PushDecoder(self.w.size, self.block)
         self.rule = UpdateRule(config.rule, self.w.size, n_workers)
+        # sparse pushes go to the rule as received where it applies them in place (no dense scatter)
+        self.decoder = T.PushDecoder(self.w.size, self.block, scatter=not self.rule.applies_blocks)
         warm_up_kernels()
         for m in range(n_workers):
             self.rule.reset_worker(m, self.w)
@@ -130,9 +135,11 @@ class ServerCore:
         finally:
             self.decoder.release(payload)
 
-    def push(self, m: int, g: np.ndarray, base_version: int, nsteps: int, lr: float,
+    def push(self, m: int, g, base_version: int, nsteps: int, lr: float,
              problem: str | None = None) -> list[tuple[int, int]]:
-        """Apply worker ``m``'s push (``problem``: why it is rejected, from the decoder).
+        """Apply worker ``m``'s push (``g``: a dense gradient, or a sparse push's blocks as
+        ``transport.SparseBlocks`` where the rule applies them in place; ``problem``: why it is
+        rejected, from the decoder).
 
         Returns the [(worker, flags)] to answer now (SSGD defers answers to the round's end).
         """
@@ -166,7 +173,8 @@ class ServerCore:
             self.pending.append(m)
             self._last_lr = lr
             return self._maybe_close_round()
-        if not self.rule.apply(self.w, g, m, lr):
+        sparse = isinstance(g, T.SparseBlocks)
+        if not (self.rule.apply_blocks(self.w, g, m, lr) if sparse else self.rule.apply(self.w, g, m, lr)):
             self._overflowed(f"worker {m}'s push (staleness {stale}, lr {lr:.3g})")
         self.version += 1
         return [(m, self.flags_for(m))]

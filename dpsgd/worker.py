@@ -15,6 +15,13 @@ one-process run stays deterministic for a seed, and ``simulate(..., overlap=True
 Push: ``g = (w_start - snap) / lr`` where ``snap`` is a copy of the buffer taken now and
 ``w_start`` the model last pulled; the server applies ``w -= lr * rule(g)``. Pull:
 ``w += w_new - snap`` keeps the updates the other threads made meanwhile.
+
+*Direct* worker (one thread, blocking exchange, ``local_steps`` 1, plain SGD locally - DPSVI's
+MPI ranks, ``dpsgd lda --threads 1``): the update computed is the push itself. Applying it
+locally, snapshotting and merging the answer would only give back ``g`` and the server's model,
+so the worker skips all three: it pushes ``g`` and the answer lands in the rank's buffer, which
+is the model last pulled (in one process: the server's own array). Three model-sized passes
+and buffers fewer per update; the pushed values are ``g`` exactly, as the simulator computes them.
 """
 
 from __future__ import annotations
@@ -54,11 +61,17 @@ class LocalChannel:
             raise ValueError(f"{w0.size} parameters for a server of {self.core.w.size}")
         return self.core.w, self.core.w
 
-    def exchange(self, kind, base_version, nsteps, lr, w_new):
+    def direct_buffer(self, w0: np.ndarray) -> np.ndarray:
+        """The buffer of a direct worker (see the module docstring): the server's own model."""
+        return self.model_buffers(w0)[0]
+
+    def exchange(self, kind, base_version, nsteps, lr, w_new, payload=None):
+        """Push (``payload``: the gradient to push instead of :attr:`push_buffers`) and pull into ``w_new``."""
         core = self.core
         n = self.msg.payload.size if kind == T.KIND_PUSH else 0
         T.encode_header(self.msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
-        answers = core.receive(0, self.msg.header, self.msg.payload, self.msg.nbytes_for(n))
+        answers = core.receive(0, self.msg.header, self.msg.payload if payload is None else payload,
+                               self.msg.nbytes_for(n))
         flags = dict(answers).get(0, 0)
         if w_new is not core.w:
             w_new[:] = core.w
@@ -102,10 +115,17 @@ class MPIChannel:
         and the array the server shards' answers are received into."""
         return np.array(w0, np.float32, copy=True), np.empty(w0.size, np.float32)
 
-    def _send_push(self, s, msg, kind, base_version, nsteps, lr):
+    def direct_buffer(self, w0: np.ndarray) -> np.ndarray:
+        """The buffer of a direct worker (see the module docstring): the model last pulled, into
+        which the answers land."""
+        return np.array(w0, np.float32, copy=True)
+
+    def _send_push(self, s, msg, kind, base_version, nsteps, lr, src=None):
+        """Send shard ``s``'s push: ``src`` (a slice of the gradient) or, when None, ``msg.payload``."""
+        src = msg.payload if src is None else src
         if kind == T.KIND_PUSH and self.block:
             sp = self.sparse_msgs[s]
-            nb = T.compress_blocks(msg.payload, self.block, sp.payload, self.block_ids[s], self.max_blocks[s])
+            nb = T.compress_blocks(src, self.block, sp.payload, self.block_ids[s], self.max_blocks[s])
             if nb >= 0:
                 T.encode_header(sp.header, T.KIND_PUSH_SPARSE, version=base_version, nsteps=nsteps, n=nb, lr=lr,
                                 block=self.block)
@@ -114,12 +134,16 @@ class MPIChannel:
                 self.sparse_pushes += 1
                 return buf.nbytes
         n = msg.payload.size if kind == T.KIND_PUSH else 0
+        if n and src is not msg.payload:
+            msg.payload[:] = src  # header and values go as one message
         T.encode_header(msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
         buf = msg.view_bytes(n)
         self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
         return buf.nbytes
 
-    def exchange(self, kind, base_version, nsteps, lr, w_new):
+    def exchange(self, kind, base_version, nsteps, lr, w_new, payload=None):
+        """Push (``payload``: the gradient to push instead of :attr:`push_buffers`) and pull
+        every shard's answer into ``w_new``."""
         comm = self.comm
         reqs = []
         for s, (lo, hi) in enumerate(zip(self.bounds[:-1], self.bounds[1:])):
@@ -128,7 +152,8 @@ class MPIChannel:
             reqs.append(comm.Irecv(w_new[lo:hi], source=s, tag=T.TAG_REPLY_PARAMS))
         sent = 0
         for s, msg in enumerate(self.msgs):
-            sent += self._send_push(s, msg, kind, base_version, nsteps, lr)
+            src = None if payload is None else payload[self.bounds[s]:self.bounds[s + 1]]
+            sent += self._send_push(s, msg, kind, base_version, nsteps, lr, src)
         for r in reqs:
             T.wait(r)
         if kind == T.KIND_PUSH:
@@ -205,10 +230,20 @@ class Worker:
         self.n_workers = n_workers
         self.n_threads = int(config.threads or 1)
         n = w0.size
-        self.w = np.array(w0, np.float32, copy=True)  # the rank's shared Hogwild buffer
-        # the model last pulled, and where the next answer lands (written by the exchange only)
-        self.w_start, self.w_new = channel.model_buffers(self.w)
-        self.snap = np.empty(n, np.float32)
+        #: the update computed is the push itself (see the module docstring)
+        self.direct = (self.n_threads == 1 and not config.overlap and config.local_steps == 1
+                       and config.local_optimizer == "sgd")
+        if self.direct:
+            # one buffer: the model last pulled, where the answers land and the thread computes
+            self.w = channel.direct_buffer(w0)
+            self.w_start = self.w_new = self.w
+            self.snap = None
+            self._zero_push: np.ndarray | None = None  # pushed for an update of step size 0
+        else:
+            self.w = np.array(w0, np.float32, copy=True)  # the rank's shared Hogwild buffer
+            # the model last pulled, and where the next answer lands (written by the exchange only)
+            self.w_start, self.w_new = channel.model_buffers(self.w)
+            self.snap = np.empty(n, np.float32)
         self.opt = LocalOptimizer(config.local_optimizer, n, config.rms_alpha, config.adam_betas, config.opt_eps)
         self.seed_offset = 0
         self.version = 0
@@ -268,9 +303,11 @@ class Worker:
 
     def _end_exchange(self, kind, flags, version, total):
         """The answer landed in ``w_new``: merge it (or start over from it) and take its counts."""
-        if kind == T.KIND_HELLO or flags & (T.FLAG_REJECTED | T.FLAG_DROPPED_STALE):
-            if flags & T.FLAG_REJECTED:
-                self.rejected_seen += 1
+        if flags & T.FLAG_REJECTED:
+            self.rejected_seen += 1
+        if self.direct:
+            pass  # the answer landed in the rank's buffer: nothing to merge or start over from
+        elif kind == T.KIND_HELLO or flags & (T.FLAG_REJECTED | T.FLAG_DROPPED_STALE):
             # start over from the server's model: the local updates are discarded
             self.w[:] = self.w_new
             self.w_start[:] = self.w_new
@@ -289,6 +326,22 @@ class Worker:
         job = self._begin_exchange(kind)
         flags, version, total = self.channel.exchange(*job, self.w_new)
         self._end_exchange(kind, flags, version, total)
+        self.wait_seconds += time.perf_counter() - t0
+
+    def _push_direct(self, g, lr):
+        """Direct worker: push the update ``g`` (step size ``lr``) itself; the answer lands in
+        ``self.w``. An update of step size 0 changes nothing, so it pushes zeros at the last
+        non-zero step size, as a snapshot of the unchanged buffer would."""
+        t0 = time.perf_counter()
+        if lr <= 0:
+            if self._zero_push is None:
+                self._zero_push = np.zeros_like(self.w)
+            g, lr = self._zero_push, self.last_lr
+        with self.count_lock:
+            self.since_push -= 1
+            self.pushing = 1
+        flags, version, total = self.channel.exchange(T.KIND_PUSH, self.version, 1, lr, self.w, payload=g)
+        self._end_exchange(T.KIND_PUSH, flags, version, total)
         self.wait_seconds += time.perf_counter() - t0
 
     def _land(self):
@@ -328,6 +381,8 @@ class Worker:
     def _flush(self):
         """The budget is spent: push the updates not pushed yet (``local_steps`` > 1), so that
         the server reaches the budget and answers STOP."""
+        if self.direct:
+            return  # every update was pushed as it was made
         with self.push_lock:
             self._land()
             if self.since_push > 0 and not self.stop.is_set():
@@ -371,15 +426,21 @@ class Worker:
                         self.in_flight -= 1
                     raise
                 checked_update(g, n, self.alg, WorkerError)
-                self.opt.step(self.w, g, ctx.lr, self.local_updates + 1)
-                if ctx.lr > 0:
-                    self.last_lr = ctx.lr
+                if not self.direct:
+                    self.opt.step(self.w, g, ctx.lr, self.local_updates + 1)
+                lr = ctx.lr
+                if lr > 0:
+                    self.last_lr = lr
                 ctx.step += 1
                 with self.count_lock:
                     self.in_flight -= 1
                     self.since_push += 1
                     self.local_updates += 1
-                self._maybe_push()
+                if self.direct:
+                    if not self.stop.is_set():
+                        self._push_direct(g, lr)
+                else:
+                    self._maybe_push()
         except BaseException as e:  # surfaced by run(); the other threads stop
             e.thread_traceback = traceback.format_exc()
             self.errors.append(e)

@@ -184,6 +184,26 @@ def test_kill_9_ends_the_job_and_the_checkpoint_resumes(tmp_path, victim):
     assert r["final"]["dist"] < 0.05
 
 
+@pytest.mark.parametrize("rule", ["asgd", "dc-asgd-a"])
+def test_blocking_exchange_replays_exactly(tmp_path, rule):
+    """One-thread workers with a blocking exchange push their gradient itself (no local step,
+    snapshot or merge: dpsgd.worker's direct mode), as the simulator computes it: the server's push
+    order replayed through simulate() gives the run's staleness log and its model bit for bit."""
+    sys.path.insert(0, str(PROGS))
+    from train_ls import LS
+
+    from dpsgd.simulate import ReplayLog, simulate
+
+    out = tmp_path / "run"
+    r = result_of(mpirun(3, [PROGS / "train_ls.py", "--rule", rule, "--updates", 60, "--out", out]))
+    assert np.isfinite(r["final"]["dist"]) and r["rejected_pushes"] == 0 and r["pushes"] >= 60, r
+    log = json.loads((out / "replay.json").read_text())
+    sim = simulate(LS(), rule, 2, lr=0.05, total_updates=60,
+                   delay=ReplayLog(np.asarray(log["push_workers"]), np.asarray(log["hello_versions"])))
+    assert sim.staleness_stats()["staleness_hist"] == {int(k): v for k, v in log["staleness_hist"].items()}
+    np.testing.assert_array_equal(sim.params, np.load(out / "params.npy"))
+
+
 @pytest.mark.parametrize("rule,opt", [("dc-asgd-a", "sgd"), ("asgd", "rmsprop")])
 def test_overlapped_exchange_replays_exactly(tmp_path, rule, opt):
     """Pipelined workers (--overlap: a communication thread carries the push/pull while the

@@ -65,27 +65,47 @@ def _payload(ids, values, block=4):
     ([1], 1.0, {"nb": 2}, "size"),
     ([1], 1.0, {"nb": 0.5}, "malformed"),
 ])
-def test_server_refuses_bad_sparse_pushes(ids, values, header_kw, why):
-    core = ServerCore(np.zeros(100, np.float32), dpsgd.TrainConfig(), 1, block=4)
+@pytest.mark.parametrize("rule", ["dc-asgd-a", "asgd"])  # scattered / applied in place
+def test_server_refuses_bad_sparse_pushes(ids, values, header_kw, why, rule):
+    core = ServerCore(np.zeros(100, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule)), 1, block=4)
     p = _payload(ids, values)
     h = _sparse_header(header_kw.get("nb", len(ids)), header_kw.get("block", 4))
     d = core.decoder.decode(h, p, T.HEADER_BYTES + 4 * p.size)
     assert d.g is None and d.problem == why
+    core.receive(0, h, p, T.HEADER_BYTES + 4 * p.size)
+    assert core.rejected[0] == 1 and not core.w.any()
 
 
-def test_server_applies_a_sparse_push_like_the_dense_one():
-    for rule in ("asgd", "dc-asgd-a"):
-        dense = ServerCore(np.ones(100, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule)), 1)
-        sparse = ServerCore(np.ones(100, np.float32), dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule)), 1, block=4)
-        p = _payload([3, 7], np.arange(8, dtype=np.float32))
-        d = sparse.decoder.decode(_sparse_header(2), p, T.HEADER_BYTES + 4 * p.size)
+@pytest.mark.parametrize("rule", ["asgd", "dc-asgd-a", "ssgd"])
+def test_server_applies_a_sparse_push_like_the_dense_one(rule):
+    """asgd applies the received blocks in place (no scatter); rules that need a dense gradient
+    get the push scattered into the decoder's scratch, which is zero again afterwards."""
+    n_workers = 2 if rule == "ssgd" else 1
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=100).astype(np.float32)
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig(rule))
+    dense, sparse = ServerCore(w0, cfg, n_workers), ServerCore(w0, cfg, n_workers, block=4)
+    assert sparse.decoder.scatter == (rule != "asgd")
+    for ids in ([3, 7], [0, 1, 24], []):
+        values = rng.normal(size=4 * len(ids)).astype(np.float32)
+        p = _payload(ids, values)
+        d = sparse.decoder.decode(_sparse_header(len(ids)), p, T.HEADER_BYTES + 4 * p.size)
         assert d.problem is None
-        gd = d.g.copy()
-        sparse.push(0, d.g, 0, 1, 0.1)
+        gd = np.zeros(100, np.float32)
+        for k, b in enumerate(ids):
+            gd[4 * b:4 * b + 4] = values[4 * k:4 * k + 4]
+        if rule == "asgd":
+            assert isinstance(d.g, T.SparseBlocks) and d.g.nb == len(ids)
+        else:
+            np.testing.assert_array_equal(d.g, gd)
+        for m in range(n_workers):
+            sparse.push(m, d.g, 0, 1, 0.1)
+            dense.push(m, gd, 0, 1, 0.1)
         sparse.decoder.release(p)
-        assert not sparse.decoder.scratch.any()
-        dense.push(0, gd, 0, 1, 0.1)
+        if sparse.decoder.scratch is not None:
+            assert not sparse.decoder.scratch.any()
         np.testing.assert_array_equal(sparse.w, dense.w)
+    assert sparse.version == dense.version > 0
 
 
 def test_merge_pull_is_exact_where_nothing_changed():
