@@ -19,7 +19,7 @@ Outputs: markdown tables on stdout and in ``benchmarks/results/ps_throughput.md`
 ``ps_throughput_quick.md``), the raw numbers (``ps_throughput.json``) and a log-log plot of
 pushes/s against P (``ps_throughput.png``).
 
-    python -m benchmarks.ps_throughput            # full, about 10-15 minutes on 2 cores
+    python -m benchmarks.ps_throughput            # full, about 15-20 minutes on 2 cores
     python -m benchmarks.ps_throughput --quick    # about 1 minute
 
 The children are ``mpiexec -n N python -m mpi4py -m benchmarks.ps_throughput --child
@@ -49,7 +49,7 @@ MARK = "PSBENCH "  # prefix of the JSON line a child's root prints
 
 FULL_PARAMS = (10**4, 10**5, 10**6, 10**7)
 QUICK_PARAMS = (10**4, 10**6)
-FULL_RANKS = (3, 4, 5)
+FULL_RANKS = (2, 3, 4, 5)  # 2: one worker and the server, each on a core of its own
 QUICK_RANKS = (3,)
 RULE_NAMES = ("asgd", "dc-asgd-c", "dc-asgd-a")
 
@@ -442,7 +442,10 @@ def table_updates(res) -> str:
         "warm cache up to P ~ 1e6 on this 32 MB L3); \"4 workers in turn\": apply(w, g_m, m, lr) for m = 0, 1, 2, 3, "
         "... with 4 receive buffers, as the server does (working set 9 P-vectors); numpy-a = plain-numpy float32 DC-ASGD-a "
         "(expression: allocating temporaries; in place: preallocated `out=` buffers). Goal: dc-asgd-a "
-        "at P = 1e6 <= 1 ms. The rows below the line are the other per-push passes of the framework path.",
+        "at P = 1e6 <= 1 ms. The rows below the line are the other per-push passes of the framework path: "
+        "a one-thread worker with plain SGD steps and local_steps 1 (the `ps` runs above) copies its gradient "
+        "into the message (memcpy) and does none of the worker passes; sgd_step, snapshot_delta and merge_pull "
+        "are the passes of workers with several threads, --overlap, local_steps > 1 or a local RMSprop/Adam.",
         "",
         "| operation | " + " | ".join(f"P={fmt_p(p)}" for p in params) + " |",
         "|---|" + "---|" * len(params),

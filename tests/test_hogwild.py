@@ -230,3 +230,30 @@ def test_only_evaluations_that_paused_training_are_taken_off_its_clock():
     ]
     assert paused_eval_seconds(history) == 0.75
     assert paused_eval_seconds([]) == 0.0
+
+
+def test_direct_worker_pushes_its_update_and_computes_on_the_servers_model():
+    """One thread, blocking exchange, local_steps 1, SGD: the worker computes on the server's own
+    array (one process), pushes ``g`` itself, and an update of step size 0 pushes zeros at the last
+    step size (as the snapshot of an unchanged buffer did) - never a rejected push."""
+    from dpsgd import transport as T
+    from dpsgd.server import ServerCore
+    from dpsgd.worker import LocalChannel, Worker
+
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.5, total_updates=10, threads=1, progress=False)
+    core = ServerCore(np.ones(4, np.float32), cfg, 1)
+    worker = Worker(LS(), cfg, LocalChannel(core), 0, 1, core.w)
+    assert worker.direct and worker.w is core.w and worker.snap is None
+    worker._exchange(T.KIND_HELLO)
+    worker.since_push = 1
+    worker._push_direct(np.full(4, 2.0, np.float32), 0.5)
+    np.testing.assert_array_equal(core.w, np.zeros(4))  # 1 - 0.5 * 2
+    worker.since_push = 1
+    worker._push_direct(np.full(4, 7.0, np.float32), 0.0)
+    np.testing.assert_array_equal(core.w, np.zeros(4))
+    assert core.pushes[0] == 2 and core.rejected[0] == 0 and worker.version == 2 and worker.since_push == 0
+    # any other layout keeps its own buffer and snapshots
+    for kw in ({"threads": 2}, {"overlap": True}, {"local_steps": 2}, {"local_optimizer": "rmsprop"}):
+        c = dpsgd.TrainConfig(**{**dict(rule=dpsgd.RuleConfig("asgd"), threads=1), **kw})
+        other = Worker(LS(), c, LocalChannel(ServerCore(np.ones(4, np.float32), c, 1)), 0, 1, np.ones(4, np.float32))
+        assert not other.direct and other.snap is not None
