@@ -276,16 +276,18 @@ class Message:
         return self.buf[: self.nbytes_for(n)]
 
 
-def wait(req, max_sleep: float = 1e-3):
+def wait(req, max_sleep: float = 1e-3, spin: float = None):
     """Wait for an MPI request without burning a core: Test with a backing-off sleep.
 
     A rank blocked in MPI_Wait/Recv spins at 100 % in MPICH and Open MPI; sleeping releases
-    the core (and the GIL, so the rank's other threads keep computing).
+    the core (and the GIL, so the rank's other threads keep computing). ``spin``: seconds to
+    yield before the first sleep (default ``SPIN_SECONDS``; ``inf`` for a transfer known to be
+    under way, which over a network path advances only while this rank calls into MPI).
     """
     from mpi4py import MPI
 
     status = MPI.Status()
-    backoff = Backoff(max_sleep=max_sleep)
+    backoff = Backoff(max_sleep=max_sleep, spin=SPIN_SECONDS if spin is None else spin)
     while not req.Test(status):
         backoff.idle()
     return status

@@ -154,8 +154,10 @@ class MPIChannel:
         for s, msg in enumerate(self.msgs):
             src = None if payload is None else payload[self.bounds[s]:self.bounds[s + 1]]
             sent += self._send_push(s, msg, kind, base_version, nsteps, lr, src)
-        for r in reqs:
-            T.wait(r)
+        for k, r in enumerate(reqs):
+            # the parameters follow their header: once it is here, drive their transfer without
+            # sleeping (over a network path a 20 MB answer took 0.7 s polled every 1 ms, 17 ms driven)
+            T.wait(r, spin=float("inf") if k % 2 else None)
         if kind == T.KIND_PUSH:
             self.pushes += 1
             self.bytes_pushed += sent
