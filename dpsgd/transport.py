@@ -1,7 +1,9 @@
 """Message layout over mpi4py buffers: no pickle ever touches the parameters.
 
 Every message is one contiguous byte buffer: a 64-byte header of eight float64 fields
-followed by a float32 payload (a slice of the parameters or of a pushed gradient). The
+followed by a float32 payload (a slice of the parameters or of a pushed gradient) - except a
+push whose payload exceeds ``INLINE_PAYLOAD_BYTES``, which sends its payload as a second
+message after the header (``PAYLOAD_APART`` in ``H_FLAGS``; see :func:`send_message`). The
 receiver preallocates the largest buffer it can get and reads the header's ``n`` field;
 MPI's status tells the bytes really received, so a short or oversized push is detected.
 
@@ -32,7 +34,8 @@ HEADER_FIELDS = 8
 HEADER_BYTES = 8 * HEADER_FIELDS
 
 # tags
-TAG_PUSH = 11  # worker -> server: header + gradient slice
+TAG_PUSH = 11  # worker -> server: a message's header
+TAG_PUSH_PAYLOAD = 111  # worker -> server: the gradient slice that follows a push's header
 TAG_REPLY = 12  # server -> worker: reply header
 TAG_REPLY_PARAMS = 112  # server -> worker: the parameter slice that follows the header
 TAG_FINAL = 13  # server shard -> rank 0: final parameter slice
@@ -56,6 +59,10 @@ FLAG_REJECTED = 2
 FLAG_DROPPED_STALE = 4
 FLAG_FATAL = 8
 
+
+#: a push's payload up to this size travels in its header's message; a larger one apart (H_FLAGS)
+INLINE_PAYLOAD_BYTES = int(os.environ.get("DPSGD_INLINE_PAYLOAD_BYTES", 1 << 20))
+PAYLOAD_APART = 1
 
 #: a sparse push is sent only when it changes at most this fraction of the blocks
 SPARSE_MAX_FRACTION = 0.6
@@ -246,6 +253,29 @@ class PushDecoder:
         if self._scattered:
             clear_blocks(payload, self._scattered, self.block, self.scratch)
             self._scattered = 0
+
+
+def payload_apart(header: np.ndarray) -> bool:
+    """The push's payload follows its header as a message of its own (see :func:`send_message`)."""
+    return float(header[H_KIND]) in (KIND_PUSH, KIND_PUSH_SPARSE) and header[H_FLAGS] == PAYLOAD_APART
+
+
+def send_message(comm, msg: "Message", n: int, dest: int) -> int:
+    """Send a worker's message with its first ``n`` payload values: header and payload in one
+    message when the payload is at most ``INLINE_PAYLOAD_BYTES``; a larger push's payload goes as a
+    message of its own after the header (marked in ``H_FLAGS``), which the server receives once
+    the header is there and drives to the end - one large message left a push over a network path
+    waiting for the server's next poll at every chunk, while a second message costs small pushes
+    their latency (1e4 parameters over shared memory: ~40 % fewer pushes/s). Returns the bytes sent."""
+    nbytes = 4 * int(n)
+    apart = float(msg.header[H_KIND]) in (KIND_PUSH, KIND_PUSH_SPARSE) and nbytes > INLINE_PAYLOAD_BYTES
+    msg.header[H_FLAGS] = PAYLOAD_APART if apart else 0
+    if not apart:
+        comm.Send(msg.buf[:HEADER_BYTES + nbytes], dest=dest, tag=TAG_PUSH)
+        return HEADER_BYTES + nbytes
+    comm.Send(msg.buf[:HEADER_BYTES], dest=dest, tag=TAG_PUSH)
+    comm.Send(msg.buf[HEADER_BYTES:HEADER_BYTES + nbytes], dest=dest, tag=TAG_PUSH_PAYLOAD)
+    return HEADER_BYTES + nbytes
 
 
 def is_leaving(header: np.ndarray) -> bool:

@@ -129,17 +129,13 @@ class MPIChannel:
             if nb >= 0:
                 T.encode_header(sp.header, T.KIND_PUSH_SPARSE, version=base_version, nsteps=nsteps, n=nb, lr=lr,
                                 block=self.block)
-                buf = sp.view_bytes(nb * (self.block + 1))
-                self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
                 self.sparse_pushes += 1
-                return buf.nbytes
+                return T.send_message(self.comm, sp, nb * (self.block + 1), s)
         n = msg.payload.size if kind == T.KIND_PUSH else 0
         if n and src is not msg.payload:
             msg.payload[:] = src  # header and values go as one message
         T.encode_header(msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
-        buf = msg.view_bytes(n)
-        self.comm.Send(buf, dest=s, tag=T.TAG_PUSH)
-        return buf.nbytes
+        return T.send_message(self.comm, msg, n, s)
 
     def exchange(self, kind, base_version, nsteps, lr, w_new, payload=None):
         """Push (``payload``: the gradient to push instead of :attr:`push_buffers`) and pull
@@ -177,7 +173,7 @@ class MPIChannel:
             if s in self.stopped_by:
                 continue
             T.encode_header(msg.header, T.KIND_DONE)
-            self.comm.Send(msg.view_bytes(0), dest=s, tag=T.TAG_PUSH)
+            T.send_message(self.comm, msg, 0, s)
 
 
 class _Exchanger:

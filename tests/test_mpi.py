@@ -80,8 +80,10 @@ def test_persistent_bad_pushes_stop_the_run():
     assert "5 bad pushes in a row" in p.stderr
 
 
-def test_malformed_pushes_are_rejected():
-    r = result_of(mpirun(2, [PROGS / "bad_push.py"], timeout=60))
+@pytest.mark.parametrize("inline", [True, False])  # False: every payload apart from its header
+def test_malformed_pushes_are_rejected(inline):
+    env = None if inline else {"DPSGD_INLINE_PAYLOAD_BYTES": "0"}
+    r = result_of(mpirun(2, [PROGS / "bad_push.py"], timeout=60, env_extra=env))
     assert r["rejected"] == 10 and r["version"] == 2
     assert r["reasons"] == {"size": 3, "dtype": 1, "non-finite": 2, "malformed": 4}
     # the dense push moved every block; the accepted sparse push only block 5, by -lr * 0.5
@@ -184,18 +186,20 @@ def test_kill_9_ends_the_job_and_the_checkpoint_resumes(tmp_path, victim):
     assert r["final"]["dist"] < 0.05
 
 
-@pytest.mark.parametrize("rule", ["asgd", "dc-asgd-a"])
-def test_blocking_exchange_replays_exactly(tmp_path, rule):
+@pytest.mark.parametrize("rule,inline", [("asgd", True), ("dc-asgd-a", True), ("asgd", False)])
+def test_blocking_exchange_replays_exactly(tmp_path, rule, inline):
     """One-thread workers with a blocking exchange push their gradient itself (no local step,
     snapshot or merge: dpsgd.worker's direct mode), as the simulator computes it: the server's push
-    order replayed through simulate() gives the run's staleness log and its model bit for bit."""
+    order replayed through simulate() gives the run's staleness log and its model bit for bit.
+    ``inline`` False: every push's payload travels apart from its header (as a large model's does)."""
     sys.path.insert(0, str(PROGS))
     from train_ls import LS
 
     from dpsgd.simulate import ReplayLog, simulate
 
     out = tmp_path / "run"
-    r = result_of(mpirun(3, [PROGS / "train_ls.py", "--rule", rule, "--updates", 60, "--out", out]))
+    env = None if inline else {"DPSGD_INLINE_PAYLOAD_BYTES": "0"}
+    r = result_of(mpirun(3, [PROGS / "train_ls.py", "--rule", rule, "--updates", 60, "--out", out], env_extra=env))
     assert np.isfinite(r["final"]["dist"]) and r["rejected_pushes"] == 0 and r["pushes"] >= 60, r
     log = json.loads((out / "replay.json").read_text())
     sim = simulate(LS(), rule, 2, lr=0.05, total_updates=60,

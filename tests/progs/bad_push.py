@@ -25,10 +25,10 @@ else:
     hdr = np.zeros(T.HEADER_FIELDS)
     w = np.zeros(N, np.float32)
 
-    def exchange(buf):
+    def exchange(m):
         r1 = comm.Irecv(hdr, source=0, tag=T.TAG_REPLY)
         r2 = comm.Irecv(w, source=0, tag=T.TAG_REPLY_PARAMS)
-        comm.Send(buf, dest=0, tag=T.TAG_PUSH)
+        T.send_message(comm, m, m.payload.size, 0)
         T.wait(r1), T.wait(r2)
         return int(hdr[T.H_FLAGS])
 
@@ -38,7 +38,7 @@ else:
         m.header[T.H_N] = n if declared is None else declared
         m.header[T.H_LR], m.header[T.H_NSTEPS] = 0.1, 1
         m.payload[:] = value
-        return exchange(m.buf)
+        return exchange(m)
 
     def sparse(ids, values=0.5, block=B, declared=None, n_payload=None):
         nb = len(ids)
@@ -48,7 +48,7 @@ else:
         m.header[T.H_LR], m.header[T.H_NSTEPS] = 0.1, 1
         m.payload[nb:] = values
         m.payload[:nb].view(np.int32)[:] = ids
-        return exchange(m.buf)
+        return exchange(m)
 
     flags = [push(0, kind=T.KIND_HELLO), push(N - 1), push(N, dtype=7.0), push(N, declared=N + 5),
              push(N, value=np.inf), push(N)]
@@ -58,4 +58,4 @@ else:
     assert [bool(f & T.FLAG_REJECTED) for f in flags] == [True] * 6 + [False], flags
     done = T.Message(0)
     done.header[T.H_KIND] = T.KIND_DONE
-    comm.Send(done.buf, dest=0, tag=T.TAG_PUSH)
+    T.send_message(comm, done, 0, 0)
