@@ -16,12 +16,14 @@ Push: ``g = (w_start - snap) / lr`` where ``snap`` is a copy of the buffer taken
 ``w_start`` the model last pulled; the server applies ``w -= lr * rule(g)``. Pull:
 ``w += w_new - snap`` keeps the updates the other threads made meanwhile.
 
-*Direct* worker (one thread, blocking exchange, ``local_steps`` 1, plain SGD locally - DPSVI's
-MPI ranks, ``dpsgd lda --threads 1``): the update computed is the push itself. Applying it
-locally, snapshotting and merging the answer would only give back ``g`` and the server's model,
-so the worker skips all three: it pushes ``g`` and the answer lands in the rank's buffer, which
-is the model last pulled (in one process: the server's own array). Three model-sized passes
-and buffers fewer per update; the pushed values are ``g`` exactly, as the simulator computes them.
+*Direct* worker (blocking exchange, ``local_steps`` 1, plain SGD locally - DPSVI's ranks): the
+update computed is the push itself. Applying it locally, snapshotting and merging the answer
+would only give back ``g`` and the server's model, so the worker skips all three: each thread
+pushes its ``g`` itself (under the push lock) and the answer lands in the rank's buffer, which is
+the model last pulled (in one process: the server's own array, so the threads' Hogwild updates
+are the server's applies). Three model-sized passes and buffers fewer per update; the pushed
+values are ``g`` exactly, as the simulator computes them, and each push carries the version the
+thread's update started from.
 """
 
 from __future__ import annotations
@@ -229,8 +231,7 @@ class Worker:
         self.n_threads = int(config.threads or 1)
         n = w0.size
         #: the update computed is the push itself (see the module docstring)
-        self.direct = (self.n_threads == 1 and not config.overlap and config.local_steps == 1
-                       and config.local_optimizer == "sgd")
+        self.direct = (not config.overlap and config.local_steps == 1 and config.local_optimizer == "sgd")
         if self.direct:
             # one buffer: the model last pulled, where the answers land and the thread computes
             self.w = channel.direct_buffer(w0)
@@ -326,20 +327,25 @@ class Worker:
         self._end_exchange(kind, flags, version, total)
         self.wait_seconds += time.perf_counter() - t0
 
-    def _push_direct(self, g, lr):
-        """Direct worker: push the update ``g`` (step size ``lr``) itself; the answer lands in
-        ``self.w``. An update of step size 0 changes nothing, so it pushes zeros at the last
-        non-zero step size, as a snapshot of the unchanged buffer would."""
+    def _push_direct(self, g, lr, base_version=None):
+        """Direct worker: push the update ``g`` (step size ``lr``, computed on the model of
+        ``base_version``, default the last pulled) itself; the answer lands in ``self.w``. An
+        update of step size 0 changes nothing, so it pushes zeros at the last non-zero step size,
+        as a snapshot of the unchanged buffer would. Threads push one at a time."""
         t0 = time.perf_counter()
-        if lr <= 0:
-            if self._zero_push is None:
-                self._zero_push = np.zeros_like(self.w)
-            g, lr = self._zero_push, self.last_lr
-        with self.count_lock:
-            self.since_push -= 1
-            self.pushing = 1
-        flags, version, total = self.channel.exchange(T.KIND_PUSH, self.version, 1, lr, self.w, payload=g)
-        self._end_exchange(T.KIND_PUSH, flags, version, total)
+        with self.push_lock:
+            if self.stop.is_set():
+                return
+            if lr <= 0:
+                if self._zero_push is None:
+                    self._zero_push = np.zeros_like(self.w)
+                g, lr = self._zero_push, self.last_lr
+            with self.count_lock:
+                self.since_push -= 1
+                self.pushing = 1
+            base = self.version if base_version is None else base_version
+            flags, version, total = self.channel.exchange(T.KIND_PUSH, base, 1, lr, self.w, payload=g)
+            self._end_exchange(T.KIND_PUSH, flags, version, total)
         self.wait_seconds += time.perf_counter() - t0
 
     def _land(self):
@@ -417,6 +423,7 @@ class Worker:
                     self._flush()
                     break
                 ctx.lr = self.lr_now()
+                base_version = self.version  # the model this update starts from
                 try:
                     g = self.alg.compute_update(self.w, state, ctx)
                 except BaseException:
@@ -435,8 +442,7 @@ class Worker:
                     self.since_push += 1
                     self.local_updates += 1
                 if self.direct:
-                    if not self.stop.is_set():
-                        self._push_direct(g, lr)
+                    self._push_direct(g, lr, base_version)
                 else:
                     self._maybe_push()
         except BaseException as e:  # surfaced by run(); the other threads stop

@@ -233,9 +233,10 @@ def test_only_evaluations_that_paused_training_are_taken_off_its_clock():
 
 
 def test_direct_worker_pushes_its_update_and_computes_on_the_servers_model():
-    """One thread, blocking exchange, local_steps 1, SGD: the worker computes on the server's own
-    array (one process), pushes ``g`` itself, and an update of step size 0 pushes zeros at the last
-    step size (as the snapshot of an unchanged buffer did) - never a rejected push."""
+    """Blocking exchange, local_steps 1, SGD: the worker's threads compute on the server's own
+    array (one process), each pushes its ``g`` itself with the version its update started from,
+    and an update of step size 0 pushes zeros at the last step size (as the snapshot of an
+    unchanged buffer did) - never a rejected push."""
     from dpsgd import transport as T
     from dpsgd.server import ServerCore
     from dpsgd.worker import LocalChannel, Worker
@@ -252,8 +253,19 @@ def test_direct_worker_pushes_its_update_and_computes_on_the_servers_model():
     worker._push_direct(np.full(4, 7.0, np.float32), 0.0)
     np.testing.assert_array_equal(core.w, np.zeros(4))
     assert core.pushes[0] == 2 and core.rejected[0] == 0 and worker.version == 2 and worker.since_push == 0
+    # several threads: each pushes its own update, with the version it started from
+    cfg2 = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.5, total_updates=10, threads=2, progress=False)
+    core2 = ServerCore(np.ones(4, np.float32), cfg2, 1)
+    w2 = Worker(LS(), cfg2, LocalChannel(core2), 0, 1, core2.w)
+    assert w2.direct and w2.w is core2.w and w2.snap is None
+    w2._exchange(T.KIND_HELLO)
+    w2.since_push = 2
+    w2._push_direct(np.full(4, 1.0, np.float32), 0.5, base_version=0)
+    w2._push_direct(np.full(4, 1.0, np.float32), 0.5, base_version=0)  # computed while the first was pushed
+    np.testing.assert_array_equal(core2.w, np.zeros(4))
+    assert core2.staleness_hist[0] == 1 and core2.staleness_hist[1] == 1 and w2.version == 2
     # any other layout keeps its own buffer and snapshots
-    for kw in ({"threads": 2}, {"overlap": True}, {"local_steps": 2}, {"local_optimizer": "rmsprop"}):
+    for kw in ({"overlap": True}, {"local_steps": 2}, {"local_optimizer": "rmsprop"}):
         c = dpsgd.TrainConfig(**{**dict(rule=dpsgd.RuleConfig("asgd"), threads=1), **kw})
         other = Worker(LS(), c, LocalChannel(ServerCore(np.ones(4, np.float32), c, 1)), 0, 1, np.ones(4, np.float32))
         assert not other.direct and other.snap is not None
