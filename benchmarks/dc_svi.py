@@ -77,7 +77,7 @@ def log(msg):
 
 
 def problem(args):
-    from algorithms.dpsvi.model import SVIAlgorithm
+    from algorithms.dpsvi.svi import SVIAlgorithm
     from algorithms.dpsvi.plan import make_plan
     from benchmarks.lda import load_data
 

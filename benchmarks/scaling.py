@@ -108,7 +108,8 @@ def run_one(kind: str, lay: dict, a) -> dict:
            "cpu_seconds_per_rank": fw.get("cpu_seconds_per_rank")}
     if kind == "lda":
         row.update(train_seconds=m["train_seconds"], rate=m["docs_per_second"], load_seconds=m["load_seconds"],
-                   heldout_loglik=m["heldout_loglik"], documents=m["documents_seen"])
+                   heldout_loglik=m["heldout_loglik"], documents=m["documents_seen"],
+                   phase_seconds=m.get("phase_seconds"))
     else:
         row.update(train_seconds=m.get("train_seconds"), rate=m.get("env_steps_per_second"),
                    load_seconds=None, documents=m.get("env_steps"))
@@ -171,6 +172,30 @@ def report(kind: str, results: dict, a) -> str:
         cells.append(f"{med([max(x) for x in rss]):,.0f} / {med([sum(x) for x in rss]):,.0f}" if rss else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: columns of the phase table: metrics.json's ``phase_seconds`` (the root rank's clock)
+PHASES = (("start_up", "interpreter + imports"), ("reading", "reading"),
+          ("before_training", "first update (MPI, server, kernels, initial eval)"),
+          ("initial_evaluation", "of it: initial eval"), ("training", "training"),
+          ("final_evaluation", "final eval"), ("npmi", "NPMI"), ("outputs", "outputs"), ("other", "other"))
+
+
+def phase_report(results: dict) -> str:
+    """Where the whole run of each layout goes (medians, seconds; the root rank's clock, then exit =
+    the command's wall time after metrics.json was written: MPI finalize, interpreter teardown)."""
+    lines = ["| layout | " + " | ".join(label for _, label in PHASES) + " | exit | whole run | whole / training |",
+             "|---|" + "---:|" * (len(PHASES) + 3)]
+    for name, rows in results.items():
+        ok = [r for r in rows if "error" not in r and r.get("phase_seconds")]
+        if not ok:
+            continue
+        cells = [name] + [f"{med([r['phase_seconds'][k] for r in ok]):.2f}" for k, _ in PHASES]
+        cells += [f"{med([r['process_seconds'] - r['phase_seconds']['total'] for r in ok]):.2f}",
+                  f"{med([r['process_seconds'] for r in ok]):.2f}",
+                  f"{med([r['process_seconds'] / r['phase_seconds']['training'] for r in ok]):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def plot(kind: str, results: dict, png: str) -> None:
@@ -242,6 +267,12 @@ def main(argv=None) -> int:
         model = 4 * X.shape[1] * a.topics / 2**20
         table += (f"\n\nThe corpus as CSR (float32 counts, int32 indices): {csr:,.0f} MB; the model (V x K float32): "
                   f"{model:,.0f} MB; 2 x (CSR + model) = {2 * (csr + model):,.0f} MB.")
+        phases = phase_report(results)
+        if phases:
+            table += ("\n\nWhere the whole run goes (seconds, medians; `phase_seconds` of metrics.json, the root "
+                      "rank's clock - under MPI the workers read their shards during its 'first update' phase; "
+                      "whole / training here divides by the training window, evaluations that paused it "
+                      "included):\n\n" + phases)
     text = head + "\n\n" + table + "\n"
     print(text)
     os.makedirs(a.results_dir, exist_ok=True)

@@ -89,7 +89,7 @@ def log(msg):
 
 
 def lda_problem(args):
-    from algorithms.dpsvi.model import SVIAlgorithm
+    from algorithms.dpsvi.svi import SVIAlgorithm
     from algorithms.dpsvi.plan import make_plan
     from benchmarks.lda import load_data
 

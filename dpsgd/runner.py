@@ -419,6 +419,20 @@ def _announce_ranks(comm, n_servers: int) -> list[dict] | None:
     return out
 
 
+def process_start_unix() -> float:
+    """``time.time()`` when this process started (Linux ``/proc``; nan elsewhere): what the
+    interpreter and the imports cost before a command's own code runs."""
+    try:
+        now = time.time()
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22: start, ticks after boot
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])  # seconds since boot (btime has 1 s steps only)
+        return now - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set so far (MB; getrusage, Linux kB), 0 where unknown."""
     try:
@@ -471,8 +485,10 @@ def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, param
         "eval_seconds": hk.eval_seconds,
     })
     if config.final_eval and hasattr(algorithm, "evaluate") and all_finite(params):
+        t0 = time.perf_counter()
         final = algorithm.evaluate(params)
         m["final"] = {k: float(v) for k, v in (final or {}).items()}
+        m["final_eval_seconds"] = time.perf_counter() - t0
     return m
 
 

@@ -12,7 +12,8 @@ from scipy.special import psi as sp_psi
 from algorithms.dpsvi import estep as E
 from algorithms.dpsvi.corpus import CorpusError, load_corpus, read_uci, synthetic_lda
 from algorithms.dpsvi.evaluate import heldout_loglik, npmi, split_documents, top_words, topic_recovery
-from algorithms.dpsvi.model import DPSVI, SVIAlgorithm, lambda_from_topic_word, topic_word_from_lambda
+from algorithms.dpsvi.model import DPSVI
+from algorithms.dpsvi.svi import SVIAlgorithm, lambda_from_topic_word, topic_word_from_lambda
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYDOC = os.path.join(ROOT, "benchmarks", "data", "pydoc.npz")
@@ -133,7 +134,7 @@ def test_minibatch_team_computes_the_one_thread_update(sparse):
     """Threads that share a minibatch (word rows, documents and words split between them) give
     the one thread's update, in both layouts, also when a minibatch has fewer documents than the
     team has chunks."""
-    from algorithms.dpsvi.model import SVIAlgorithm
+    from algorithms.dpsvi.svi import SVIAlgorithm
     from dpsgd.plugin import ThreadContext
 
     X, _ = synthetic_lda(150, 400, 5, doc_length=50, seed=1)
@@ -461,7 +462,7 @@ def test_thread_buffers_are_sized_by_the_distinct_words_and_freed_after_training
     import gc
 
     import dpsgd
-    from algorithms.dpsvi.model import _ThreadState
+    from algorithms.dpsvi.svi import _ThreadState
     from dpsgd.plugin import ThreadContext
 
     X = _random_counts(130, 400, 0.02, seed=1).astype(np.float32)

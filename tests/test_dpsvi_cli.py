@@ -138,6 +138,26 @@ def test_lda_thread_modes(tmp_path, mode):
     assert m["heldout_loglik"] > -np.log(60) + 0.3
 
 
+def test_lda_run_does_not_load_scikit_learn(tmp_path):
+    """A UCI (or .npz) corpus is trained, evaluated and saved without scikit-learn in the process
+    (~86 MB of RSS per rank); its model.npz loads as the estimator with the run's parameters."""
+    docword, _ = _uci(tmp_path)
+    out = tmp_path / "out"
+    code = ("import sys; from dpsgd.launch import main; "
+            f"rc = main(['lda', '--corpus', {str(docword)!r}, '--topics', '3', '--passes', '1', '--batch-size', '30', "
+            f"'--out', {str(out)!r}, '--threads', '2', '--rule', 'asgd', '--seed', '7', '--no-progress', '--quiet']); "
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')[:3])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("0 []"), r.stdout + r.stderr
+    from algorithms.dpsvi import DPSVI
+
+    model = DPSVI.load(out / "model.npz")
+    assert model.components_.shape == (3, 60) and model.vocabulary_[59] == "word59"
+    assert (model.n_components, model.rule, model.random_state, model.total_samples) == (3, "asgd", 7, 270)
+    assert model.doc_topic_prior_ == model.topic_word_prior_ == 1 / 3 and model.n_batch_iter_ == 11
+
+
 @pytest.mark.mpi
 def test_lda_under_mpiexec_three_ranks(tmp_path, mpi):
     """Rank 0 serves lambda, ranks 1-2 stream only their shard of a UCI file; each worker's two
@@ -181,7 +201,7 @@ def test_sparse_layout_matches_the_dense_one():
     """One thread, same seed: the lazy-decay layout gives the dense SVI's lambda (float32 rounding aside)."""
     import dpsgd
     from algorithms.dpsvi.corpus import synthetic_lda
-    from algorithms.dpsvi.model import SVIAlgorithm
+    from algorithms.dpsvi.svi import SVIAlgorithm
 
     X, _ = synthetic_lda(400, 300, 5, doc_length=40, alpha=0.2, eta=0.05, seed=1)
     X = X.tocsr().astype(np.float32)
@@ -199,7 +219,7 @@ def test_sparse_layout_matches_the_dense_one():
 
 
 def test_sparse_push_needs_a_linear_rule():
-    from algorithms.dpsvi.model import choose_sparse_push
+    from algorithms.dpsvi.svi import choose_sparse_push
 
     assert choose_sparse_push("auto", "dc-asgd-a", [0.1]) is False
     assert choose_sparse_push("auto", "asgd", [0.1] * 10) is True

@@ -201,7 +201,7 @@ def test_lda_resumed_threads_go_on_through_their_documents():
     import numpy as np
     import scipy.sparse as sp
 
-    from algorithms.dpsvi.model import SVIAlgorithm
+    from algorithms.dpsvi.svi import SVIAlgorithm
     from dpsgd.plugin import ThreadContext
 
     X = sp.csr_matrix(np.random.default_rng(0).poisson(2.0, (37, 20)).astype(np.float32))

@@ -8,10 +8,14 @@ __all__ = ["DPSVI", "SVIAlgorithm", "load_corpus", "CorpusError"]
 
 
 def __getattr__(name):
-    if name in ("DPSVI", "SVIAlgorithm"):
+    if name == "DPSVI":
         from . import model
 
-        return getattr(model, name)
+        return model.DPSVI
+    if name == "SVIAlgorithm":
+        from . import svi
+
+        return svi.SVIAlgorithm
     if name in ("load_corpus", "CorpusError"):
         from . import corpus
 

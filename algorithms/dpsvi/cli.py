@@ -277,8 +277,12 @@ def _checkpoint_updates(directory: str) -> int:
 
 
 def run(args) -> int:
+    import time
+
     from dpsgd.launch import config_from_args, rank_from_env, return_large_frees
-    from dpsgd.runner import mpi_world_size_from_env
+    from dpsgd.runner import mpi_world_size_from_env, process_start_unix
+
+    clock = {"process_start": process_start_unix(), "run": time.time()}  # see phase_seconds
 
     _validate(args)
     return_large_frees()  # model-sized temporaries go back to the system when freed (see there)
@@ -288,10 +292,8 @@ def run(args) -> int:
     n_workers = size - n_servers if size > 1 else 1
     is_root = rank == 0
 
-    import time
-
     from .corpus import CorpusError
-    from .model import SVIAlgorithm
+    from .svi import SVIAlgorithm
 
     t0 = time.perf_counter()
     try:
@@ -343,12 +345,14 @@ def run(args) -> int:
               file=sys.stderr)
     import dpsgd
 
+    clock["train"] = time.time()
     result = dpsgd.train(alg, cfg)
+    clock["trained"] = time.time()
     if not result.is_root:
         return 0
     return _write_outputs(LdaRun(args=args, cfg=cfg, result=result, alg=alg, corpus=corpus, plan=run_plan,
                                  heldout=heldout, Xh=Xh, V=V, K=K, alpha=alpha, eta=eta, D=D,
-                                 load_seconds=load_seconds))
+                                 load_seconds=load_seconds, clock=clock))
 
 
 def _run_plan(args, n_docs: int, size: int, n_workers: int):
@@ -386,6 +390,38 @@ class LdaRun:
     eta: float
     D: int
     load_seconds: float
+    clock: dict  # time.time() at process start, run(), train() and its return; npmi seconds
+
+
+def phase_seconds(m: dict, history: list, clock: dict, load_seconds: float, now: float) -> dict:
+    """Where this rank's wall time went, from process start to ``now`` (the outputs written but
+    metrics.json): interpreter and imports, reading the corpus, from the call of ``dpsgd.train``
+    to the first update (MPI start-up, the server, loading the Numba kernels, the initial held-out
+    evaluation - also given alone), training, the final held-out evaluation, NPMI, the outputs;
+    ``other``: what is left (the set-up around reading, gathering the model, the metrics). Under
+    MPI the root's clock: the workers read their shards meanwhile."""
+    first = float(m.get("first_update_unix", float("nan")))
+    training = float(m.get("training_wall_seconds", float("nan")))
+    initial = sum(h["eval_duration"] for h in history if h.get("eval_initial"))
+    p = {"start_up": clock["run"] - clock["process_start"], "reading": load_seconds,
+         "before_training": first - clock["train"], "initial_evaluation": initial, "training": training,
+         "final_evaluation": float(m.get("final_eval_seconds", 0.0)), "npmi": clock.get("npmi", 0.0),
+         "outputs": now - clock["trained"] - clock.get("npmi", 0.0)}
+    total = now - clock["process_start"]
+    p["other"] = total - sum(v for k, v in p.items() if k != "initial_evaluation")
+    p["total"] = total
+    return {k: round(v, 4) for k, v in p.items()}
+
+
+def _timed(clock: dict, name: str, fn, *args):
+    """``fn(*args)``, its seconds added to ``clock[name]``."""
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _rows_of(ref) -> int:
@@ -396,7 +432,7 @@ def _rows_of(ref) -> int:
 
 def _write_outputs(run: LdaRun) -> int:
     from .evaluate import top_words
-    from .model import topic_word_from_lambda
+    from .svi import topic_word_from_lambda
 
     m = dict(run.result.metrics)
     history = m.pop("history", [])
@@ -451,7 +487,7 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
     out = {
         "heldout_loglik": final.get("heldout_loglik"),
         "perplexity": final.get("perplexity"),
-        "npmi": npmi(beta, ref, 10) if ref is not None and _rows_of(ref) > 1 else None,
+        "npmi": _timed(run.clock, "npmi", npmi, beta, ref, 10) if ref is not None and _rows_of(ref) > 1 else None,
         "npmi_reference": f"{ref_name} (document co-occurrence of each topic's top-10 words)",
         "documents_seen": docs,
         "docs_per_second": docs / train_seconds,
@@ -485,12 +521,13 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
 
 
 def _write_files(run: LdaRun, m: dict, out: dict, history: list, comp, lines: list) -> None:
-    """topics.txt, progress.csv, metrics.json, model.npz and config.json into ``--out``."""
+    """topics.txt, progress.csv, model.npz, config.json and metrics.json into ``--out``."""
     import json
+    import time
 
     from dpsgd.checkpoint import atomic_write_text
 
-    from .model import DPSVI
+    from . import modelfile
 
     args = run.args
     atomic_write_text(os.path.join(args.out, "topics.txt"), "\n".join(lines) + "\n")
@@ -502,18 +539,23 @@ def _write_files(run: LdaRun, m: dict, out: dict, history: list, comp, lines: li
         rows.append(f"{out['wall_seconds']:.4f},{int(m.get('total_updates', 0))},{out['documents_seen']},"
                     f"{out['heldout_loglik']:.6f},{out['perplexity']:.4f}")
     atomic_write_text(os.path.join(args.out, "progress.csv"), "\n".join(rows) + "\n")
-    atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(out, indent=1, default=float) + "\n")
-    model = DPSVI.from_components(
-        comp, n_batch_iter=int(m.get("total_updates", 0)) + 1, n_iter=args.passes,
-        n_components=run.K, doc_topic_prior=run.alpha, topic_word_prior=run.eta,
-        learning_offset=args.learning_offset, learning_decay=args.learning_decay, batch_size=args.batch_size,
-        mean_change_tol=args.mean_change_tol, max_doc_update_iter=args.max_doc_update_iter, total_samples=run.D,
-        rule=run.cfg.rule.name, random_state=args.seed)
-    model.save(os.path.join(args.out, "model.npz"), vocabulary=run.corpus.vocab,
-               extra={"corpus": os.path.abspath(args.corpus), "heldout_loglik": out["heldout_loglik"]})
+    # DPSVI.load reads it (written without the estimator: no scikit-learn in the CLI's memory)
+    params = dict(n_components=run.K, doc_topic_prior=run.alpha, topic_word_prior=run.eta,
+                  learning_offset=args.learning_offset, learning_decay=args.learning_decay,
+                  batch_size=args.batch_size, mean_change_tol=args.mean_change_tol,
+                  max_doc_update_iter=args.max_doc_update_iter, total_samples=run.D,
+                  rule=run.cfg.rule.name, random_state=args.seed)
+    meta = modelfile.make_meta(params, doc_topic_prior_=run.alpha, topic_word_prior_=run.eta,
+                               n_batch_iter_=int(m.get("total_updates", 0)) + 1, n_iter_=args.passes,
+                               n_features_in_=run.V,
+                               extra={"corpus": os.path.abspath(args.corpus), "heldout_loglik": out["heldout_loglik"]})
+    modelfile.write(os.path.join(args.out, "model.npz"), comp, meta, vocabulary=run.corpus.vocab)
     conf = {"command": "lda", "args": {k: v for k, v in vars(args).items() if k != "func"},
             "train_config": run.cfg.to_dict()}
     atomic_write_text(os.path.join(args.out, "config.json"), json.dumps(conf, indent=1, default=str) + "\n")
+    # last: its presence means the outputs are complete, and its clock covers writing them
+    out["phase_seconds"] = phase_seconds(m, history, run.clock, run.load_seconds, time.time())
+    atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(out, indent=1, default=float) + "\n")
 
 
 # ============================================================================ lda-transform

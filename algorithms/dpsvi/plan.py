@@ -72,7 +72,7 @@ def make_plan(n_docs: int, batch_size: int, passes: float, *, n_workers: int = 1
     ``sparse_push``: True, False or "auto" (:func:`.model.choose_sparse_push`; ValueError when the
     layout cannot serve the rule or the run).
     """
-    from .model import choose_sparse_push
+    from .svi import choose_sparse_push
 
     threads, team = split_threads(threads, thread_mode)
     shares = reader_shares(int(n_docs), max(1, int(n_workers)), max(1, int(threads)))
