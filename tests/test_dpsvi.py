@@ -316,6 +316,55 @@ def test_evaluator_prefers_true_topics():
     assert npmi(beta, X) > npmi(rng.random(beta.shape), X) + 0.1
 
 
+def test_split_documents_halves_add_up_and_leave_the_input_alone():
+    """The observed and test halves of every kept document add up to it, token for token, and the
+    input matrix is not touched (both halves used to share, and compact, its index arrays)."""
+    import scipy.sparse as sp
+
+    X, _ = synthetic_lda(200, 300, 5, doc_length=60, alpha=0.2, eta=0.05, seed=1)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X0 = X.copy()
+    Xo, Xt = split_documents(X, 0.5, seed=0, min_tokens=2)
+    assert X.nnz == X0.nnz and (X != X0).nnz == 0
+    assert Xo.shape[0] == Xt.shape[0] == 200  # ~60 tokens a document: every one has two halves
+    assert ((Xo + Xt) != X0).nnz == 0
+    assert 0.45 * X0.sum() < Xt.sum() < 0.55 * X0.sum()
+    # a document of one token has no two halves: dropped from both
+    X1 = sp.vstack([X0[:5], sp.csr_matrix(([1.0], ([0], [7])), shape=(1, 300), dtype=np.float32)]).tocsr()
+    Xo1, Xt1 = split_documents(X1, 0.5, seed=0)
+    assert Xo1.shape[0] == Xt1.shape[0] == 5 and ((Xo1 + Xt1) != X0[:5]).nnz == 0
+
+
+def test_npmi_cooccurrence_pass_matches_scipy():
+    """NPMI's one-pass co-occurrence counts equal the binary column product (the formula), also for
+    rows with unsorted or repeated words and explicit zeros, and for pooled matrices."""
+    import scipy.sparse as sp
+
+    from algorithms.dpsvi.evaluate import _cooccurrence
+
+    rng = np.random.default_rng(5)
+    n, V = 300, 40
+    rows = rng.integers(0, n, 3000)
+    cols = rng.integers(0, V, 3000)
+    vals = rng.integers(0, 3, 3000).astype(np.float32)  # some explicit zeros
+    X = sp.csr_matrix((vals, (rows, cols)), shape=(n, V))
+    # the last row gets 50 more entries (words of the first rows, unsorted, some already in it)
+    raw = sp.csr_matrix((np.r_[X.data, X.data[:50]], np.r_[X.indices, X.indices[:50]],
+                         np.r_[X.indptr[:-1], X.indptr[-1] + 50]), shape=(n, V))
+    words = np.array([3, 7, 11, 19, 38])
+    for M in (X, raw):
+        ref = M.copy()
+        ref.sum_duplicates()
+        B = (ref[:, words] > 0).astype(np.float64)
+        pos_of = np.full(V, -1, np.int64)
+        pos_of[words] = np.arange(words.size)
+        co = np.zeros((words.size, words.size))
+        _cooccurrence(M.indptr, M.indices, M.data, pos_of, co)
+        np.testing.assert_array_equal(co, np.triu((B.T @ B).toarray()))
+    beta = rng.random((4, V))
+    assert npmi(beta, [X[:100], X[100:]], 5) == pytest.approx(npmi(beta, X, 5), abs=1e-12)
+
+
 # ============================================================================ corpus readers
 
 

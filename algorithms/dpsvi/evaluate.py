@@ -39,8 +39,11 @@ def split_documents(X, frac: float = 0.5, seed: int = 0, min_tokens: int = 2):
     rng = np.random.default_rng(seed)
     obs = rng.binomial(counts, frac)
     test = counts - obs
-    Xo = sp.csr_matrix((obs.astype(np.float32), X.indices, X.indptr), shape=X.shape)
-    Xt = sp.csr_matrix((test.astype(np.float32), X.indices, X.indptr), shape=X.shape)
+    # each half gets its own index arrays: eliminate_zeros compacts them in place, and with shared
+    # arrays (until 2026-12-06) it rewrote X's and the other half's rows - the test half paired
+    # words with counts of other positions, and X itself was left inconsistent
+    Xo = sp.csr_matrix((obs.astype(np.float32), X.indices.copy(), X.indptr.copy()), shape=X.shape)
+    Xt = sp.csr_matrix((test.astype(np.float32), X.indices.copy(), X.indptr.copy()), shape=X.shape)
     Xo.eliminate_zeros()
     Xt.eliminate_zeros()
     no = np.asarray(Xo.sum(axis=1)).ravel()
@@ -134,6 +137,34 @@ def top_words(beta, n: int = 10) -> np.ndarray:
     return np.take_along_axis(idx, order, axis=1)
 
 
+@njit(nogil=True, cache=True)
+def _cooccurrence(indptr, indices, data, pos_of, co):
+    """``co[a, b] +=`` (a <= b) the documents (rows of the CSR ``indptr, indices, data``) that
+    contain the words at positions a and b of ``pos_of`` (word -> position, -1 for the others)
+    with a count > 0; the diagonal counts the documents of each word; the caller mirrors the upper
+    triangle. One pass over the non-zeros; a word listed twice in a row counts once."""
+    m = co.shape[0]
+    present = np.empty(m, np.int64)
+    seen = np.full(m, -1, np.int64)
+    for d in range(indptr.size - 1):
+        n = 0
+        for i in range(indptr[d], indptr[d + 1]):
+            p = pos_of[indices[i]]
+            if p >= 0 and data[i] > 0 and seen[p] != d:
+                seen[p] = d
+                present[n] = p
+                n += 1
+        for a in range(n):
+            pa = present[a]
+            co[pa, pa] += 1.0
+            for b in range(a + 1, n):
+                pb = present[b]
+                if pa < pb:
+                    co[pa, pb] += 1.0
+                else:
+                    co[pb, pa] += 1.0
+
+
 def npmi(beta, X_ref, n: int = 10) -> float:
     """Mean NPMI of the top-``n`` word pairs of every topic, with document co-occurrence in X_ref
     (a documents x words matrix, or a list of them whose documents are pooled; or a reader with
@@ -151,9 +182,16 @@ def npmi(beta, X_ref, n: int = 10) -> float:
     for X in parts:
         if hasattr(X, "columns"):
             B, n_docs = X.columns(words), X.n_docs
-        else:
-            B, n_docs = (sp.csr_matrix(X)[:, words] > 0).astype(np.float64), X.shape[0]  # binary
-        co_all += (B.T @ B).toarray()
+            co_all += (B.T @ B).toarray()
+        else:  # one pass over the non-zeros (the binary column slice and its product B.T @ B took
+            # ~3x as long: 0.67-0.84 against 0.22-0.27 s on the 100k-document V 50k corpus, K 100)
+            X = X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)
+            pos_of = np.full(X.shape[1], -1, np.int64)
+            pos_of[words] = np.arange(words.size)
+            upper = np.zeros_like(co_all)
+            _cooccurrence(X.indptr, X.indices, X.data, pos_of, upper)
+            co_all += upper + np.triu(upper, 1).T
+            n_docs = X.shape[0]
         D += n_docs
     co_all /= max(D, 1)
     scores = []
