@@ -52,13 +52,16 @@ CORES = available_cores()
 
 
 def layouts(kind: str) -> list[dict]:
-    """(name, ranks, threads per rank, overlap) of each configuration."""
+    """(name, ranks, threads per rank, overlap[, LDA thread mode]) of each configuration. The
+    reference of the ratios is "1 process x 2 threads": for LDA its Hogwild threads (asynchronous,
+    as the MPI workers are); the threads that share minibatches (sequential SVI) have a row too."""
     one = [dict(name="1 process x 1 thread", ranks=1, threads=1, overlap=False),
-           dict(name="1 process x 2 threads", ranks=1, threads=2, overlap=False)]
+           dict(name="1 process x 2 threads", ranks=1, threads=2, overlap=False, mode="hogwild")]
     if kind == "pong":
         return one[1:] + [dict(name="mpiexec -n 3: 2 workers x 1 thread", ranks=3, threads=1, overlap=False),
                           dict(name="mpiexec -n 3: 2 workers x 1 thread, overlap", ranks=3, threads=1, overlap=True)]
-    out = list(one)
+    out = one + [dict(name="1 process x 2 threads sharing minibatches", ranks=1, threads=2, overlap=False,
+                      mode="minibatch")]
     for n in (2, 3, 5, 9):
         for ov in (False, True):
             if n == 9 and not ov:
@@ -81,6 +84,8 @@ def command(kind: str, lay: dict, a, out: str) -> list[str]:
         cmd = [os.path.join(BIN, "dpsgd"), "a2c", "--env", "PongNoFrameskip-v4", *PONG_ARGS, "--total-steps",
                str(a.steps), "--eval-episodes", "0", "--seed", str(a.seed), "--no-progress", "--out", out,
                "--threads", str(lay["threads"])]
+    if kind == "lda" and lay.get("mode"):
+        cmd += ["--thread-mode", lay["mode"]]
     if lay["overlap"]:
         cmd.append("--overlap")
     if lay["ranks"] > 1:

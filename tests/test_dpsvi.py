@@ -573,10 +573,11 @@ def test_one_run_plan_for_the_estimator_and_the_cli():
     rng = np.random.default_rng(0)
     X = sp.csr_matrix(rng.poisson(0.3, (300, 40)).astype(np.float32))
     lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0, thread_mode="hogwild").fit(X)
-    assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=2).total_updates == 6
-    # threads that share each minibatch read the documents as one reader
-    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0, thread_mode="minibatch").fit(X)
-    assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=1).total_updates == 5
+    assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=2,
+                                                            thread_mode="hogwild").total_updates == 6
+    # threads that share each minibatch (the default) read the documents as one reader
+    lda = DPSVI(n_components=3, batch_size=64, max_iter=1, n_threads=2, random_state=0).fit(X)
+    assert lda.train_metrics_["total_updates"] == make_plan(300, 64, 1, threads=2).total_updates == 5
 
 
 def test_uci_fast_parser_agrees_with_the_general_one():

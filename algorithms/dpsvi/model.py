@@ -67,23 +67,22 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Differences from scikit-learn: ``learning_method`` defaults to ``'online'`` (the point of
     this estimator; ``'batch'`` runs the classic variational EM in one thread); ``fit`` does not
-    end with an extra E-step over all documents, so there is no ``bound_``. With ``n_threads=1``, or
-    any ``n_threads`` and ``thread_mode='minibatch'`` (the threads share each minibatch), the fit in
+    end with an extra E-step over all documents, so there is no ``bound_``. With the default
+    ``thread_mode='minibatch'`` (the threads share each minibatch), any ``n_threads``, the fit in
     one process is scikit-learn's (the same random draws; equal up to float32 rounding) and
-    reproducible for a fixed ``random_state``; the default ``thread_mode='hogwild'`` (each thread
-    its own minibatches, lock-free; faster) interleaves non-deterministically.
+    reproducible for a fixed ``random_state``; ``thread_mode='hogwild'`` (each thread its own
+    minibatches, lock-free; faster) interleaves non-deterministically and its stale updates cost
+    held-out log-likelihood at few passes.
 
     Extra parameters: ``n_threads`` (threads per process; None: ``n_jobs``, else all cores),
     ``rule`` (the server's update rule under MPI: sgd, asgd, ssgd, dc-asgd-c, dc-asgd-a, dc-asgd-i),
     ``local_steps`` (local minibatches per push), ``max_seconds`` (time limit of ``fit``),
     ``sparse_push`` (True/False/'auto': the lazy-decay layout whose updates and pushes touch only
     the minibatch's words; 'auto' uses it under mpiexec with the linear rules sgd/asgd/ssgd when
-    the run's decay fits float32, see :func:`choose_sparse_push`), ``thread_mode`` ('hogwild', the
-    default: each thread its own minibatches against a lambda the others update meanwhile;
-    'minibatch': the threads split each minibatch's E-step and per-word work, sequential SVI -
-    benchmarks/lda.py on 2026-12-02: 2 Hogwild threads trained 1.63x (bundled corpus) and 1.84x
-    (100k documents, V 50k, K 100) one thread with a better held-out log-likelihood, 2 threads
-    sharing minibatches 1.30x and 1.39x with one thread's).
+    the run's decay fits float32, see :func:`choose_sparse_push`), ``thread_mode`` ('minibatch',
+    the default: the threads split each minibatch's E-step and per-word work, sequential SVI;
+    'hogwild': each thread its own minibatches against a lambda the others update meanwhile -
+    faster, with a worse held-out log-likelihood at one pass; figures in the README, "Topic models").
     """
 
     def __init__(self, n_components=10, *, doc_topic_prior=None, topic_word_prior=None,
@@ -91,7 +90,7 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                  batch_size=128, evaluate_every=-1, total_samples=1e6, perp_tol=1e-1,
                  mean_change_tol=1e-3, max_doc_update_iter=100, n_jobs=None, verbose=0,
                  random_state=None, n_threads=None, rule="asgd", local_steps=1, max_seconds=None,
-                 sparse_push="auto", thread_mode="hogwild"):
+                 sparse_push="auto", thread_mode="minibatch"):
         self.n_components = n_components
         self.doc_topic_prior = doc_topic_prior
         self.topic_word_prior = topic_word_prior

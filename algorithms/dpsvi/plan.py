@@ -55,7 +55,7 @@ class RunPlan:
         return int(round(updates * n_docs / self.updates_per_pass))
 
 
-def split_threads(threads: int, thread_mode: str = "hogwild") -> tuple[int, int]:
+def split_threads(threads: int, thread_mode: str = "minibatch") -> tuple[int, int]:
     """(framework threads, team size) of a rank with ``threads`` threads: "hogwild" - each thread
     reads its own minibatches; "minibatch" - one framework thread whose minibatches a team of
     ``threads`` shares."""
@@ -64,7 +64,7 @@ def split_threads(threads: int, thread_mode: str = "hogwild") -> tuple[int, int]
 
 
 def make_plan(n_docs: int, batch_size: int, passes: float, *, n_workers: int = 1, threads: int = 1,
-              thread_mode: str = "hogwild", learning_offset: float = 10.0, learning_decay: float = 0.7,
+              thread_mode: str = "minibatch", learning_offset: float = 10.0, learning_decay: float = 0.7,
               batches_done: int = 1, sparse_push="auto", rule: str = "asgd", distributed: bool = False) -> RunPlan:
     """The plan of ``passes`` passes over ``n_docs`` documents (see the module doc), ``threads``
     threads per worker rank in ``thread_mode`` (:func:`split_threads`).

@@ -42,9 +42,9 @@ class ThreadCounts:
         self.docs = self.iters = self.words = 0
 
 
-#: thread modes: "hogwild" (the default) - each thread runs its own minibatches into the rank's
-#: lambda, lock-free; "minibatch" - a rank's threads share each minibatch (sequential SVI, its
-#: E-step in parallel)
+#: thread modes: "minibatch" (the default) - a rank's threads share each minibatch (sequential
+#: SVI, its E-step in parallel); "hogwild" - each thread runs its own minibatches into the rank's
+#: lambda, lock-free
 THREAD_MODES = ("hogwild", "minibatch")
 #: documents a thread of a minibatch team takes at a time (round-robin: deterministic, balanced)
 TEAM_CHUNK = 8
