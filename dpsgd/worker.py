@@ -346,7 +346,8 @@ class Worker:
             base = self.version if base_version is None else base_version
             flags, version, total = self.channel.exchange(T.KIND_PUSH, base, 1, lr, self.w, payload=g)
             self._end_exchange(T.KIND_PUSH, flags, version, total)
-        self.wait_seconds += time.perf_counter() - t0
+        with self.count_lock:  # several threads add to it (their wait for the push lock included)
+            self.wait_seconds += time.perf_counter() - t0
 
     def _land(self):
         """Pipelined worker: wait for the exchange in flight (if any) and merge its answer."""

@@ -19,9 +19,10 @@ EXIT_USAGE = 2
 DESCRIPTION = """\
 Fit an LDA topic model by stochastic variational inference (DPSVI): a rank's threads share
 each minibatch's E-step (--thread-mode minibatch, the default: sequential SVI, scikit-learn's
-result) or run their own minibatches and update lambda without locks (hogwild: faster, and at
-one pass ~0.04 nats worse on held-out documents); under mpiexec every worker rank reads only its
-shard of the corpus and a parameter server merges the updates with --rule.
+result) or run their own minibatches and update lambda without locks (hogwild: faster; its
+held-out log-likelihood depends on the corpus - from 0.06 worse to 0.03 better than one thread's
+in the README's runs); under mpiexec every worker rank reads only its shard of the corpus and a
+parameter server merges the updates with --rule.
 
 Corpus formats: .npz (scipy sparse + vocabulary, or the compact layout of benchmarks/data),
 UCI bag-of-words (docword.NAME.txt[.gz] + vocab.NAME.txt, streamed), a directory of .txt files,
