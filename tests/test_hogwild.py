@@ -241,11 +241,17 @@ def test_direct_worker_pushes_its_update_and_computes_on_the_servers_model():
     from dpsgd.server import ServerCore
     from dpsgd.worker import LocalChannel, Worker
 
-    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.5, total_updates=10, threads=1, progress=False)
-    core = ServerCore(np.ones(4, np.float32), cfg, 1)
-    worker = Worker(LS(), cfg, LocalChannel(core), 0, 1, core.w)
-    assert worker.direct and worker.w is core.w and worker.snap is None
-    worker._exchange(T.KIND_HELLO)
+    def direct_worker(threads):
+        """A direct worker with ``threads`` threads after its hello, and its in-process server."""
+        cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.5, total_updates=10, threads=threads,
+                                progress=False)
+        core = ServerCore(np.ones(4, np.float32), cfg, 1)
+        worker = Worker(LS(), cfg, LocalChannel(core), 0, 1, core.w)
+        assert worker.direct and worker.w is core.w and worker.snap is None
+        worker._exchange(T.KIND_HELLO)
+        return core, worker
+
+    core, worker = direct_worker(1)
     worker.since_push = 1
     worker._push_direct(np.full(4, 2.0, np.float32), 0.5)
     np.testing.assert_array_equal(core.w, np.zeros(4))  # 1 - 0.5 * 2
@@ -254,11 +260,7 @@ def test_direct_worker_pushes_its_update_and_computes_on_the_servers_model():
     np.testing.assert_array_equal(core.w, np.zeros(4))
     assert core.pushes[0] == 2 and core.rejected[0] == 0 and worker.version == 2 and worker.since_push == 0
     # several threads: each pushes its own update, with the version it started from
-    cfg2 = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.5, total_updates=10, threads=2, progress=False)
-    core2 = ServerCore(np.ones(4, np.float32), cfg2, 1)
-    w2 = Worker(LS(), cfg2, LocalChannel(core2), 0, 1, core2.w)
-    assert w2.direct and w2.w is core2.w and w2.snap is None
-    w2._exchange(T.KIND_HELLO)
+    core2, w2 = direct_worker(2)
     w2.since_push = 2
     w2._push_direct(np.full(4, 1.0, np.float32), 0.5, base_version=0)
     w2._push_direct(np.full(4, 1.0, np.float32), 0.5, base_version=0)  # computed while the first was pushed

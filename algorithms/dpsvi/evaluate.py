@@ -178,22 +178,19 @@ def npmi(beta, X_ref, n: int = 10) -> float:
     words, pos = np.unique(tops, return_inverse=True)
     pos = pos.reshape(tops.shape)
     parts = X_ref if isinstance(X_ref, (list, tuple)) else [X_ref]
-    co_all, D = np.zeros((words.size, words.size)), 0
+    # one pass over each part's non-zeros (the binary column slice and its product B.T @ B took
+    # ~3x as long: 0.67-0.84 against 0.22-0.27 s on the 100k-document V 50k corpus, K 100)
+    upper, D = np.zeros((words.size, words.size)), 0
     for X in parts:
-        if hasattr(X, "columns"):
-            B, n_docs = X.columns(words), X.n_docs
-            co_all += (B.T @ B).toarray()
-        else:  # one pass over the non-zeros (the binary column slice and its product B.T @ B took
-            # ~3x as long: 0.67-0.84 against 0.22-0.27 s on the 100k-document V 50k corpus, K 100)
-            X = X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)
-            pos_of = np.full(X.shape[1], -1, np.int64)
-            pos_of[words] = np.arange(words.size)
-            upper = np.zeros_like(co_all)
-            _cooccurrence(X.indptr, X.indices, X.data, pos_of, upper)
-            co_all += upper + np.triu(upper, 1).T
-            n_docs = X.shape[0]
-        D += n_docs
-    co_all /= max(D, 1)
+        if hasattr(X, "columns"):  # a streaming reader: the words' presence, column j = words[j]
+            X, cols = X.columns(words), np.arange(words.size)
+        else:
+            X, cols = (X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)), words
+        pos_of = np.full(X.shape[1], -1, np.int64)
+        pos_of[cols] = np.arange(words.size)
+        _cooccurrence(X.indptr, X.indices, X.data, pos_of, upper)
+        D += X.shape[0]
+    co_all = (upper + np.triu(upper, 1).T) / max(D, 1)
     scores = []
     for t in pos:
         co = co_all[np.ix_(t, t)]
