@@ -60,6 +60,11 @@ def _without_denormals(fn, *args):
         E.flush_denormals_end(old)
 
 
+def _initial_gamma(rng, n_docs: int, K: int) -> np.ndarray:
+    """The E-step's starting document-topic values, as scikit-learn draws them: Gamma(100, 1/100)."""
+    return rng.gamma(100.0, 0.01, (n_docs, K))
+
+
 class MinibatchTeam:
     """``n`` threads that work on one minibatch: the caller's thread and n - 1 pool threads run
     ``fn(t)`` for t = 0..n-1 and :meth:`run` returns when all have (the kernels they call release
@@ -275,22 +280,21 @@ class SVIAlgorithm(Algorithm):
         hi = min(lo + self.batch_size, st.hi)
         st.pos = hi if hi < st.hi else st.lo
         rng = self.gamma_rng if self.gamma_rng is not None else ctx.rng
-        gamma = rng.gamma(100.0, 0.01, (hi - lo, self.K))
         indptr, indices, data = st.X
         rho = min(float(ctx.lr), 1.0 - 1e-6)
         if st.team is not None:
-            u, iters = self._team_update(params, st, ctx, lo, hi, gamma, rho)
+            u, iters = self._team_update(params, st, ctx, lo, hi, rng, rho)
         elif self.sparse_push:
             u, iters = E.lazy_minibatch_gradient(
                 params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 self.total_docs / (hi - lo), rho, float(self.stale_updates(ctx)), self.max_doc_update_iter,
-                self.mean_change_tol,
-                gamma, st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats, st.sums, st.g)
+                self.mean_change_tol, _initial_gamma(rng, hi - lo, self.K),
+                st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats, st.sums, st.g)
         else:
             u, iters = E.minibatch_gradient(
                 params, self.K, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 np.float32(self.total_docs / (hi - lo)), self.max_doc_update_iter, self.mean_change_tol,
-                gamma, st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
+                _initial_gamma(rng, hi - lo, self.K), st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
         if self.sparse_push:
             st.prev_u = u
         c = st.counts
@@ -299,68 +303,74 @@ class SVIAlgorithm(Algorithm):
         c.words += u
         return st.g
 
-    def _team_update(self, params, st, ctx, lo, hi, gamma, rho):
+    def _team_update(self, params, st, ctx, lo, hi, rng, rho):
         """The update of documents lo:hi by the thread's :class:`MinibatchTeam`: the steps of
         :func:`.estep.minibatch_gradient` (or the lazy one), each split between the threads with a
-        barrier between steps - exp(E[log beta]) by word rows (with, in the dense layout,
-        ``g = lam - eta`` by word ranges), the E-step by documents (chunks of TEAM_CHUNK,
-        round-robin: the same split every run), the sufficient statistics and the direction by
-        words (ranges of equal non-zeros). No shared write, no per-thread V x K buffer.
-        Returns (u, E-step iterations)."""
+        barrier between steps - (1) the word labels, the minibatch by word and, beside them, the
+        initial gamma (drawn from ``rng`` as one thread draws it) and the topic sums by word
+        ranges; (2) exp(E[log beta]) by word rows (with, in the dense layout, ``g = lam - eta`` on
+        the other words, by word ranges); (3) the E-step by documents (round-robin chunks of
+        TEAM_CHUNK: the same split every run); (4) the sufficient statistics and the direction by
+        words (round-robin chunks of :data:`.estep.WORD_CHUNK`). No shared write, no per-thread
+        V x K buffer. Returns (u, E-step iterations)."""
         K, V, team = self.K, self.V, st.team
         indptr, indices, data = st.X
         a, b = int(indptr[lo]), int(indptr[hi])
+        n = hi - lo
         eta32 = np.float32(self.eta)
+        ip = indptr[lo:hi + 1] - a
+        cols, cnts = st.local[: b - a], data[a:b]
+        words = team.ranges(V)
+        labels = [0]
+        drawn = []
+
+        def start(t):
+            if t == 0:
+                labels[0] = E.relabel(indices, a, b, st.mark, st.local, st.touched)
+                E.minibatch_columns(ip, cols, cnts, labels[0], st.jptr, st.jdoc, st.jcnt)
+                if not self.sparse_push:
+                    E.mark_words(st.mark, st.touched, labels[0], True)
+            if t == team.n - 1:
+                drawn.append(_initial_gamma(rng, n, K))
+            if not self.sparse_push:
+                E.topic_sums(params[words[t] * K:words[t + 1] * K], K, st.msum[t])
+
         if self.sparse_push:
             es = E.lazy_begin(params, K, V, eta32, st.g, st.prev_touched, st.prev_u, st.sums)
             off, mul = float(self.eta), es
+            team.run(start)
         else:
-            E.topic_sums(params, K, st.sums)
+            team.run(start)
+            st.sums[:] = st.msum.sum(axis=0)
             off, mul = 0.0, 1.0
-        u = E.relabel(indices, a, b, st.mark, st.local, st.touched)
+        u, gamma = labels[0], drawn[0]
         psum = E.psi_of(st.sums, K)
         eb = st.ebeta[:u]
         rows = team.ranges(u)
-        words = team.ranges(V)
-        ip = indptr[lo:hi + 1] - a
-        cols, cnts = st.local[: b - a], data[a:b]
 
         def prepare(t):
             E.exp_elog_beta_rows(params, K, st.touched, rows[t], rows[t + 1], off, mul, psum, eb)
             if not self.sparse_push:
-                E.svi_base(params, K, eta32, st.g, words[t], words[t + 1])
-            if t == 0:
-                E.minibatch_columns(ip, cols, cnts, u, st.jptr, st.jdoc, st.jcnt)
+                E.svi_base(params, K, eta32, st.g, words[t], words[t + 1], st.mark)
 
         team.run(prepare)
-        n = hi - lo
         theta = st.theta[:n]
         alpha, it_max, tol = self.alpha, self.max_doc_update_iter, self.mean_change_tol
-
-        def estep(t):
-            iters = 0
-            for c in range(t * TEAM_CHUNK, n, team.n * TEAM_CHUNK):
-                d = min(c + TEAM_CHUNK, n)
-                iters += E.estep_docs(ip[c:d + 1] - ip[c], cols[ip[c]:ip[d]], cnts[ip[c]:ip[d]], eb, alpha, it_max,
-                                      tol, gamma[c:d], theta[c:d], st.sstats)
-            return iters
-
-        iters = sum(team.run(estep))
-        # word ranges with equal numbers of non-zeros (frequent words have many documents)
-        nz = np.searchsorted(st.jptr[:u + 1], np.linspace(0, b - a, team.n + 1)).astype(np.int64)
-        nz[0], nz[-1] = 0, u
+        iters = sum(team.run(lambda t: E.estep_docs(ip, cols, cnts, eb, alpha, it_max, tol, gamma, theta, st.sstats,
+                                                    t, team.n, TEAM_CHUNK)))
         jp, jd, jc = st.jptr, st.jdoc, st.jcnt
         scale = self.total_docs / n
         if self.sparse_push:
             f = E.lazy_factor(scale, rho, float(self.stale_updates(ctx)), es)
             st.msum[:] = 0.0
-            team.run(lambda t: E.lazy_direction(K, V, st.touched, nz[t], nz[t + 1], st.sstats, jp, jd, jc, theta, eb,
-                                                f, st.g, st.prev_touched, st.msum[t]))
+            team.run(lambda t: E.lazy_direction(K, V, st.touched, u, st.sstats, jp, jd, jc, theta, eb, f, st.g,
+                                                st.prev_touched, st.msum[t], t, team.n))
             E.lazy_end(K, V, rho, st.msum.sum(axis=0), st.g)
         else:
             s32 = np.float32(scale)
-            team.run(lambda t: E.svi_direction(params, K, eta32, st.touched, nz[t], nz[t + 1], st.sstats, jp, jd, jc,
-                                               theta, eb, s32, st.g))
+            team.run(lambda t: E.svi_direction(params, K, eta32, st.touched, u, st.sstats, jp, jd, jc, theta, eb, s32,
+                                               st.g, t, team.n))
+            E.mark_words(st.mark, st.touched, u, False)
         return u, iters
 
     def evaluate(self, params):
