@@ -62,6 +62,9 @@ class TrainConfig:
     eval_every: float | None = None
     #: updates (all workers) between evaluations, an alternative to eval_every (None: never)
     eval_every_updates: int | None = None
+    #: with eval_every: evaluate the starting model too, before any worker computes (the workers
+    #: wait for it; off: the first evaluation comes eval_every seconds into training)
+    eval_initial: bool = True
     #: evaluate the final model once more at the end (into metrics["final"])
     final_eval: bool = True
     seed: int = 0

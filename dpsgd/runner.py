@@ -43,6 +43,30 @@ def get_comm():
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
+def broadcast_from_root(a: np.ndarray) -> np.ndarray:
+    """Every rank's ``a`` (same shape and dtype on all) becomes rank 0's, in place; returns it.
+    For work after :func:`train` that every rank joins (one process: nothing to do)."""
+    comm = get_comm()
+    if comm is not None:
+        comm.Bcast(a, root=0)
+    return a
+
+
+def sum_to_root(a: np.ndarray) -> np.ndarray | None:
+    """The element-wise sum of every rank's ``a`` (same shape, float64) on rank 0, None on the
+    others (one process: ``a``). For statistics that the ranks' own data give after :func:`train`
+    (e.g. counts over each worker's shard), without gathering the data."""
+    comm = get_comm()
+    if comm is None:
+        return a
+    from mpi4py import MPI
+
+    a = np.ascontiguousarray(a, np.float64)
+    out = np.empty_like(a) if comm.Get_rank() == 0 else None
+    comm.Reduce(a, out, op=MPI.SUM, root=0)
+    return out
+
+
 @dataclass
 class TrainResult:
     params: np.ndarray | None  # the final global parameters (every rank)
@@ -126,10 +150,11 @@ class Housekeeper:
         (in one process and under MPI alike: never overlapped with training, outside its clock)."""
         if not self.evaluate or self.core.model_broken:  # (evaluations every N updates start at N)
             return
-        self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates, background=False,
-                       initial=True)
-        self.core.last_push_time[:] = time.perf_counter()  # no worker has been heard yet: none is silent
-        self.next_eval = time.perf_counter() + self.config.eval_every
+        if self.config.eval_initial:
+            self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates, background=False,
+                           initial=True)
+            self.core.last_push_time[:] = time.perf_counter()  # no worker has been heard yet: none is silent
+        self.next_eval = time.perf_counter() + self.config.eval_every  # (without: the first after eval_every)
 
     def record_eval(self):
         if self.core.model_broken:

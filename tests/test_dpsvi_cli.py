@@ -56,7 +56,8 @@ def test_lda_end_to_end_on_text(tmp_path):
     corpus = _texts(tmp_path)
     out = tmp_path / "out"
     r = run(dpsgd_cmd("lda", "--corpus", corpus, "--topics", 3, "--passes", 5, "--batch-size", 20, "--out", out,
-                      "--threads", 1, "--min-df", 1, "--max-df", 1.0, "--no-progress", "--eval-every", 0.05))
+                      "--threads", 1, "--min-df", 1, "--max-df", 1.0, "--no-progress", "--eval-every", 0.05,
+                      "--eval-initial"))
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == ["checkpoints", "config.json", "metrics.json", "model.npz", "progress.csv",
                                        "topics.txt"]
@@ -77,6 +78,7 @@ def test_lda_end_to_end_on_text(tmp_path):
     assert m["heldout_loglik"] > -np.log(15) + 0.5
     rows = (out / "progress.csv").read_text().splitlines()
     assert rows[0] == "seconds,updates,documents,heldout_loglik,perplexity" and len(rows) >= 3
+    assert rows[1].split(",")[1] == "0"  # --eval-initial: the starting model first
     conf = json.loads((out / "config.json").read_text())
     assert conf["args"]["topics"] == 3 and conf["train_config"]["schedule"] == "power"
 
@@ -124,8 +126,8 @@ def test_lda_non_utf8_text_is_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("mode", ["minibatch", "hogwild"])
 def test_lda_thread_modes(tmp_path, mode):
-    """--threads 2: two Hogwild threads each with its own minibatches (the default; two readers), or
-    one framework thread whose minibatches two threads share."""
+    """--threads 2: one framework thread whose minibatches two threads share (the default), or two
+    Hogwild threads each with its own minibatches (two readers)."""
     docword, _ = _uci(tmp_path)
     out = tmp_path / "out"
     r = run(dpsgd_cmd("lda", "--corpus", docword, "--topics", 3, "--passes", 1, "--batch-size", 30, "--out", out,
@@ -136,6 +138,8 @@ def test_lda_thread_modes(tmp_path, mode):
     assert m["framework"]["threads_per_worker"] == (1 if mode == "minibatch" else 2)
     assert m["updates_per_pass"] == (9 if mode == "minibatch" else 10)  # 270 docs: ceil(270/30), 2 x ceil(135/30)
     assert m["heldout_loglik"] > -np.log(60) + 0.3
+    rows = (out / "progress.csv").read_text().splitlines()[1:]
+    assert all(int(r.split(",")[1]) > 0 for r in rows)  # without --eval-initial: not the starting model
 
 
 def test_lda_run_does_not_load_scikit_learn(tmp_path):
@@ -174,6 +178,14 @@ def test_lda_under_mpiexec_three_ranks(tmp_path, mpi):
     assert m["n_training_documents"] == 270
     assert m["framework"]["rejected_pushes"] == 0
     assert m["heldout_loglik"] > -np.log(60) + 0.3  # far better than uniform over the 60 words
+    # no rank holds the corpus: NPMI's counts from the workers' shards and the root's held-out
+    # documents, summed on the root, are the whole corpus's
+    from algorithms.dpsvi import corpus as C
+    from algorithms.dpsvi.evaluate import npmi
+
+    comp = np.load(out / "model.npz")["components"]
+    whole = npmi(comp / comp.sum(axis=1, keepdims=True), C.load_corpus(str(docword)).X, 10)
+    assert m["npmi_reference"].startswith("whole corpus") and m["npmi"] == pytest.approx(whole, abs=1e-9)
 
 
 @pytest.mark.mpi

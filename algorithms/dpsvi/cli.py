@@ -115,6 +115,10 @@ def register(subparsers) -> None:
                    help="fraction of documents held out for the document-completion log-likelihood (default 0.1; 0: none)")
     o.add_argument("--eval-every", type=_positive_float, default=2.0,
                    help="seconds between held-out evaluations written to progress.csv (default 2)")
+    o.add_argument("--eval-initial", action="store_true",
+                   help="evaluate the starting model too (the first row of progress.csv; always with --resume). "
+                        "The workers wait for it: 2-2.5 s at 10k held-out documents, V 50k, K 100, four times "
+                        "the final evaluation")
     o.add_argument("--top-words", type=_positive_int, default=10, help="words per topic in topics.txt (default 10)")
     o.add_argument("--quiet", action="store_true", help="do not print the topics")
     add_framework_options(p, lr=1.0, rule="asgd")
@@ -152,6 +156,10 @@ def _validate(args):
         raise _usage(f"--mean-change-tol must be >= 0, got {args.mean_change_tol}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise _usage(f"--out {args.out}: exists and is not a directory")
+
+
+#: words per topic that NPMI scores (the pairs among each topic's top words)
+NPMI_TOP_WORDS = 10
 
 
 def _cv_options(args) -> dict:
@@ -212,6 +220,8 @@ class CorpusPlan:
             self.full = C.load_corpus(self.path, vocab=args.vocab, **_cv_options(args))
             self.vocab = self.full.vocab
             n_docs = self.full.n_docs
+        #: no rank loads the whole corpus (each streams its own documents from the file)
+        self.streamed = self.full is None
         rng = np.random.default_rng([seed, 7])
         perm = rng.permutation(n_docs)
         n_hold = int(round(args.holdout * n_docs))
@@ -317,7 +327,8 @@ def run(args) -> int:
     threads, team = run_plan.threads, run_plan.team
     total = run_plan.total_updates
     cfg = config_from_args(args, total_updates=total, out=args.out, tau0=run_plan.tau0, kappa=run_plan.kappa,
-                           threads=threads, eval_every=args.eval_every if heldout is not None else None)
+                           threads=threads, eval_every=args.eval_every if heldout is not None else None,
+                           eval_initial=args.eval_initial or bool(args.resume))
 
     X = None
     if size == 1 or rank >= n_servers:
@@ -350,11 +361,46 @@ def run(args) -> int:
     clock["train"] = time.time()
     result = dpsgd.train(alg, cfg)
     clock["trained"] = time.time()
+    spread = None
+    if size > 1 and corpus.streamed:
+        # no rank holds the corpus (streamed .npz or UCI): NPMI's counts come from every rank's own
+        # documents - the workers' shards and the root's held-out ones - summed on the root
+        spread = _timed(clock, "npmi", _spread_cooccurrence, alg, result.params, Xh, V, K, is_root)
     if not result.is_root:
         return 0
     return _write_outputs(LdaRun(args=args, cfg=cfg, result=result, alg=alg, corpus=corpus, plan=run_plan,
                                  heldout=heldout, Xh=Xh, V=V, K=K, alpha=alpha, eta=eta, D=D,
-                                 load_seconds=load_seconds, clock=clock))
+                                 load_seconds=load_seconds, clock=clock, spread_cooccurrence=spread))
+
+
+def _topics(alg, params, V: int, K: int):
+    """(components K x V as the model file holds them, beta: its rows normalised)."""
+    from .svi import topic_word_from_lambda
+
+    comp = topic_word_from_lambda(alg.lambda_of(params), V, K)
+    return comp, comp / comp.sum(axis=1, keepdims=True)
+
+
+def _spread_cooccurrence(alg, params, Xh, V: int, K: int, is_root: bool, n: int = NPMI_TOP_WORDS):
+    """Under mpiexec (every rank calls it): NPMI's co-occurrence counts of the root's top-``n``
+    words over every rank's own documents, summed on the root - there (tops, words, upper, D),
+    None elsewhere. The root's top words go to the others, so all count the same words."""
+    import numpy as np
+
+    from dpsgd.runner import broadcast_from_root, sum_to_root
+
+    from .evaluate import cooccurrence, top_words
+
+    tops = np.full((K, min(n, V)), -1, np.int64)
+    if is_root:
+        tops[:] = top_words(_topics(alg, params, V, K)[1], n)
+    words = np.unique(broadcast_from_root(tops))
+    mine = [x for x in (alg.X, Xh) if x is not None]
+    upper, D = cooccurrence(words, mine)
+    total = sum_to_root(np.append(upper.ravel(), float(D)))
+    if total is None:
+        return None
+    return tops, words, total[:-1].reshape(upper.shape), int(total[-1])
 
 
 def _run_plan(args, n_docs: int, size: int, n_workers: int):
@@ -393,6 +439,8 @@ class LdaRun:
     D: int
     load_seconds: float
     clock: dict  # time.time() at process start, run(), train() and its return; npmi seconds
+    #: NPMI's counts summed over the ranks (:func:`_spread_cooccurrence`), when no rank holds the corpus
+    spread_cooccurrence: tuple | None = None
 
 
 def phase_seconds(m: dict, history: list, clock: dict, load_seconds: float, now: float) -> dict:
@@ -434,13 +482,11 @@ def _rows_of(ref) -> int:
 
 def _write_outputs(run: LdaRun) -> int:
     from .evaluate import top_words
-    from .svi import topic_word_from_lambda
 
     m = dict(run.result.metrics)
     history = m.pop("history", [])
     m.pop("push_workers", None)
-    comp = topic_word_from_lambda(run.alg.lambda_of(run.result.params), run.V, run.K)
-    beta = comp / comp.sum(axis=1, keepdims=True)
+    comp, beta = _topics(run.alg, run.result.params, run.V, run.K)
     out = _run_metrics(run, m, beta)
     os.makedirs(run.args.out, exist_ok=True)
     tops = top_words(beta, run.args.top_words)
@@ -461,7 +507,7 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
     """metrics.json: quality, rates and sizes of the run (``m``: the framework's metrics)."""
     import math
 
-    from .evaluate import npmi
+    from .evaluate import npmi, npmi_of_counts
 
     alg, result = run.alg, run.result
     final = m.pop("final", {}) or {}
@@ -478,19 +524,23 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
         window = wall
     train_seconds = max(window - float(m.get("paused_eval_seconds", m.get("eval_seconds", 0.0))), 1e-9)
     # NPMI needs many reference documents: the whole corpus when this rank has it in memory
-    if run.corpus.full is not None:
+    npmi_value = None
+    if run.spread_cooccurrence is not None:  # MPI: every rank counted its own documents
+        ref, ref_name = None, "whole corpus"
+        npmi_value = npmi_of_counts(*run.spread_cooccurrence) if run.spread_cooccurrence[3] > 1 else None
+    elif run.corpus.full is not None:
         ref, ref_name = run.corpus.full.X, "whole corpus"
-    elif alg.X is not None and run.Xh is not None:  # one process: it trained on all the other documents
-        ref, ref_name = [alg.X, run.Xh], "whole corpus"
-    elif run.corpus.npz is not None:  # MPI root: the top words' columns, streamed from the file
-        ref, ref_name = run.corpus.npz, "whole corpus"
+    elif alg.X is not None:  # one process: it trained on all the other documents
+        ref, ref_name = [x for x in (alg.X, run.Xh) if x is not None], "whole corpus"
     else:
         ref, ref_name = run.Xh, "held-out documents"
+    if ref is not None and _rows_of(ref) > 1:
+        npmi_value = _timed(run.clock, "npmi", npmi, beta, ref, NPMI_TOP_WORDS)
     out = {
         "heldout_loglik": final.get("heldout_loglik"),
         "perplexity": final.get("perplexity"),
-        "npmi": _timed(run.clock, "npmi", npmi, beta, ref, 10) if ref is not None and _rows_of(ref) > 1 else None,
-        "npmi_reference": f"{ref_name} (document co-occurrence of each topic's top-10 words)",
+        "npmi": npmi_value,
+        "npmi_reference": f"{ref_name} (document co-occurrence of each topic's top-{NPMI_TOP_WORDS} words)",
         "documents_seen": docs,
         "docs_per_second": docs / train_seconds,
         "docs_per_second_wall": docs / wall,

@@ -356,8 +356,8 @@ class SVIAlgorithm(Algorithm):
         team.run(prepare)
         theta = st.theta[:n]
         alpha, it_max, tol = self.alpha, self.max_doc_update_iter, self.mean_change_tol
-        iters = sum(team.run(lambda t: E.estep_docs(ip, cols, cnts, eb, alpha, it_max, tol, gamma, theta, st.sstats,
-                                                    t, team.n, TEAM_CHUNK)))
+        iters = sum(team.run(lambda t: E.estep_doc_chunks(ip, cols, cnts, eb, alpha, it_max, tol, gamma, theta,
+                                                          st.sstats, t, team.n, TEAM_CHUNK)))
         jp, jd, jc = st.jptr, st.jdoc, st.jcnt
         scale = self.total_docs / n
         if self.sparse_push:
