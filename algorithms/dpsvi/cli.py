@@ -19,9 +19,9 @@ EXIT_USAGE = 2
 DESCRIPTION = """\
 Fit an LDA topic model by stochastic variational inference (DPSVI): a rank's threads share
 each minibatch's E-step (--thread-mode minibatch, the default: sequential SVI, scikit-learn's
-result) or run their own minibatches and update lambda without locks (hogwild: faster; its
-held-out log-likelihood depends on the corpus - from 0.06 worse to 0.03 better than one thread's
-in the README's runs); under mpiexec every worker rank reads only its shard of the corpus and a
+result) or run their own minibatches and update lambda without locks (hogwild: faster on short
+documents, no faster at V 50k; its held-out log-likelihood depends on the corpus - from 0.04 worse
+to 0.05 better than one thread's in the README's runs); under mpiexec every worker rank reads only its shard of the corpus and a
 parameter server merges the updates with --rule.
 
 Corpus formats: .npz (scipy sparse + vocabulary, or the compact layout of benchmarks/data),
@@ -108,7 +108,8 @@ def register(subparsers) -> None:
     g.add_argument("--thread-mode", choices=("hogwild", "minibatch"), default="minibatch",
                    help="minibatch (default): a rank's --threads share each minibatch (the updates of one "
                         "thread, reproducible); hogwild: each thread runs its own minibatches, lock-free "
-                        "(faster, but the threads' updates are stale: worse held-out log-likelihood at few passes)")
+                        "(faster on short documents, but the threads' updates are stale: their held-out "
+                        "log-likelihood depends on the corpus)")
     o = p.add_argument_group("output and evaluation")
     o.add_argument("--out", required=True, metavar="DIR", help="output directory")
     o.add_argument("--holdout", type=float, default=0.1,

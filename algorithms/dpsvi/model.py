@@ -71,8 +71,8 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ``thread_mode='minibatch'`` (the threads share each minibatch), any ``n_threads``, the fit in
     one process is scikit-learn's (the same random draws; equal up to float32 rounding) and
     reproducible for a fixed ``random_state``; ``thread_mode='hogwild'`` (each thread its own
-    minibatches, lock-free; faster) interleaves non-deterministically and its stale updates cost
-    held-out log-likelihood at few passes.
+    minibatches, lock-free; faster on short documents) interleaves non-deterministically and its
+    stale updates change the held-out log-likelihood at few passes (for better or worse, by corpus).
 
     Extra parameters: ``n_threads`` (threads per process; None: ``n_jobs``, else all cores),
     ``rule`` (the server's update rule under MPI: sgd, asgd, ssgd, dc-asgd-c, dc-asgd-a, dc-asgd-i),
@@ -82,7 +82,8 @@ class DPSVI(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     the run's decay fits float32, see :func:`choose_sparse_push`), ``thread_mode`` ('minibatch',
     the default: the threads split each minibatch's E-step and per-word work, sequential SVI;
     'hogwild': each thread its own minibatches against a lambda the others update meanwhile -
-    faster, with a worse held-out log-likelihood at one pass; figures in the README, "Topic models").
+    faster on short documents, with a held-out log-likelihood that depends on the corpus; figures
+    in the README, "Topic models").
     """
 
     def __init__(self, n_components=10, *, doc_topic_prior=None, topic_word_prior=None,
