@@ -143,3 +143,34 @@ def test_npmi_streams_the_top_words_columns(tmp_path):
     assert npmi(beta, r, 5) == pytest.approx(npmi(beta, full.X, 5), abs=1e-12)
     B = r.columns([3, 0, 7])
     assert B.shape == (full.n_docs, 3) and np.array_equal(B.toarray(), (full.X[:, [3, 0, 7]] > 0).toarray())
+
+
+@pytest.mark.mpi
+def test_ranks_share_the_scan_of_the_documents(tmp_path, mpi):
+    """Under mpiexec rank 0 finds the documents (one decompression of the file) and sends them:
+    every rank's reader has the rows of its own scan and reads the same documents; a file rank 0
+    does not accept goes to read_npz on every rank."""
+    rng = np.random.default_rng(4)
+    X = _raw_csr(rng, 60, 30, np.float32, messy=True)
+    X.data[X.indptr[7]:X.indptr[8]] = 0  # an empty document (explicit zeros) only the scan sees
+    p = tmp_path / "c.npz"
+    sp.save_npz(p, X)
+    bad = tmp_path / "coo.npz"
+    sp.save_npz(bad, X.tocoo())
+    prog = tmp_path / "prog.py"
+    prog.write_text(
+        "import sys, numpy as np\n"
+        "from mpi4py import MPI\n"
+        "from algorithms.dpsvi.npz_rows import NpzRows\n"
+        "r = NpzRows.open_shared(sys.argv[1])\n"
+        "none = NpzRows.open_shared(sys.argv[2])\n"
+        "X = r.csr(np.arange(r.n_docs)[::-1])\n"
+        "print('rank', MPI.COMM_WORLD.Get_rank(), none is None, ','.join(map(str, r.rows)), X.nnz,"
+        " float(X.data.sum()), flush=True)\n")
+    out = mpi(3, [prog, p, bad])  # (the tests run with the project on PYTHONPATH)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = sorted(line.split(" ", 2)[2] for line in out.stdout.splitlines() if line.startswith("rank "))
+    ref = NpzRows.open(str(p))
+    Xr = ref.csr(np.arange(ref.n_docs)[::-1])
+    assert 7 not in ref.rows and len(lines) == 3
+    assert set(lines) == {f"True {','.join(map(str, ref.rows))} {Xr.nnz} {float(Xr.data.sum())}"}

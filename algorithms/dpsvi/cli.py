@@ -204,7 +204,9 @@ class CorpusPlan:
                 and os.environ.get("DPSVI_NPZ_ROWS", "1") != "0"):
             from .npz_rows import NpzRows
 
-            self.npz = NpzRows.open(self.path)  # None: read_npz reads it (and reports what is wrong)
+            # rank 0 finds the documents, the others get them (every rank calls it: a collective);
+            # None: read_npz reads it (and reports what is wrong)
+            self.npz = NpzRows.open_shared(self.path)
         if self.uci is not None:
             vocab_path = args.vocab or C.uci_vocab_path(self.uci)
             self.vocab = C.read_vocab(vocab_path)

@@ -52,20 +52,62 @@ def _blocks(f, dtype, n: int, block: int):
 class NpzRows:
     """The non-empty documents of a CSR ``.npz`` (count ``n_docs``), read by row on demand."""
 
-    def __init__(self, path: str, shape, indptr: np.ndarray, data_dtype, index_dtype, block: int = BLOCK):
+    def __init__(self, path: str, shape, indptr: np.ndarray, data_dtype, index_dtype, block: int = BLOCK,
+                 rows: np.ndarray | None = None):
         self.path = path
         self.shape = shape
         self.indptr = indptr
         self.data_dtype = data_dtype
         self.index_dtype = index_dtype
         self.block = int(block)
-        #: file row of each document (rows with a non-zero count)
-        self.rows = np.flatnonzero(self._nonzeros_per_row() > 0)
+        #: file row of each document (rows with a non-zero count); given: another process's scan
+        self.rows = np.flatnonzero(self._nonzeros_per_row() > 0) if rows is None else rows
 
     @classmethod
     def open(cls, path: str, block: int = BLOCK) -> "NpzRows | None":
         """The reader of ``path`` if it is a well-formed CSR ``save_npz`` file whose counts pass the
-        checks of :func:`corpus.check_counts`; else None (``read_npz`` then reads it and reports)."""
+        checks of :func:`corpus.check_counts`; else None (``read_npz`` then reads it and reports).
+        Finding the documents decompresses the whole file once (checking every count and index)."""
+        head = cls._header(path)
+        if head is None:
+            return None
+        try:
+            r = cls(path, *head, block)
+        except ValueError:  # a bad count or index: read_npz names the document
+            return None
+        if r.rows.size == 0:
+            return None
+        return r
+
+    @classmethod
+    def open_shared(cls, path: str, block: int = BLOCK) -> "NpzRows | None":
+        """:meth:`open` under mpiexec, every rank calling it: rank 0 scans the file and sends the
+        documents (or that it does not accept the file) to the others, which read only the
+        small ``indptr`` member - each rank then decompresses the file once, for its own rows,
+        instead of twice (100k documents, V 50k: the scan is 0.45 s of decompression and 0.13 s of
+        checks a rank). In one process: :meth:`open`."""
+        from dpsgd.runner import broadcast_from_root, get_comm
+
+        comm = get_comm()
+        if comm is None:
+            return cls.open(path, block)
+        root = comm.Get_rank() == 0
+        r = cls.open(path, block) if root else None
+        n = broadcast_from_root(np.array([r.rows.size if r is not None else -1], np.int64))[0]
+        if n < 0:
+            return None
+        rows = broadcast_from_root(r.rows.astype(np.int64) if root else np.empty(int(n), np.int64))
+        if root:
+            return r
+        head = cls._header(path)
+        if head is None:  # the root accepted the file: the same file here should be too
+            raise ValueError(f"{path}: rank 0 read it as a CSR .npz, this rank cannot")
+        return cls(path, *head, block, rows=rows)
+
+    @staticmethod
+    def _header(path: str):
+        """(shape, indptr (int64), data dtype, index dtype) of a CSR ``save_npz`` file whose small
+        members are consistent; None otherwise. Reads ``indptr``, not the data."""
         try:
             with zipfile.ZipFile(path) as zf:
                 names = set(zf.namelist())
@@ -100,13 +142,7 @@ class NpzRows:
             return None
         if ddt.kind not in "iuf" or ddt.itemsize < 4 or not ddt.isnative or idt.kind not in "iu" or not idt.isnative:
             return None
-        try:
-            r = cls(path, (n_rows, n_cols), indptr, ddt, idt, block)
-        except ValueError:  # a bad count or index: read_npz names the document
-            return None
-        if r.rows.size == 0:
-            return None
-        return r
+        return (n_rows, n_cols), indptr, ddt, idt
 
     def _entries(self):
         """(start, data block, indices block) over the whole matrix, in file order."""
