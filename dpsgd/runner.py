@@ -48,7 +48,9 @@ def broadcast_from_root(a: np.ndarray) -> np.ndarray:
     For work after :func:`train` that every rank joins (one process: nothing to do)."""
     comm = get_comm()
     if comm is not None:
-        comm.Bcast(a, root=0)
+        # waiting politely: the others may wait long for rank 0 (e.g. while it reads), and a rank
+        # blocked in MPI_Bcast spins at 100 % of a core that an oversubscribed rank 0 needs
+        T.wait(comm.Ibcast(a, root=0))
     return a
 
 
@@ -63,7 +65,7 @@ def sum_to_root(a: np.ndarray) -> np.ndarray | None:
 
     a = np.ascontiguousarray(a, np.float64)
     out = np.empty_like(a) if comm.Get_rank() == 0 else None
-    comm.Reduce(a, out, op=MPI.SUM, root=0)
+    T.wait(comm.Ireduce(a, out, op=MPI.SUM, root=0))  # politely, as broadcast_from_root
     return out
 
 
