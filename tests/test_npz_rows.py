@@ -148,7 +148,7 @@ def test_npmi_streams_the_top_words_columns(tmp_path):
 @pytest.mark.mpi
 def test_ranks_share_the_scan_of_the_documents(tmp_path, mpi):
     """Under mpiexec rank 0 finds the documents (one decompression of the file) and sends them:
-    every rank's reader has the rows of its own scan and reads the same documents; a file rank 0
+    every rank's reader has the rows of a scan of its own and reads the same documents; a file rank 0
     does not accept goes to read_npz on every rank."""
     rng = np.random.default_rng(4)
     X = _raw_csr(rng, 60, 30, np.float32, messy=True)
@@ -165,11 +165,11 @@ def test_ranks_share_the_scan_of_the_documents(tmp_path, mpi):
         "r = NpzRows.open_shared(sys.argv[1])\n"
         "none = NpzRows.open_shared(sys.argv[2])\n"
         "X = r.csr(np.arange(r.n_docs)[::-1])\n"
-        "print('rank', MPI.COMM_WORLD.Get_rank(), none is None, ','.join(map(str, r.rows)), X.nnz,"
-        " float(X.data.sum()), flush=True)\n")
-    out = mpi(3, [prog, p, bad])  # (the tests run with the project on PYTHONPATH)
+        "with open(sys.argv[3] + str(MPI.COMM_WORLD.Get_rank()), 'w') as f:\n"  # (ranks' stdout interleaves)
+        "    f.write(f\"{none is None} {','.join(map(str, r.rows))} {X.nnz} {float(X.data.sum())}\")\n")
+    out = mpi(3, [prog, p, bad, tmp_path / "rank"])  # (the tests run with the project on PYTHONPATH)
     assert out.returncode == 0, out.stdout + out.stderr
-    lines = sorted(line.split(" ", 2)[2] for line in out.stdout.splitlines() if line.startswith("rank "))
+    lines = [(tmp_path / f"rank{r}").read_text() for r in range(3)]
     ref = NpzRows.open(str(p))
     Xr = ref.csr(np.arange(ref.n_docs)[::-1])
     assert 7 not in ref.rows and len(lines) == 3
