@@ -134,10 +134,8 @@ class MPIChannel:
                 self.sparse_pushes += 1
                 return T.send_message(self.comm, sp, nb * (self.block + 1), s)
         n = msg.payload.size if kind == T.KIND_PUSH else 0
-        if n and src is not msg.payload:
-            msg.payload[:] = src  # header and values go as one message
         T.encode_header(msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
-        return T.send_message(self.comm, msg, n, s)
+        return T.send_message(self.comm, msg, n, s, values=None if src is msg.payload or not n else src)
 
     def exchange(self, kind, base_version, nsteps, lr, w_new, payload=None):
         """Push (``payload``: the gradient to push instead of :attr:`push_buffers`) and pull
