@@ -444,7 +444,8 @@ def table_updates(res) -> str:
         "(expression: allocating temporaries; in place: preallocated `out=` buffers). Goal: dc-asgd-a "
         "at P = 1e6 <= 1 ms. The rows below the line are the other per-push passes of the framework path: "
         "a one-thread worker with plain SGD steps and local_steps 1 (the `ps` runs above) copies its gradient "
-        "into the message (memcpy) and does none of the worker passes; sgd_step, snapshot_delta and merge_pull "
+        "into the message (memcpy) when it is at most 1 MB (a larger one is sent from the gradient itself) and "
+        "does none of the worker passes; sgd_step, snapshot_delta and merge_pull "
         "are the passes of workers with several threads, --overlap, local_steps > 1 or a local RMSprop/Adam.",
         "",
         "| operation | " + " | ".join(f"P={fmt_p(p)}" for p in params) + " |",
