@@ -54,6 +54,39 @@ def test_rows_equal_read_npz(tmp_path):
         assert np.array_equal(A.data, B.data)
 
 
+def test_scan_reads_the_prefetched_documents_in_the_same_pass(tmp_path):
+    """open(prefetch=f): the documents f(n_docs) names are read during the scan and csr() returns
+    them once (equal to a second pass); a row of explicit zeros makes the guessed count wrong: then
+    nothing is kept and csr() reads them in a pass of its own."""
+    rng = np.random.default_rng(5)
+    X = _raw_csr(rng, 90, 25, np.float32, messy=True)
+    X.data[X.data == 0] = 1
+    p = tmp_path / "c.npz"
+    sp.save_npz(p, X)
+    seen = []
+
+    def pick(n):
+        seen.append(n)
+        return np.random.default_rng(n).permutation(n)[:20]
+
+    assert NpzRows.open(str(p), prefetch=lambda n: np.arange(0)).prefetched is None  # e.g. --holdout 0
+    r = NpzRows.open(str(p), block=6, prefetch=pick)
+    ids = pick(r.n_docs)
+    assert seen[0] == r.n_docs and r.prefetched is not None
+    plain = NpzRows.open(str(p), block=6)
+    A = r.csr(ids)
+    assert r.prefetched is None  # handed over once
+    B = plain.csr(ids)
+    assert A.shape == B.shape and (A != B).nnz == 0 and np.array_equal(A.indices, B.indices)
+    X.data[X.indptr[4]:X.indptr[5]] = 0  # a row of explicit zeros: one document fewer than guessed
+    sp.save_npz(p, X)
+    seen.clear()
+    r = NpzRows.open(str(p), block=6, prefetch=pick)
+    assert seen == [r.n_docs + 1] and r.prefetched is None
+    ids = pick(r.n_docs)
+    assert (r.csr(ids) != NpzRows.open(str(p), block=6).csr(ids)).nnz == 0
+
+
 @pytest.mark.parametrize("bad", ["negative", "nan", "fraction", "index", "coo"])
 def test_bad_files_go_to_read_npz(tmp_path, bad):
     X = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], np.float32))
@@ -162,15 +195,25 @@ def test_ranks_share_the_scan_of_the_documents(tmp_path, mpi):
         "import sys, numpy as np\n"
         "from mpi4py import MPI\n"
         "from algorithms.dpsvi.npz_rows import NpzRows\n"
-        "r = NpzRows.open_shared(sys.argv[1])\n"
-        "none = NpzRows.open_shared(sys.argv[2])\n"
+        "pick = lambda n: np.arange(n)[::-1]\n"
+        "r = NpzRows.open_shared(sys.argv[1], prefetch=pick)\n"  # guessed wrong (row 7): read again
+        "kept = r.prefetched is not None\n"
+        "none = NpzRows.open_shared(sys.argv[2], prefetch=pick)\n"
         "X = r.csr(np.arange(r.n_docs)[::-1])\n"
+        "good = NpzRows.open_shared(sys.argv[4], prefetch=pick)\n"  # guessed right: read while rank 0 scans
+        "hit = good.prefetched is not None\n"
+        "G = good.csr(np.arange(good.n_docs)[::-1])\n"
+        "ok = hit and good.prefetched is None and (G != NpzRows.open(sys.argv[4]).csr(np.arange(good.n_docs)[::-1])).nnz == 0\n"
         "with open(sys.argv[3] + str(MPI.COMM_WORLD.Get_rank()), 'w') as f:\n"  # (ranks' stdout interleaves)
-        "    f.write(f\"{none is None} {','.join(map(str, r.rows))} {X.nnz} {float(X.data.sum())}\")\n")
-    out = mpi(3, [prog, p, bad, tmp_path / "rank"])  # (the tests run with the project on PYTHONPATH)
+        "    f.write(f\"{none is None} {kept} {ok} {','.join(map(str, r.rows))} {X.nnz} {float(X.data.sum())}\")\n")
+    good = tmp_path / "good.npz"
+    Y = X.copy()
+    Y.data[Y.data == 0] = 1  # no row of explicit zeros: the rows with entries are the documents
+    sp.save_npz(good, Y)
+    out = mpi(3, [prog, p, bad, tmp_path / "rank", good])  # (the tests run with the project on PYTHONPATH)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [(tmp_path / f"rank{r}").read_text() for r in range(3)]
     ref = NpzRows.open(str(p))
     Xr = ref.csr(np.arange(ref.n_docs)[::-1])
     assert 7 not in ref.rows and len(lines) == 3
-    assert set(lines) == {f"True {','.join(map(str, ref.rows))} {Xr.nnz} {float(Xr.data.sum())}"}
+    assert set(lines) == {f"True False True {','.join(map(str, ref.rows))} {Xr.nnz} {float(Xr.data.sum())}"}

@@ -181,7 +181,7 @@ class CorpusPlan:
     vocabulary depends on all of its documents).
     """
 
-    def __init__(self, args, seed: int, ranks: int = 1):
+    def __init__(self, args, seed: int, ranks: int = 1, rank: int = 0, n_servers: int = 1):
         import warnings
 
         import numpy as np
@@ -205,8 +205,10 @@ class CorpusPlan:
             from .npz_rows import NpzRows
 
             # rank 0 finds the documents, the others get them (every rank calls it: a collective);
+            # meanwhile every rank reads its own documents (rank 0 its held-out ones, in its scan);
             # None: read_npz reads it (and reports what is wrong)
-            self.npz = NpzRows.open_shared(self.path)
+            self.npz = NpzRows.open_shared(self.path, prefetch=lambda n: _rank_ids(n, args.holdout, seed, rank,
+                                                                                     ranks, n_servers))
         if self.uci is not None:
             vocab_path = args.vocab or C.uci_vocab_path(self.uci)
             self.vocab = C.read_vocab(vocab_path)
@@ -225,15 +227,9 @@ class CorpusPlan:
             n_docs = self.full.n_docs
         #: no rank loads the whole corpus (each streams its own documents from the file)
         self.streamed = self.full is None
-        rng = np.random.default_rng([seed, 7])
-        perm = rng.permutation(n_docs)
-        n_hold = int(round(args.holdout * n_docs))
-        if args.holdout > 0 and n_hold == 0 and n_docs > 1:
-            n_hold = 1
-        if n_docs - n_hold < 1:
+        self.heldout_ids, self.train_ids = _split_ids(n_docs, args.holdout, seed)
+        if self.train_ids.size < 1:
             raise C.CorpusError(f"{self.path}: {n_docs} document(s): nothing left to train on after the held-out split")
-        self.heldout_ids = perm[:n_hold]
-        self.train_ids = perm[n_hold:]
         self.n_docs = n_docs
 
     def _rows(self, ids):
@@ -263,10 +259,7 @@ class CorpusPlan:
         return c.X[rows]
 
     def shard(self, worker: int, n_workers: int):
-        import numpy as np
-
-        b = np.linspace(0, self.train_ids.size, n_workers + 1).astype(np.int64)
-        return self._rows(self.train_ids[b[worker]:b[worker + 1]])
+        return self._rows(_shard_ids(self.train_ids, worker, n_workers))
 
     def heldout(self, seed: int):
         from .evaluate import split_documents
@@ -278,6 +271,37 @@ class CorpusPlan:
         if Xo.shape[0] == 0:
             return None, Xh
         return (Xo, Xt), Xh
+
+
+def _split_ids(n_docs: int, holdout: float, seed: int):
+    """(held-out ids, training ids) of ``n_docs`` documents: a ``holdout`` fraction (at least one
+    document when it is > 0 and there are two), drawn with the run's seed."""
+    import numpy as np
+
+    perm = np.random.default_rng([seed, 7]).permutation(n_docs)
+    n_hold = int(round(holdout * n_docs))
+    if holdout > 0 and n_hold == 0 and n_docs > 1:
+        n_hold = 1
+    return perm[:n_hold], perm[n_hold:]
+
+
+def _shard_ids(train_ids, worker: int, n_workers: int):
+    """The training documents of worker ``worker`` of ``n_workers``: a contiguous share of ``train_ids``."""
+    import numpy as np
+
+    b = np.linspace(0, train_ids.size, n_workers + 1).astype(np.int64)
+    return train_ids[b[worker]:b[worker + 1]]
+
+
+def _rank_ids(n_docs: int, holdout: float, seed: int, rank: int, ranks: int, n_servers: int):
+    """The documents MPI rank ``rank`` reads: rank 0 the held-out ones, a worker rank its shard, the
+    other server ranks none."""
+    held, train = _split_ids(n_docs, holdout, seed)
+    if rank == 0:
+        return held
+    if rank < n_servers:
+        return train[:0]
+    return _shard_ids(train, rank - n_servers, ranks - n_servers)
 
 
 def _checkpoint_updates(directory: str) -> int:
@@ -312,7 +336,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     try:
-        corpus = CorpusPlan(args, args.seed, ranks=size)
+        corpus = CorpusPlan(args, args.seed, ranks=size, rank=rank, n_servers=n_servers)
     except CorpusError as e:
         raise _usage(str(e)) from None
     V = len(corpus.vocab)
