@@ -150,3 +150,36 @@ def test_sparse_pushes_over_mpi(n, args):
 def test_sparse_algorithm_runs_in_one_process():
     r = _result(run([sys.executable, str(PROGS / "train_sparse.py")]))
     assert r["final"]["dist"] < 0.01 and r["n_workers"] == 1
+
+
+class _RecordingComm:
+    """Stands in for an MPI communicator: records what each Send was given."""
+
+    def __init__(self):
+        self.sent = []
+
+    def Send(self, buf, dest, tag):
+        self.sent.append((np.array(buf, copy=True), buf, tag))
+
+
+@pytest.mark.parametrize("n,inline", [(10, True), (300, False)])
+def test_send_message_sends_a_large_payload_from_the_gradient(monkeypatch, n, inline):
+    """send_message(values=g): an inline payload is copied into the message (one message); one sent
+    apart goes straight from g (no model-sized copy) after its header, as the same bytes."""
+    monkeypatch.setattr(T, "INLINE_PAYLOAD_BYTES", 4 * 100)
+    msg = T.Message(n)
+    msg.payload[:] = -7.0  # a copy into the message would overwrite this
+    g = np.arange(n, dtype=np.float32)
+    T.encode_header(msg.header, T.KIND_PUSH, version=3, nsteps=1, n=n, lr=0.1)
+    comm = _RecordingComm()
+    assert T.send_message(comm, msg, n, 0, values=g) == msg.nbytes_for(n)
+    if inline:
+        (data, _, tag), = comm.sent
+        assert tag == T.TAG_PUSH and not T.payload_apart(msg.header)
+        np.testing.assert_array_equal(data[T.HEADER_BYTES:].view(np.float32), g)
+    else:
+        (head, _, tag0), (data, view, tag1) = comm.sent
+        assert (tag0, tag1) == (T.TAG_PUSH, T.TAG_PUSH_PAYLOAD) and T.payload_apart(msg.header)
+        assert head.size == T.HEADER_BYTES and data.dtype == np.uint8
+        np.testing.assert_array_equal(data.view(np.float32), g)
+        assert np.shares_memory(view, g) and (msg.payload == -7.0).all()  # sent from g, not copied
