@@ -273,15 +273,14 @@ class CorpusPlan:
         return (Xo, Xt), Xh
 
 
-def _eval_threads(size: int, cfg) -> int:
-    """Threads of the held-out evaluations: every core where an evaluation has them to itself - in
-    one process (training pauses for it) and after training (the final one, the only one under MPI
-    without --eval-every); one where the server evaluates beside the MPI workers (on 10k held-out
-    documents, V 50k, K 100 the final evaluation took 0.6-0.7 s on one thread)."""
+def _eval_threads(size: int) -> int:
+    """Threads of the held-out evaluations: every core in one process, where training pauses for
+    them (on 10k held-out documents, V 50k, K 100 the final one took 0.6-0.7 s on one thread); one
+    under MPI, where the server evaluates beside the workers (every --eval-every seconds; the final
+    evaluation, after training, could use more: the framework does not tell it apart)."""
     from dpsgd.config import available_cores
 
-    periodic = cfg.eval_every is not None or cfg.eval_every_updates is not None
-    return available_cores() if size == 1 or not periodic else 1
+    return available_cores() if size == 1 else 1
 
 
 def _split_ids(n_docs: int, holdout: float, seed: int):
@@ -382,7 +381,7 @@ def run(args) -> int:
     alg = SVIAlgorithm(X, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
                        heldout=heldout, sparse_push=run_plan.sparse_push, local_steps=cfg.local_steps,
-                       team_threads=team, eval_threads=_eval_threads(size, cfg))
+                       team_threads=team, eval_threads=_eval_threads(size))
     if cfg.resume and (size == 1 or rank >= n_servers):
         # the worker threads go on through their documents from where the checkpoint's updates
         # left them (starting at their first minibatch again would revisit those documents and,
