@@ -105,6 +105,11 @@ class Algorithm:
         """Metrics of a parameter vector (called on the server's model); optional."""
         return {}
 
+    def evaluate_final(self, params: np.ndarray) -> dict:
+        """The metrics of the final model, after training (``evaluate`` unless overridden: the
+        training threads are done, so an algorithm may spend every core on it); optional."""
+        return self.evaluate(params)
+
     def should_stop(self) -> bool:
         """True to end the run early (e.g. a target reached); polled by the server on every push.
 

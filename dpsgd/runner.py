@@ -513,7 +513,7 @@ def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, param
     })
     if config.final_eval and hasattr(algorithm, "evaluate") and all_finite(params):
         t0 = time.perf_counter()
-        final = algorithm.evaluate(params)
+        final = getattr(algorithm, "evaluate_final", algorithm.evaluate)(params)
         m["final"] = {k: float(v) for k, v in (final or {}).items()}
         m["final_eval_seconds"] = time.perf_counter() - t0
     return m

@@ -186,6 +186,23 @@ def test_algorithm_can_stop_the_run():
     assert 300 <= m["total_updates"] < 10**6 and "final" not in m
 
 
+def test_final_evaluation_goes_through_evaluate_final():
+    """The final model is scored by ``evaluate_final`` (the training threads are done: an algorithm
+    may spend every core on it); the periodic evaluations by ``evaluate``."""
+
+    class Final(LS):
+        def evaluate(self, w):
+            return {"which": 0.0, **super().evaluate(w)}
+
+        def evaluate_final(self, w):
+            return {"which": 1.0, **super().evaluate(w)}
+
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.02, total_updates=300, threads=1,
+                            eval_every_updates=100, progress=False)
+    m = dpsgd.train(Final(), cfg).metrics
+    assert [r["which"] for r in m["history"]] == [0.0, 0.0, 0.0] and m["final"]["which"] == 1.0
+
+
 class _CountingLS(LS):
     """LS whose updates take a little while, so that threads overlap at the end of the budget."""
 

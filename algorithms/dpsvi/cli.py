@@ -274,10 +274,10 @@ class CorpusPlan:
 
 
 def _eval_threads(size: int) -> int:
-    """Threads of the held-out evaluations: every core in one process, where training pauses for
-    them (on 10k held-out documents, V 50k, K 100 the final one took 0.6-0.7 s on one thread); one
-    under MPI, where the server evaluates beside the workers (every --eval-every seconds; the final
-    evaluation, after training, could use more: the framework does not tell it apart)."""
+    """Threads of the held-out evaluations during training: every core in one process, where
+    training pauses for them (on 10k held-out documents, V 50k, K 100 one took 0.6-0.7 s on one
+    thread); one under MPI, where the server evaluates beside the workers. The final evaluation
+    uses every core either way (:meth:`SVIAlgorithm.evaluate_final`)."""
     from dpsgd.config import available_cores
 
     return available_cores() if size == 1 else 1

@@ -373,14 +373,20 @@ class SVIAlgorithm(Algorithm):
             E.mark_words(st.mark, st.touched, u, False)
         return u, iters
 
-    def evaluate(self, params):
+    def evaluate(self, params, threads: int | None = None):
         if self.heldout is None:
             return {}
         Xo, Xt = self.heldout
         beta = topic_word_from_lambda(self.lambda_of(params), self.V, self.K)
         ll = heldout_loglik(beta, Xo, Xt, alpha=self.alpha, max_iter=self.max_doc_update_iter,
-                            tol=self.mean_change_tol, threads=self.eval_threads)
+                            tol=self.mean_change_tol, threads=self.eval_threads if threads is None else threads)
         return {"heldout_loglik": ll, "perplexity": math.exp(-ll)}
+
+    def evaluate_final(self, params):
+        """After training the cores are free (under MPI too): every one of them."""
+        from dpsgd.config import available_cores
+
+        return self.evaluate(params, max(self.eval_threads, available_cores()))
 
 
 def topic_word_from_lambda(params, V, K) -> np.ndarray:
