@@ -20,6 +20,8 @@ import zipfile
 import numpy as np
 import scipy.sparse as sp
 
+from .corpus import CorpusError, check_counts
+
 #: elements of ``data`` / ``indices`` read per block (the temporaries of a block: ~25 MB)
 BLOCK = 1 << 20
 
@@ -64,11 +66,11 @@ class NpzRows:
         self.prefetched = None
         if rows is None:
             # until the scan has counted the non-zeros, guess that every row with entries is a document
-            guess = np.flatnonzero(np.diff(indptr) > 0)
+            guess = _rows_with_entries(indptr)
             want = None
             ids = np.asarray(prefetch(int(guess.size)), np.int64) if prefetch is not None and guess.size else None
             if ids is not None and ids.size:
-                want = _RowSet(ids, guess[ids], indptr, np.float32 if data_dtype.kind == "f" else np.float64)
+                want = self._row_set(ids, guess[ids])
             rows = np.flatnonzero(self._nonzeros_per_row(want) > 0)
             if want is not None and np.array_equal(rows, guess):  # the guess was right: the rows are read
                 self.prefetched = (want.ids, want.matrix(shape[1], path))
@@ -91,7 +93,7 @@ class NpzRows:
             return None
         try:
             r = cls(path, *head, block, prefetch=prefetch)
-        except (ValueError, _corpus_error()):  # a bad count or index: read_npz names the document
+        except (ValueError, CorpusError):  # a bad count or index: read_npz names the document
             return None
         if r.rows.size == 0:
             return None
@@ -139,7 +141,7 @@ class NpzRows:
         """(guessed documents, (ids, CSR) or None): the documents ``prefetch`` names, numbered as the
         rows with entries in ``indptr`` (rank 0's scan decides whether that numbering stands; a file it
         rejects is not this rank's to report, so any error here only means nothing is kept)."""
-        guess = np.flatnonzero(np.diff(head[1]) > 0)
+        guess = _rows_with_entries(head[1])
         if guess.size == 0:
             return guess, None
         ids = np.asarray(prefetch(int(guess.size)), np.int64)
@@ -225,6 +227,11 @@ class NpzRows:
             done += int(cs[-1])
         return np.diff(cum)
 
+    def _row_set(self, ids: np.ndarray, file_rows: np.ndarray) -> "_RowSet":
+        """An empty :class:`_RowSet` of the documents ``ids`` (file rows ``file_rows``), counts
+        float32 (float64 for integer counts, as check_counts takes them)."""
+        return _RowSet(ids, file_rows, self.indptr, np.float32 if self.data_dtype.kind == "f" else np.float64)
+
     def csr(self, ids) -> sp.csr_matrix:
         """CSR (float32 counts, canonical) of the documents ``ids`` (0 <= id < n_docs), in that order."""
         ids = np.asarray(ids, np.int64)
@@ -234,7 +241,7 @@ class NpzRows:
         if self.prefetched is not None and np.array_equal(self.prefetched[0], ids):
             X, self.prefetched = self.prefetched[1], None  # the reader keeps no reference to it
             return X
-        want = _RowSet(ids, self.rows[ids], self.indptr, np.float32 if self.data_dtype.kind == "f" else np.float64)
+        want = self._row_set(ids, self.rows[ids])
         for p0, d, ix in self._entries():
             want.copy_from(p0, d, ix)
         return want.matrix(V, self.path)
@@ -262,10 +269,10 @@ class NpzRows:
         return B
 
 
-def _corpus_error():
-    from .corpus import CorpusError
-
-    return CorpusError
+def _rows_with_entries(indptr: np.ndarray) -> np.ndarray:
+    """File rows with at least one entry: the documents, unless a row holds explicit zeros only
+    (which only a scan of the counts finds)."""
+    return np.flatnonzero(np.diff(indptr) > 0)
 
 
 class _RowSet:
@@ -306,8 +313,6 @@ class _RowSet:
         self.lo = lo + int(np.searchsorted(ends[lo:hi], p1, side="right"))
 
     def matrix(self, n_cols: int, path: str) -> sp.csr_matrix:
-        from .corpus import check_counts
-
         X = sp.csr_matrix((self.data, self.indices, self.ptr), shape=(self.ids.size, n_cols))
         return check_counts(X, path, doc_ids=self.file_rows)  # messages name file rows, as read_npz's
 
