@@ -32,7 +32,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
         h.update(key.encode())
         h.update(str(a.dtype).encode())
         h.update(str(a.shape).encode())
-        h.update(a.tobytes())
+        h.update(memoryview(a).cast("B") if a.size else b"")  # the array's bytes, not a copy of them
     return h.hexdigest()
 
 

@@ -90,6 +90,13 @@ def convergence_warnings(config: TrainConfig, n_workers: int, threads: int) -> l
     return out
 
 
+def read_only(w: np.ndarray) -> np.ndarray:
+    """A read-only view of ``w``: what an evaluation gets of a model it must not change."""
+    v = w.view()
+    v.flags.writeable = False
+    return v
+
+
 def _initial_params(algorithm, config) -> np.ndarray:
     w0 = algorithm.init_params(np.random.default_rng(config.seed))
     w0 = np.asarray(w0)
@@ -153,7 +160,7 @@ class Housekeeper:
         if not self.evaluate or self.core.model_broken:  # (evaluations every N updates start at N)
             return
         if self.config.eval_initial:
-            self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates, background=False,
+            self._evaluate(self._paused_model(), None, self.core.version, self.core.total_updates, background=False,
                            initial=True)
             self.core.last_push_time[:] = time.perf_counter()  # no worker has been heard yet: none is silent
         self.next_eval = time.perf_counter() + self.config.eval_every  # (without: the first after eval_every)
@@ -162,13 +169,20 @@ class Housekeeper:
         if self.core.model_broken:
             return
         if not self.background_eval:
-            self._evaluate(self.core.w.copy(), None, self.core.version, self.core.total_updates, background=False)
+            self._evaluate(self._paused_model(), None, self.core.version, self.core.total_updates, background=False)
             return
         if self._eval_thread is not None and self._eval_thread.is_alive():
             return  # the previous evaluation is still running: this one is skipped
         args = (self.core.w.copy(), self.core.elapsed, self.core.version, self.core.total_updates, True)
         self._eval_thread = threading.Thread(target=self._evaluate, args=args, name="dpsgd-eval", daemon=True)
         self._eval_thread.start()
+
+    def _paused_model(self) -> np.ndarray:
+        """The model to evaluate while serving waits for the evaluation: the server's own array,
+        read-only, not a copy (nothing writes it before the evaluation returns: pushes are applied
+        in the thread that evaluates; one model's size less at the peak, 200 MB at K 1000, V 50k for
+        LDA). A background evaluation gets a copy instead."""
+        return read_only(self.core.w)
 
     def _evaluate(self, w, seconds, version, updates, background: bool, initial: bool = False):
         """One history row: the model's metrics at ``updates``; ``seconds`` is when the snapshot was
@@ -513,7 +527,7 @@ def _root_metrics(core, hk, wstats, config, n_workers, t_start, algorithm, param
     })
     if config.final_eval and hasattr(algorithm, "evaluate") and all_finite(params):
         t0 = time.perf_counter()
-        final = getattr(algorithm, "evaluate_final", algorithm.evaluate)(params)
+        final = getattr(algorithm, "evaluate_final", algorithm.evaluate)(read_only(params))
         m["final"] = {k: float(v) for k, v in (final or {}).items()}
         m["final_eval_seconds"] = time.perf_counter() - t0
     return m

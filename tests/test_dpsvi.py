@@ -336,11 +336,12 @@ def test_split_documents_halves_add_up_and_leave_the_input_alone():
 
 
 def test_npmi_cooccurrence_pass_matches_scipy():
-    """NPMI's one-pass co-occurrence counts equal the binary column product (the formula), also for
-    rows with unsorted or repeated words and explicit zeros, and for pooled matrices."""
+    """NPMI's one-pass co-occurrence counts of every topic's top-word pairs equal the binary column
+    product (the formula), also for rows with unsorted or repeated words and explicit zeros, for
+    words shared by several topics, and for pooled matrices."""
     import scipy.sparse as sp
 
-    from algorithms.dpsvi.evaluate import _cooccurrence
+    from algorithms.dpsvi.evaluate import cooccurrence
 
     rng = np.random.default_rng(5)
     n, V = 300, 40
@@ -351,18 +352,45 @@ def test_npmi_cooccurrence_pass_matches_scipy():
     # the last row gets 50 more entries (words of the first rows, unsorted, some already in it)
     raw = sp.csr_matrix((np.r_[X.data, X.data[:50]], np.r_[X.indices, X.indices[:50]],
                          np.r_[X.indptr[:-1], X.indptr[-1] + 50]), shape=(n, V))
-    words = np.array([3, 7, 11, 19, 38])
+    tops = np.array([[3, 7, 11, 19, 38], [38, 2, 7, 0, 11], [5, 6, 4, 3, 39]])  # shared words, any order
     for M in (X, raw):
         ref = M.copy()
         ref.sum_duplicates()
-        B = (ref[:, words] > 0).astype(np.float64)
-        pos_of = np.full(V, -1, np.int64)
-        pos_of[words] = np.arange(words.size)
-        co = np.zeros((words.size, words.size))
-        _cooccurrence(M.indptr, M.indices, M.data, pos_of, co)
-        np.testing.assert_array_equal(co, np.triu((B.T @ B).toarray()))
+        B = (ref > 0).astype(np.float64).toarray()
+        counts, D = cooccurrence(tops, M)
+        assert D == n and counts.shape == (3, 5, 5)
+        for t, words in enumerate(tops):
+            np.testing.assert_array_equal(counts[t], np.triu(B[:, words].T @ B[:, words]))
+    parts = cooccurrence(tops, [X[:100], X[100:]])
+    whole = cooccurrence(tops, X)
+    assert parts[1] == whole[1] and np.array_equal(parts[0], whole[0])
     beta = rng.random((4, V))
     assert npmi(beta, [X[:100], X[100:]], 5) == pytest.approx(npmi(beta, X, 5), abs=1e-12)
+
+
+def test_npmi_matches_the_formula():
+    """NPMI against its definition, pair by pair, from dense presence vectors."""
+    import itertools
+
+    X, beta = synthetic_lda(300, 60, 4, doc_length=40, alpha=0.2, eta=0.05, seed=2)
+    B = (X.toarray() > 0).astype(np.float64)
+    scores = []
+    for words in top_words(beta, 6):
+        for a, b in itertools.combinations(words, 2):
+            pij, pa, pb = (B[:, a] * B[:, b]).mean(), B[:, a].mean(), B[:, b].mean()
+            scores.append(-1.0 if pij == 0 else 1.0 if pij >= 1 else np.log(pij / (pa * pb)) / -np.log(pij))
+    assert npmi(beta, X, 6) == pytest.approx(np.mean(scores), abs=1e-12)
+
+
+def test_top_words_in_chunks_and_normalised():
+    """Top words a few rows at a time equal the whole matrix's; ``normalize`` equals dividing first."""
+    rng = np.random.default_rng(3)
+    comp = rng.gamma(0.5, 1.0, (37, 200)).astype(np.float32)
+    beta = comp / comp.sum(axis=1, keepdims=True)
+    whole = top_words(beta, 7, chunk=1000)
+    assert np.array_equal(top_words(beta, 7, chunk=5), whole)
+    assert np.array_equal(top_words(comp, 7, normalize=True, chunk=4), whole)
+    assert np.all(np.diff(np.take_along_axis(beta, whole, axis=1), axis=1) <= 0)
 
 
 # ============================================================================ corpus readers

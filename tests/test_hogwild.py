@@ -203,6 +203,25 @@ def test_final_evaluation_goes_through_evaluate_final():
     assert [r["which"] for r in m["history"]] == [0.0, 0.0, 0.0] and m["final"]["which"] == 1.0
 
 
+def test_paused_evaluations_read_the_model_in_place():
+    """In one process training waits for an evaluation: it gets the server's model itself, read-only
+    (no model-sized copy); so does the final evaluation."""
+    seen = []
+
+    class Peek(LS):
+        def evaluate(self, w):
+            seen.append((w.flags.writeable, w.base is not None))
+            with pytest.raises(ValueError):
+                w[0] = 1.0  # an evaluation that writes fails instead of changing the model
+            return super().evaluate(w)
+
+    cfg = dpsgd.TrainConfig(rule=dpsgd.RuleConfig("asgd"), lr=0.02, total_updates=300, threads=2,
+                            eval_every_updates=100, progress=False)
+    m = dpsgd.train(Peek(), cfg).metrics
+    assert len(m["history"]) == 3 and seen == [(False, True)] * 4 and "dist" in m["final"]
+    assert all(np.isfinite(r["dist"]) for r in m["history"])
+
+
 class _CountingLS(LS):
     """LS whose updates take a little while, so that threads overlap at the end of the budget."""
 

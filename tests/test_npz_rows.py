@@ -29,9 +29,10 @@ def _raw_csr(rng, n, V, dtype, messy):
     return sp.csr_matrix((v[perm][order], c[perm][order], np.cumsum(ip)), shape=(n, V))
 
 
-def test_rows_equal_read_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    for trial in range(30):
+def _trial_files(tmp_path, rng, trials: int = 30):
+    """(matrix saved, its path, read_npz's corpus or None when it rejects the file) of random
+    small corpora: every count dtype, compressed or not, every third one messy."""
+    for trial in range(trials):
         n, V = int(rng.integers(1, 50)), int(rng.integers(1, 25))
         X = _raw_csr(rng, n, V, rng.choice([np.float32, np.float64, np.int64, np.int32]), trial % 3 == 0)
         p = tmp_path / f"c{trial}.npz"
@@ -42,6 +43,12 @@ def test_rows_equal_read_npz(tmp_path):
                 full = C.read_npz(str(p))
             except C.CorpusError:
                 full = None
+        yield X, p, full
+
+
+def test_rows_equal_read_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    for X, p, full in _trial_files(tmp_path, rng):
         r = NpzRows.open(str(p), block=int(rng.integers(1, 9)))  # blocks cut through the rows
         if full is None:  # e.g. no word at all: read_npz reports it
             assert r is None
@@ -52,6 +59,32 @@ def test_rows_equal_read_npz(tmp_path):
         assert A.dtype == B.dtype == np.float32 and A.shape == B.shape
         assert np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)
         assert np.array_equal(A.data, B.data)
+
+
+def test_read_groups_equals_read_npz(tmp_path):
+    """One process's reader: every group's rows equal read_npz's, in the groups' order; a file it
+    does not take (explicit zeros, bad counts, no words) is left to read_npz (None)."""
+    rng = np.random.default_rng(6)
+    for X, p, full in _trial_files(tmp_path, rng):
+        drawn = []
+
+        def groups(n_docs):
+            perm = rng.permutation(n_docs)
+            k = int(rng.integers(0, n_docs + 1))
+            drawn.extend([n_docs, perm[:k], perm[k:]])
+            return drawn[1:]
+
+        got = NpzRows.read_groups(str(p), groups)
+        if full is None or (X.data == 0).any():
+            assert got is None
+            continue
+        r, mats = got
+        assert r.n_docs == full.n_docs == drawn[0] and len(mats) == 2
+        for A, ids in zip(mats, drawn[1:]):
+            B = full.X[ids]
+            assert A.dtype == B.dtype == np.float32 and A.shape == B.shape
+            assert np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)
+            assert np.array_equal(A.data, B.data)
 
 
 def test_scan_reads_the_prefetched_documents_in_the_same_pass(tmp_path):
@@ -144,13 +177,17 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
                            max_features=None)
     rows = CorpusPlan(args, 3, ranks=4)
     assert rows.npz is not None and rows.full is None and rows.vocab[:2] == ["w0", "w1"]
-    # one process needs every document: it reads the file once, whole
+    # one process needs every document: it reads both groups in one pass over each member
     one = CorpusPlan(args, 3)
-    assert one.npz is None and one.full is not None
+    assert one.npz is not None and one.full is None and len(one.read_ahead) == 2
     monkeypatch.setenv("DPSVI_NPZ_ROWS", "0")
     whole = CorpusPlan(args, 3, ranks=4)
     assert whole.npz is None and whole.full is not None
     assert np.array_equal(one.train_ids, whole.train_ids)
+    a, b = one.shard(0, 1), whole.shard(0, 1)
+    assert (a != b).nnz == 0 and a.shape == b.shape and not one.read_ahead[1:]
+    (oo, ot), oh = one.heldout(3)
+    assert not one.read_ahead
     assert rows.n_docs == whole.n_docs and np.array_equal(rows.train_ids, whole.train_ids)
     for w in range(3):
         a, b = rows.shard(w, 3), whole.shard(w, 3)
@@ -158,6 +195,7 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
     (ao, at), ah = rows.heldout(3)
     (bo, bt), bh = whole.heldout(3)
     assert (ah != bh).nnz == 0 and (ao != bo).nnz == 0 and (at != bt).nnz == 0
+    assert (oh != bh).nnz == 0 and (oo != bo).nnz == 0 and (ot != bt).nnz == 0
 
 
 def test_npmi_streams_the_top_words_columns(tmp_path):

@@ -174,11 +174,10 @@ class CorpusPlan:
     Under ``mpiexec`` (``ranks`` > 1) UCI files and scipy CSR ``.npz`` files are never loaded
     whole: the UCI header or the npz's ``indptr`` gives the documents, and each rank streams the
     file keeping only its own (:class:`npz_rows.NpzRows`). One process needs every document (its
-    shard and the held-out ones): it reads a ``.npz`` whole, once (the row reader would decompress
-    the file three times: to find the empty documents, for the shard, for the held-out rows; on the
-    100k-document V 50k corpus 1.8 against 2.8 s of reading, and the same peak RSS). Other formats
-    (text, the compact npz of the bundled corpora) are loaded on every rank (a text corpus's
-    vocabulary depends on all of its documents).
+    shard and the held-out ones): it decompresses each member of a scipy ``.npz`` once and copies
+    the two groups' rows out of it (:meth:`npz_rows.NpzRows.read_groups`), never holding the whole
+    matrix next to the shard's copy of it. Other formats (text, the compact npz of the bundled
+    corpora) are loaded on every rank (a text corpus's vocabulary depends on all of its documents).
     """
 
     def __init__(self, args, seed: int, ranks: int = 1, rank: int = 0, n_servers: int = 1):
@@ -199,6 +198,8 @@ class CorpusPlan:
             self.uci = self.path
         self.full = None
         self.npz = None
+        #: [(ids, CSR)] read before they are asked for (one process: the held-out and training documents)
+        self.read_ahead = []
         # DPSVI_NPZ_ROWS=0: load a .npz whole on every rank, as before the row reader (for A/B runs)
         if (self.uci is None and self.path.endswith(".npz") and os.path.isfile(self.path) and ranks > 1
                 and os.environ.get("DPSVI_NPZ_ROWS", "1") != "0"):
@@ -209,6 +210,14 @@ class CorpusPlan:
             # None: read_npz reads it (and reports what is wrong)
             self.npz = NpzRows.open_shared(self.path, prefetch=lambda n: _rank_ids(n, args.holdout, seed, rank,
                                                                                      ranks, n_servers))
+        elif (self.uci is None and self.path.endswith(".npz") and os.path.isfile(self.path) and ranks == 1
+                and os.environ.get("DPSVI_NPZ_ROWS", "1") != "0"):
+            from .npz_rows import NpzRows
+
+            got = NpzRows.read_groups(self.path, lambda n: _split_ids(n, args.holdout, seed))
+            if got is not None:  # None: read_npz reads it (and reports what is wrong)
+                self.npz, parts = got
+                self.read_ahead = list(zip(_split_ids(self.npz.n_docs, args.holdout, seed), parts))
         if self.uci is not None:
             vocab_path = args.vocab or C.uci_vocab_path(self.uci)
             self.vocab = C.read_vocab(vocab_path)
@@ -242,6 +251,10 @@ class CorpusPlan:
 
         if len(ids) == 0:  # e.g. more worker ranks than training documents
             return sp.csr_matrix((0, len(self.vocab)), dtype=np.float32)
+        for i, (got, X) in enumerate(self.read_ahead):
+            if np.array_equal(got, ids):
+                del self.read_ahead[i]  # handed over: the plan keeps no reference to it
+                return X
         if self.npz is not None:
             return self.npz.csr(ids)
         if self.full is not None:
@@ -410,12 +423,12 @@ def run(args) -> int:
                                  load_seconds=load_seconds, clock=clock, spread_cooccurrence=spread))
 
 
-def _topics(alg, params, V: int, K: int):
-    """(components K x V as the model file holds them, beta: its rows normalised)."""
+def _components(alg, params, V: int, K: int):
+    """The K x V components as the model file holds them (its rows normalised are the topics:
+    :func:`evaluate.top_words` with ``normalize`` does that a few rows at a time)."""
     from .svi import topic_word_from_lambda
 
-    comp = topic_word_from_lambda(alg.lambda_of(params), V, K)
-    return comp, comp / comp.sum(axis=1, keepdims=True)
+    return topic_word_from_lambda(alg.lambda_of(params), V, K)
 
 
 def _spread_cooccurrence(alg, params, Xh, V: int, K: int, is_root: bool, n: int = NPMI_TOP_WORDS):
@@ -430,14 +443,14 @@ def _spread_cooccurrence(alg, params, Xh, V: int, K: int, is_root: bool, n: int 
 
     tops = np.full((K, min(n, V)), -1, np.int64)
     if is_root:
-        tops[:] = top_words(_topics(alg, params, V, K)[1], n)
-    words = np.unique(broadcast_from_root(tops))
+        tops[:] = top_words(_components(alg, params, V, K), n, normalize=True)
+    tops = broadcast_from_root(tops)
     mine = [x for x in (alg.X, Xh) if x is not None]
-    upper, D = cooccurrence(words, mine)
-    total = sum_to_root(np.append(upper.ravel(), float(D)))
+    counts, D = cooccurrence(tops, mine)
+    total = sum_to_root(np.append(counts.ravel(), float(D)))
     if total is None:
         return None
-    return tops, words, total[:-1].reshape(upper.shape), int(total[-1])
+    return total[:-1].reshape(counts.shape), int(total[-1])
 
 
 def _run_plan(args, n_docs: int, size: int, n_workers: int):
@@ -523,10 +536,10 @@ def _write_outputs(run: LdaRun) -> int:
     m = dict(run.result.metrics)
     history = m.pop("history", [])
     m.pop("push_workers", None)
-    comp, beta = _topics(run.alg, run.result.params, run.V, run.K)
-    out = _run_metrics(run, m, beta)
+    comp = _components(run.alg, run.result.params, run.V, run.K)
+    out = _run_metrics(run, m, comp)
     os.makedirs(run.args.out, exist_ok=True)
-    tops = top_words(beta, run.args.top_words)
+    tops = top_words(comp, run.args.top_words, normalize=True)
     lines = [f"topic {k:3d}: " + " ".join(run.corpus.vocab[w] for w in tops[k]) for k in range(run.K)]
     _write_files(run, m, out, history, comp, lines)
     if not run.args.quiet:
@@ -540,11 +553,12 @@ def _write_outputs(run: LdaRun) -> int:
     return 0
 
 
-def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
-    """metrics.json: quality, rates and sizes of the run (``m``: the framework's metrics)."""
+def _run_metrics(run: LdaRun, m: dict, comp) -> dict:
+    """metrics.json: quality, rates and sizes of the run (``m``: the framework's metrics; ``comp``:
+    the components)."""
     import math
 
-    from .evaluate import npmi, npmi_of_counts
+    from .evaluate import npmi_of_counts, npmi_of_tops, top_words
 
     alg, result = run.alg, run.result
     final = m.pop("final", {}) or {}
@@ -564,7 +578,7 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
     npmi_value = None
     if run.spread_cooccurrence is not None:  # MPI: every rank counted its own documents
         ref, ref_name = None, "whole corpus"
-        npmi_value = npmi_of_counts(*run.spread_cooccurrence) if run.spread_cooccurrence[3] > 1 else None
+        npmi_value = npmi_of_counts(*run.spread_cooccurrence) if run.spread_cooccurrence[1] > 1 else None
     elif run.corpus.full is not None:
         ref, ref_name = run.corpus.full.X, "whole corpus"
     elif alg.X is not None:  # one process: it trained on all the other documents
@@ -572,7 +586,7 @@ def _run_metrics(run: LdaRun, m: dict, beta) -> dict:
     else:
         ref, ref_name = run.Xh, "held-out documents"
     if ref is not None and _rows_of(ref) > 1:
-        npmi_value = _timed(run.clock, "npmi", npmi, beta, ref, NPMI_TOP_WORDS)
+        npmi_value = _timed(run.clock, "npmi", lambda: npmi_of_tops(top_words(comp, NPMI_TOP_WORDS, normalize=True), ref))
     out = {
         "heldout_loglik": final.get("heldout_loglik"),
         "perplexity": final.get("perplexity"),

@@ -90,17 +90,16 @@ def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empt
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
         raise CorpusError(f"{source}: counts must be real numbers, got dtype {X.dtype}")
     data = X.data
-    if data.size and not np.all(np.isfinite(data)):
-        row = _row_of(X, np.flatnonzero(~np.isfinite(data))[0])
-        raise CorpusError(f"{source}: document {doc(row)}: count is NaN or infinite")
-    if data.size and data.min() < 0:
-        i = int(np.argmin(data))
+    i = _first(data, lambda c: ~np.isfinite(c))
+    if i >= 0:
+        raise CorpusError(f"{source}: document {doc(_row_of(X, i))}: count is NaN or infinite")
+    i = _argmin(data)
+    if i >= 0 and data[i] < 0:
         raise CorpusError(f"{source}: document {doc(_row_of(X, i))}, word {X.indices[i]}: negative count "
                           f"{_num(data[i])}")
-    if integer and data.size and np.issubdtype(data.dtype, np.floating):
-        bad = np.flatnonzero(data != np.round(data))
-        if bad.size:
-            i = bad[0]
+    if integer and np.issubdtype(data.dtype, np.floating):
+        i = _first(data, lambda c: c != np.round(c))
+        if i >= 0:
             raise CorpusError(f"{source}: document {doc(_row_of(X, i))}, word {X.indices[i]}: "
                               f"non-integer count {data[i]}")
     if X.dtype == np.float32 and X.data.dtype.isnative and X.has_canonical_format:
@@ -126,6 +125,30 @@ def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empt
     if not allow_empty_docs and np.any(np.diff(X.indptr) == 0):
         raise CorpusError(f"{source}: document {doc(int(np.flatnonzero(np.diff(X.indptr) == 0)[0]))} has no words")
     return X
+
+
+#: entries checked at a time (the checks' temporaries: a few MB, not the size of the corpus)
+_CHECK_CHUNK = 1 << 20
+
+
+def _first(data: np.ndarray, bad) -> int:
+    """Index of the first entry of ``data`` where ``bad`` (of a chunk: a bool array) holds, or -1."""
+    for lo in range(0, data.size, _CHECK_CHUNK):
+        hit = np.flatnonzero(bad(data[lo:lo + _CHECK_CHUNK]))
+        if hit.size:
+            return lo + int(hit[0])
+    return -1
+
+
+def _argmin(data: np.ndarray) -> int:
+    """``np.argmin(data)`` (the first smallest entry; -1 when empty), a chunk at a time."""
+    best = -1
+    for lo in range(0, data.size, _CHECK_CHUNK):
+        c = data[lo:lo + _CHECK_CHUNK]
+        j = int(np.argmin(c))
+        if best < 0 or c[j] < data[best]:
+            best = lo + j
+    return best
 
 
 def _row_of(X, i) -> int:

@@ -72,18 +72,28 @@ def infer_theta(beta, X, alpha, max_iter=100, tol=1e-3, threads=1):
     return _infer_theta_wk(np.ascontiguousarray(np.asarray(beta, np.float64).T), X, alpha, max_iter, tol, threads)
 
 
+def _as_csr(X):
+    """X as a CSR matrix whose arrays the kernels read as they are: float32 or float64 counts and
+    int32 or int64 indices stay in place (a float64 / int64 copy of 10k held-out documents is
+    20 MB at the peak of every evaluation); other dtypes become float64."""
+    if not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
+        X = sp.csr_matrix(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return X
+
+
 def _infer_theta_wk(beta_wk, X, alpha, max_iter, tol, threads):
     """:func:`infer_theta` from the word-major V x K float64 matrix (C-contiguous)."""
-    X = sp.csr_matrix(X, dtype=np.float64)
+    X = _as_csr(X)
     K = beta_wk.shape[1]
     gamma = np.ones((X.shape[0], K))
-    indptr = X.indptr.astype(np.int64)
-    indices = X.indices.astype(np.int64)
+    indptr, indices, data = X.indptr, X.indices, X.data
     no_theta = np.zeros((0, K))
 
     def run(lo, hi):
         a, b = indptr[lo], indptr[hi]
-        estep_docs(indptr[lo:hi + 1] - a, indices[a:b], X.data[a:b], beta_wk, float(alpha), int(max_iter),
+        estep_docs(indptr[lo:hi + 1] - a, indices[a:b], data[a:b], beta_wk, float(alpha), int(max_iter),
                    float(tol), gamma[lo:hi], no_theta, no_theta)
 
     bounds = np.linspace(0, X.shape[0], max(1, threads) + 1).astype(int)
@@ -92,7 +102,8 @@ def _infer_theta_wk(beta_wk, X, alpha, max_iter, tol, threads):
     else:
         with ThreadPoolExecutor(threads) as ex:
             list(ex.map(run, bounds[:-1], bounds[1:]))
-    return gamma / gamma.sum(axis=1, keepdims=True)
+    gamma /= gamma.sum(axis=1, keepdims=True)
+    return gamma
 
 
 def normalize_topics(topic_word) -> np.ndarray:
@@ -103,12 +114,15 @@ def normalize_topics(topic_word) -> np.ndarray:
     return tw
 
 
-def _normalized_word_major(topic_word) -> np.ndarray:
-    """:func:`normalize_topics`, transposed: V x K float64, C-contiguous, the only copy made (the
-    layout of the E-step's and the scoring's inner loops; at K 1000, V 50k one such copy is 400 MB)."""
-    tw = np.asarray(topic_word)
-    wk = np.empty(tw.shape[::-1], np.float64)
-    wk[...] = tw.T
+def normalized_word_major(word_topic) -> np.ndarray:
+    """:func:`normalize_topics` of the topics held word-major (``word_topic``: V x K, the layout
+    of DPSVI's lambda and of the E-step's and the scoring's inner loops): V x K float64,
+    C-contiguous, the only copy made (at K 1000, V 50k it is 400 MB)."""
+    return normalize_word_major_(np.array(word_topic, np.float64, order="C"))
+
+
+def normalize_word_major_(wk) -> np.ndarray:
+    """:func:`normalized_word_major` of a V x K float64 array, in place (returned)."""
     np.maximum(wk, 0, out=wk)
     wk /= wk.sum(axis=0)
     return wk
@@ -119,50 +133,70 @@ def heldout_loglik(beta, X_obs, X_test, alpha=None, max_iter=100, tol=1e-3, thre
 
     ``beta``: K x V topic-word matrix (normalised here). ``alpha`` defaults to 1/K.
     """
-    beta_wk = _normalized_word_major(beta)
+    return heldout_loglik_wk(normalized_word_major(np.asarray(beta).T), X_obs, X_test, alpha, max_iter, tol,
+                             threads)
+
+
+def heldout_loglik_wk(beta_wk, X_obs, X_test, alpha=None, max_iter=100, tol=1e-3, threads=1) -> float:
+    """:func:`heldout_loglik` from the normalised word-major topics of :func:`normalized_word_major`."""
     K = beta_wk.shape[1]
     alpha = 1.0 / K if alpha is None else alpha
     theta = _infer_theta_wk(beta_wk, X_obs, alpha, max_iter, tol, threads)
-    Xt = sp.csr_matrix(X_test, dtype=np.float64)
-    total = _test_loglik(Xt.indptr.astype(np.int64), Xt.indices.astype(np.int64), Xt.data, theta, beta_wk)
-    return float(total / Xt.data.sum())
+    Xt = _as_csr(X_test)
+    total = _test_loglik(Xt.indptr, Xt.indices, Xt.data, theta, beta_wk)
+    return float(total / Xt.data.sum(dtype=np.float64))
 
 
-def top_words(beta, n: int = 10) -> np.ndarray:
-    """K x n word ids of each topic's most probable words (most probable first)."""
+def top_words(beta, n: int = 10, normalize: bool = False, chunk: int | None = None) -> np.ndarray:
+    """K x n word ids of each topic's most probable words (most probable first). ``normalize``:
+    ``beta`` holds unnormalised topics (e.g. lambda), each row divided by its sum first, as the
+    caller would have done. Rows go ``chunk`` at a time (default: ~1M entries): the temporaries
+    are chunk x V, not K x V (at K 1000, V 50k the negated copy and the int64 partition indices of
+    the whole matrix were 600 MB)."""
     beta = np.asarray(beta)
     n = min(n, beta.shape[1])
-    idx = np.argpartition(-beta, n - 1, axis=1)[:, :n]
-    order = np.argsort(-np.take_along_axis(beta, idx, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1)
+    chunk = chunk or max(1, (1 << 20) // max(beta.shape[1], 1))
+    out = np.empty((beta.shape[0], n), np.int64)
+    for lo in range(0, beta.shape[0], chunk):
+        b = beta[lo:lo + chunk]
+        if normalize:
+            b = b / b.sum(axis=1, keepdims=True)
+        idx = np.argpartition(-b, n - 1, axis=1)[:, :n]
+        order = np.argsort(-np.take_along_axis(b, idx, axis=1), axis=1, kind="stable")
+        out[lo:lo + chunk] = np.take_along_axis(idx, order, axis=1)
+    return out
 
 
 @njit(nogil=True, cache=True)
-def _cooccurrence(indptr, indices, data, pos_of, co):
-    """``co[a, b] +=`` (a <= b) the documents (rows of the CSR ``indptr, indices, data``) that
-    contain the words at positions a and b of ``pos_of`` (word -> position, -1 for the others)
-    with a count > 0; the diagonal counts the documents of each word; the caller mirrors the upper
-    triangle. One pass over the non-zeros; a word listed twice in a row counts once."""
-    m = co.shape[0]
-    present = np.empty(m, np.int64)
-    seen = np.full(m, -1, np.int64)
+def _topic_cooccurrence(indptr, indices, data, pos_of, slot_ptr, slots, tops_pos, counts):
+    """``counts[t, a, b] +=`` (a <= b) the documents (rows of the CSR ``indptr, indices, data``)
+    that contain topic t's top words a and b with a count > 0; ``counts[t, a, a]``: the documents
+    of word a. ``pos_of``: word -> position among the distinct top words (-1 for the others);
+    ``slots[slot_ptr[p]:slot_ptr[p + 1]]``: the places ``t * n + a`` of position p in the topics'
+    lists; ``tops_pos``: K x n positions. One pass over the non-zeros; each document costs its
+    top words' places times n (a dense matrix of every pair of distinct top words was 800 MB at
+    K 1000); a word listed twice in a row counts once."""
+    m = slot_ptr.size - 1
+    n = tops_pos.shape[1]
+    seen = np.full(m, -1, np.int64)  # the last document that contains the word
+    done = np.full(m, -1, np.int64)  # the last document whose pairs of the word were counted
     for d in range(indptr.size - 1):
-        n = 0
         for i in range(indptr[d], indptr[d + 1]):
             p = pos_of[indices[i]]
-            if p >= 0 and data[i] > 0 and seen[p] != d:
+            if p >= 0 and data[i] > 0:
                 seen[p] = d
-                present[n] = p
-                n += 1
-        for a in range(n):
-            pa = present[a]
-            co[pa, pa] += 1.0
-            for b in range(a + 1, n):
-                pb = present[b]
-                if pa < pb:
-                    co[pa, pb] += 1.0
-                else:
-                    co[pb, pa] += 1.0
+        for i in range(indptr[d], indptr[d + 1]):
+            p = pos_of[indices[i]]
+            if p < 0 or seen[p] != d or done[p] == d:
+                continue
+            done[p] = d
+            for s in range(slot_ptr[p], slot_ptr[p + 1]):
+                t = slots[s] // n
+                a = slots[s] - t * n
+                counts[t, a, a] += 1.0
+                for b in range(a + 1, n):
+                    if seen[tops_pos[t, b]] == d:
+                        counts[t, a, b] += 1.0
 
 
 def npmi(beta, X_ref, n: int = 10) -> float:
@@ -176,21 +210,29 @@ def npmi(beta, X_ref, n: int = 10) -> float:
     spread over several processes: :func:`cooccurrence` on each part, the counts summed, then
     :func:`npmi_of_counts`.
     """
-    tops = top_words(beta, n)
-    words = np.unique(tops)
-    upper, D = cooccurrence(words, X_ref)
-    return npmi_of_counts(tops, words, upper, D)
+    return npmi_of_tops(top_words(beta, n), X_ref)
 
 
-def cooccurrence(words, X_ref) -> tuple[np.ndarray, int]:
-    """(upper, D): ``upper[a, b]`` (a <= b) the documents of X_ref (as :func:`npmi` takes it)
-    that contain both ``words[a]`` and ``words[b]`` (the diagonal: each word's documents), D the
-    documents. Counts of disjoint document sets add up."""
-    words = np.asarray(words, np.int64)
+def npmi_of_tops(tops, X_ref) -> float:
+    """:func:`npmi` of the K x n top words ``tops`` (as :func:`top_words` gives them)."""
+    return npmi_of_counts(*cooccurrence(tops, X_ref))
+
+
+def cooccurrence(tops, X_ref) -> tuple[np.ndarray, int]:
+    """(counts, D): ``counts[t, a, b]`` (a <= b) the documents of X_ref (as :func:`npmi` takes it)
+    that contain both ``tops[t, a]`` and ``tops[t, b]`` (the diagonal: each word's documents), of
+    the K x n top words ``tops``; D the documents. Counts of disjoint document sets add up."""
+    tops = np.asarray(tops, np.int64)
+    K, n = tops.shape
+    words, tops_pos = np.unique(tops, return_inverse=True)
+    tops_pos = tops_pos.reshape(K, n)
+    places = np.argsort(tops_pos.ravel(), kind="stable")  # every place t * n + a, by word
+    slot_ptr = np.zeros(words.size + 1, np.int64)
+    np.cumsum(np.bincount(tops_pos.ravel(), minlength=words.size), out=slot_ptr[1:])
     parts = X_ref if isinstance(X_ref, (list, tuple)) else [X_ref]
     # one pass over each part's non-zeros (the binary column slice and its product B.T @ B took
     # ~3x as long: 0.67-0.84 against 0.22-0.27 s on the 100k-document V 50k corpus, K 100)
-    upper, D = np.zeros((words.size, words.size)), 0
+    counts, D = np.zeros((K, n, n)), 0
     for X in parts:
         if hasattr(X, "columns"):  # a streaming reader: the words' presence, column j = words[j]
             X, cols = X.columns(words), np.arange(words.size)
@@ -198,23 +240,20 @@ def cooccurrence(words, X_ref) -> tuple[np.ndarray, int]:
             X, cols = (X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)), words
         pos_of = np.full(X.shape[1], -1, np.int64)
         pos_of[cols] = np.arange(words.size)
-        _cooccurrence(X.indptr, X.indices, X.data, pos_of, upper)
+        _topic_cooccurrence(X.indptr, X.indices, X.data, pos_of, slot_ptr, places, tops_pos, counts)
         D += X.shape[0]
-    return upper, D
+    return counts, D
 
 
-def npmi_of_counts(tops, words, upper, D) -> float:
-    """:func:`npmi` from the co-occurrence counts of :func:`cooccurrence` (``words``: the sorted
-    distinct words of ``tops``, K x n)."""
-    pos = np.searchsorted(words, tops)
-    co_all = (upper + np.triu(upper, 1).T) / max(D, 1)
+def npmi_of_counts(counts, D) -> float:
+    """:func:`npmi` from the co-occurrence counts of :func:`cooccurrence`."""
     scores = []
-    for t in pos:
-        co = co_all[np.ix_(t, t)]
-        p = np.diag(co).copy()
-        for a in range(len(t)):
-            for b in range(a + 1, len(t)):
-                pij = co[a, b]
+    D = max(D, 1)
+    for c in counts:
+        p = np.diag(c) / D
+        for a in range(c.shape[0]):
+            for b in range(a + 1, c.shape[0]):
+                pij = c[a, b] / D
                 if pij <= 0 or p[a] <= 0 or p[b] <= 0:
                     scores.append(-1.0)
                 elif pij >= 1.0:
