@@ -306,7 +306,7 @@ def test_evaluator_prefers_true_topics():
     assert Xo.shape == Xt.shape and Xo.sum() + Xt.sum() <= X.sum()
     ll_true = heldout_loglik(beta, Xo, Xt)
     ll_unif = heldout_loglik(np.ones_like(beta), Xo, Xt)
-    assert ll_unif == pytest.approx(-np.log(150), abs=1e-9)
+    assert ll_unif == pytest.approx(-np.log(150), abs=1e-7)  # (the topics are held in float32: 1/150 is rounded)
     assert ll_true > ll_unif + 0.5
     assert ll_true == pytest.approx(heldout_loglik(beta, Xo, Xt, threads=2), abs=1e-12)
     tops = top_words(beta, 5)
