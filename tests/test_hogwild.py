@@ -307,3 +307,18 @@ def test_direct_worker_pushes_its_update_and_computes_on_the_servers_model():
         c = dpsgd.TrainConfig(**{**dict(rule=dpsgd.RuleConfig("asgd"), threads=1), **kw})
         other = Worker(LS(), c, LocalChannel(ServerCore(np.ones(4, np.float32), c, 1)), 0, 1, np.ones(4, np.float32))
         assert not other.direct and other.snap is not None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
+def test_peak_rss_is_the_process_own():
+    """A run's peak RSS is its own, not the peak of the process that started it (getrusage's
+    ru_maxrss is inherited through fork + exec: a benchmark that had built its corpus in memory
+    saw every `dpsgd lda` child report that peak)."""
+    import subprocess
+
+    big = np.ones(600 * 2**20 // 8)  # this process peaks at > 600 MB
+    del big
+    code = "from dpsgd.runner import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1])).stdout
+    assert 10 < float(out) < 400, out
