@@ -25,6 +25,34 @@ def _uci(tmp_path, n_docs=300, seed=0):
     return d / "docword.syn.txt", X
 
 
+def test_one_process_reads_a_uci_file_once_for_both_groups(tmp_path):
+    """One process reads a UCI file in one pass and splits it: the same held-out and training
+    documents, in the same order, as reading each group's documents by themselves (the path of
+    an MPI rank), also with a document that has no line."""
+    from types import SimpleNamespace
+
+    from algorithms.dpsvi.cli import CorpusPlan
+
+    docword, X = _uci(tmp_path)
+    body = docword.read_text().splitlines()
+    kept = [ln for ln in body[3:] if not ln.startswith("5 ")]  # document 5 (id 4) loses its lines
+    docword.write_text("\n".join(body[:2] + [str(len(kept))] + kept) + "\n")
+    args = SimpleNamespace(corpus=str(docword), vocab=None, holdout=0.2, stop_words="english", min_df=1, max_df=1.0,
+                           max_features=None)
+    one = CorpusPlan(args, 5)
+    assert [ids.size for ids, _ in one.read_ahead] == [60, 240]
+    (oo, ot), oh = one.heldout(5)
+    train = one.shard(0, 1)
+    assert not one.read_ahead
+    apart = CorpusPlan(args, 5)
+    apart.read_ahead = []  # each group read by itself, as under mpiexec
+    (ao, at), ah = apart.heldout(5)
+    ref = apart.shard(0, 1)
+    assert (train != ref).nnz == 0 and train.shape == ref.shape
+    assert (oh != ah).nnz == 0 and (oo != ao).nnz == 0 and (ot != at).nnz == 0
+    assert train.shape[0] + oh.shape[0] == 299  # every document but the empty one
+
+
 def _texts(tmp_path):
     rng = np.random.default_rng(0)
     groups = [["python", "module", "import", "package", "function"],

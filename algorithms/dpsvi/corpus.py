@@ -368,7 +368,7 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
         keep = np.asarray(keep, bool)
         if keep.shape != (D,):
             raise ValueError(f"keep must have one entry per document ({D}), got {keep.shape}")
-    docs, words, cnts = [], [], []
+    kept = _Triples(NNZ, max(D, W))
     n_lines = 0
     with _open_text(docword) as f:
         try:
@@ -376,7 +376,7 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
                 f.readline()
             lineno = 4
             for data in _whole_lines(f, chunk_lines * 12):
-                rows, lines = _uci_block(data, lineno, docword, D, W, keep, docs, words, cnts)
+                rows, lines = _uci_block(data, lineno, docword, D, W, keep, kept)
                 n_lines += rows
                 lineno += lines
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
@@ -385,23 +385,65 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
         warnings.warn(f"{docword}: header says {NNZ} non-zeros, the file has {n_lines} lines", stacklevel=2)
     if n_lines == 0:
         raise CorpusError(f"{docword}: empty corpus: no 'docID wordID count' line")
-    d = np.concatenate(docs) if docs else np.zeros(0, np.int64)
-    w = np.concatenate(words) if words else np.zeros(0, np.int64)
-    c = np.concatenate(cnts) if cnts else np.zeros(0, np.float32)
-    # a row for each document that has a line; the header may announce up to 2**31 - 1 documents, so
-    # a table over all of them only when it is no bigger than the lines read (else sort the ids)
-    if D <= 2 * d.size + (1 << 16):
-        seen = np.zeros(D, bool)
-        seen[d - 1] = True
-        used = np.flatnonzero(seen)
-        rows = (np.cumsum(seen) - 1)[d - 1]
+    d, w, c = kept.arrays()
+    w -= 1  # 0-based word ids (the arrays are this reader's own)
+    if d.size and not np.any(d[1:] < d[:-1]):
+        # the lines come document by document, as in the UCI files: the CSR rows are the runs of
+        # equal ids, and the arrays read are its indices and counts (no COO copy of them)
+        starts = np.flatnonzero(d[1:] != d[:-1]) + 1
+        used = d[np.r_[0, starts]].astype(np.int64) - 1
+        X = sp.csr_matrix((c, w, np.r_[0, starts, d.size]), shape=(used.size, W))
+        if not X.has_canonical_format:  # a word twice in a document, or its words out of order
+            X.sum_duplicates()
     else:
-        used, rows = np.unique(d - 1, return_inverse=True)
-    X = sp.csr_matrix((c, (rows.ravel(), w - 1)), shape=(used.size, W), dtype=np.float32)
-    X.sum_duplicates()
-    X.sort_indices()
+        # a row for each document that has a line; the header may announce up to 2**31 - 1
+        # documents, so a table over all of them only when it is no bigger than the lines read
+        # (else sort the ids)
+        if D <= 2 * d.size + (1 << 16):
+            seen = np.zeros(D, bool)
+            seen[d - 1] = True
+            used = np.flatnonzero(seen)
+            rows = (np.cumsum(seen) - 1)[d - 1]
+        else:
+            used, rows = np.unique(d - 1, return_inverse=True)
+        X = sp.csr_matrix((c, (rows.ravel(), w)), shape=(used.size, W), dtype=np.float32)
+        X.sum_duplicates()
+        X.sort_indices()
     X, kept_ids = drop_empty(X, docword, used, warn=False)
     return Corpus(X, vocab, docword, kept_ids)
+
+
+class _Triples:
+    """The (document, word, count) lines kept so far, in arrays that grow as needed: 32-bit ids
+    and float32 counts, 12 bytes a line (lists of int64 blocks and their concatenation held 24 and
+    then twice that: a 24M-line UCI file peaked at 2.0 GB to build a 192 MB matrix)."""
+
+    def __init__(self, expected: int, largest_id: int):
+        self.n = 0
+        ids = np.int32 if largest_id < 2**31 else np.int64
+        # the header's count of lines, within reason (an absurd one only makes the arrays grow)
+        cap = int(min(max(expected, 1), 1 << 27))
+        self.d, self.w, self.c = np.empty(cap, ids), np.empty(cap, ids), np.empty(cap, np.float32)
+
+    def add(self, arr) -> None:
+        """Append the rows of an int64 (lines x 3) array."""
+        m = arr.shape[0]
+        if self.n + m > self.d.size:
+            cap = max(2 * self.d.size, self.n + m)
+            for name in ("d", "w", "c"):
+                old = getattr(self, name)
+                new = np.empty(cap, old.dtype)
+                new[:self.n] = old[:self.n]
+                setattr(self, name, new)
+        self.d[self.n:self.n + m] = arr[:, 0]
+        self.w[self.n:self.n + m] = arr[:, 1]
+        self.c[self.n:self.n + m] = arr[:, 2]
+        self.n += m
+
+    def arrays(self):
+        """(document ids, word ids, counts) read: views of the first ``n`` entries (the pages
+        of the rest were never written, so they hold no memory)."""
+        return self.d[:self.n], self.w[:self.n], self.c[:self.n]
 
 
 def _whole_lines(f, block_bytes: int):
@@ -422,7 +464,7 @@ def _whole_lines(f, block_bytes: int):
         yield data[:cut + 1]
 
 
-def _uci_block(data: bytes, lineno: int, path: str, D: int, W: int, keep, docs, words, cnts):
+def _uci_block(data: bytes, lineno: int, path: str, D: int, W: int, keep, kept: "_Triples"):
     """Parse, check and collect the lines in ``data`` (the first is line ``lineno``).
     Returns (triples, lines): the fast path (:mod:`.uci_parse`) when it accepts every line and
     there is no blank one, else the general path, which names the file and line of an error."""
@@ -433,7 +475,7 @@ def _uci_block(data: bytes, lineno: int, path: str, D: int, W: int, keep, docs, 
     if bad < 0 and rows == lines:
         arr = out[:rows]
         _check_uci_block(arr, lineno, path, D, W)
-        _collect(arr, keep, docs, words, cnts)
+        _collect(arr, keep, kept)
         return rows, lines
     lines = [ln + b"\n" for ln in data.split(b"\n")]  # what readlines() gives: split at \n only
     if data.endswith(b"\n"):
@@ -446,20 +488,18 @@ def _uci_block(data: bytes, lineno: int, path: str, D: int, W: int, keep, docs, 
         for i, ln in nonblank:
             arr = _parse_uci_lines([ln], lineno + i, path)
             _check_uci_block(arr, lineno + i, path, D, W)
-            _collect(arr, keep, docs, words, cnts)
+            _collect(arr, keep, kept)
     else:
         arr = _parse_uci_lines(lines, lineno, path)
         _check_uci_block(arr, lineno, path, D, W)
-        _collect(arr, keep, docs, words, cnts)
+        _collect(arr, keep, kept)
     return len(nonblank), len(lines)
 
 
-def _collect(arr, keep, docs, words, cnts):
+def _collect(arr, keep, kept: "_Triples"):
     if keep is not None:
         arr = arr[keep[arr[:, 0] - 1]]
-    docs.append(arr[:, 0])
-    words.append(arr[:, 1])
-    cnts.append(arr[:, 2].astype(np.float32))
+    kept.add(arr)
 
 
 def uci_vocab_path(docword: str) -> str:
