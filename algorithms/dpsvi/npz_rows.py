@@ -356,7 +356,7 @@ class _RowSet:
         # rows that end inside this block are done
         self.lo = lo + int(np.searchsorted(ends[lo:hi], p1, side="right"))
 
-    def gather(self, name: str, member: np.ndarray, indptr: np.ndarray, step: int = 8192) -> None:
+    def gather(self, name: str, member: np.ndarray, indptr: np.ndarray, step: int = 2048) -> None:
         """Copy the rows' entries of a whole member (``name``: "data" or "indices"), ``step`` rows
         at a time (the temporaries: their positions, not the member's)."""
         out = self.data if name == "data" else self.indices
