@@ -78,9 +78,10 @@ def test_read_groups_equals_read_npz(tmp_path):
         if full is None or (X.data == 0).any():
             assert got is None
             continue
-        r, mats = got
-        assert r.n_docs == full.n_docs == drawn[0] and len(mats) == 2
-        for A, ids in zip(mats, drawn[1:]):
+        r, parts = got
+        assert r.n_docs == full.n_docs == drawn[0] and len(parts) == 2
+        for (got_ids, A), ids in zip(parts, drawn[1:]):
+            assert np.array_equal(got_ids, ids)
             B = full.X[ids]
             assert A.dtype == B.dtype == np.float32 and A.shape == B.shape
             assert np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)

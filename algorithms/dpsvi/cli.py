@@ -216,8 +216,7 @@ class CorpusPlan:
 
             got = NpzRows.read_groups(self.path, lambda n: _split_ids(n, args.holdout, seed))
             if got is not None:  # None: read_npz reads it (and reports what is wrong)
-                self.npz, parts = got
-                self.read_ahead = list(zip(_split_ids(self.npz.n_docs, args.holdout, seed), parts))
+                self.npz, self.read_ahead = got
         if self.uci is not None:
             vocab_path = args.vocab or C.uci_vocab_path(self.uci)
             self.vocab = C.read_vocab(vocab_path)

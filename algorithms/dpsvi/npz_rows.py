@@ -100,9 +100,9 @@ class NpzRows:
         return r
 
     @classmethod
-    def read_groups(cls, path: str, groups) -> "tuple[NpzRows, list[sp.csr_matrix]] | None":
-        """One process, which needs every document: the CSR matrices of the groups of documents
-        ``groups(n_docs)`` returns (e.g. the held-out and the training ids), and the reader. Each
+    def read_groups(cls, path: str, groups) -> "tuple[NpzRows, list[tuple[np.ndarray, sp.csr_matrix]]] | None":
+        """One process, which needs every document: the reader and, for each group of documents
+        ``groups(n_docs)`` returns (e.g. the held-out and the training ids), (its ids, its CSR). Each
         member of the file is decompressed once, whole, and the groups' rows copied out of it before
         the next: the peak holds the groups and one member (100k documents, V 50k: the 96 MB
         ``indices`` besides the 191 MB corpus) instead of the whole matrix next to its rows'
@@ -138,8 +138,8 @@ class NpzRows:
         except (ValueError, OSError, zipfile.BadZipFile, EOFError):  # read_npz says what is wrong
             return None
         try:
-            return r, [want.matrix(shape[1], path) if want.ids.size else sp.csr_matrix((0, shape[1]), dtype=np.float32)
-                       for want in sets]
+            return r, [(want.ids, want.matrix(shape[1], path) if want.ids.size
+                        else sp.csr_matrix((0, shape[1]), dtype=np.float32)) for want in sets]
         except CorpusError:
             return None
 
@@ -347,8 +347,7 @@ class _RowSet:
         s = np.maximum(starts[lo:hi], p0)
         n = np.minimum(ends[lo:hi], p1) - s
         o = self.dest[lo:hi] + (s - starts[lo:hi])
-        total = int(n.sum())
-        within = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+        within = _offsets_within(n)
         src = np.repeat(s - p0, n) + within
         dst = np.repeat(o, n) + within
         self.data[dst] = d[src]
@@ -366,12 +365,18 @@ class _RowSet:
             s = indptr[r]
             n = indptr[r + 1] - s
             a, b = int(ptr[lo]), int(ptr[lo + r.size])
-            within = np.arange(b - a) - np.repeat(ptr[lo:lo + r.size] - a, n)
+            within = _offsets_within(n)
             out[a:b] = member[np.repeat(s, n) + within]
 
     def matrix(self, n_cols: int, path: str) -> sp.csr_matrix:
         X = sp.csr_matrix((self.data, self.indices, self.ptr), shape=(self.ids.size, n_cols))
         return check_counts(X, path, doc_ids=self.file_rows)  # messages name file rows, as read_npz's
+
+
+def _offsets_within(lengths: np.ndarray) -> np.ndarray:
+    """For pieces of ``lengths`` laid end to end, each entry's offset within its piece
+    (0, 1, .., lengths[0] - 1, 0, 1, ..): added to the pieces' repeated starts, their positions."""
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 def _check_block(d: np.ndarray, ix: np.ndarray, n_cols: int) -> None:
