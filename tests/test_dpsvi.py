@@ -129,35 +129,110 @@ def test_minibatch_gradient_is_the_svi_direction():
     np.testing.assert_allclose((lam - rho * g).reshape(V, K).T, (1 - rho) * lamKV + rho * lam_hat, rtol=1e-3)
 
 
+def _four_updates(X, team, sparse, check_thread=None):
+    """(updates, final lambda, E-step iterations, words) of four SVI steps of one thread (``team``
+    threads sharing its minibatches) on X's 150 documents: 64 + 64 + 22, then the first 64 again."""
+    from algorithms.dpsvi.svi import SVIAlgorithm
+    from dpsgd.plugin import ThreadContext
+
+    alg = SVIAlgorithm(X, 400, 7, alpha=0.1, eta=0.05, total_docs=150, batch_size=64, sparse_push=sparse,
+                       team_threads=team)
+    p = alg.init_params(np.random.default_rng(0))
+    ctx = ThreadContext(0, 1, 0, 1, seed=0)
+    ctx.lr = 0.3
+    st = alg.make_thread_state(ctx)
+    if check_thread:
+        check_thread(st)
+    gs = []
+    for _ in range(4):
+        g = alg.compute_update(p, st, ctx).copy()
+        gs.append(g)
+        p -= np.float32(0.3) * g
+    return np.concatenate(gs), p, st.counts.iters, st.counts.words
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_minibatch_team_computes_the_one_thread_update(sparse):
     """Threads that share a minibatch (word rows, documents and words split between them) give
     the one thread's update, in both layouts, also when a minibatch has fewer documents than the
     team has chunks."""
-    from algorithms.dpsvi.svi import SVIAlgorithm
-    from dpsgd.plugin import ThreadContext
-
     X, _ = synthetic_lda(150, 400, 5, doc_length=50, seed=1)
-    out = {}
-    for team in (1, 2, 3):
-        alg = SVIAlgorithm(X, 400, 7, alpha=0.1, eta=0.05, total_docs=150, batch_size=64, sparse_push=sparse,
-                           team_threads=team)
-        p = alg.init_params(np.random.default_rng(0))
-        ctx = ThreadContext(0, 1, 0, 1, seed=0)
-        ctx.lr = 0.3
-        st = alg.make_thread_state(ctx)
-        gs = []
-        for _ in range(4):  # 64 + 64 + 22 documents, then the first minibatch again
-            g = alg.compute_update(p, st, ctx).copy()
-            gs.append(g)
-            p -= np.float32(0.3) * g
-        out[team] = (np.concatenate(gs), p.copy(), st.counts.iters)
-    g1, p1, it1 = out[1]
+    g1, p1, it1, _ = _four_updates(X, 1, sparse)
     for team in (2, 3):
-        g, p, it = out[team]
+        g, p, it, _ = _four_updates(X, team, sparse)
         np.testing.assert_allclose(g, g1, rtol=1e-4, atol=1e-4 * np.abs(g1).max())
         np.testing.assert_allclose(p, p1, rtol=1e-4, atol=1e-4 * np.abs(p1).max())
         assert it == it1
+
+
+@pytest.mark.parametrize("layout", ["one thread", "team", "lazy team"])
+def test_compact_counts_give_the_same_updates(layout):
+    """Training documents whose counts corpus.compact_counts stores as uint16 (converted a minibatch
+    at a time) give exactly the updates of the float32 counts; counts that do not fit stay float32."""
+    import scipy.sparse as sp
+
+    from algorithms.dpsvi import corpus as C
+
+    X, _ = synthetic_lda(150, 400, 5, doc_length=50, seed=1)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    Xc = C.compact_counts(X.copy())
+    assert Xc.dtype == np.uint16 and np.array_equal(Xc.data, X.data) and np.array_equal(Xc.indices, X.indices)
+    team, sparse = {"one thread": (1, False), "team": (2, False), "lazy team": (2, True)}[layout]
+
+    def own_counts(st):  # the thread reads the corpus's own counts, not a float32 copy of them
+        assert st.X[2] is Xc.data
+
+    ref = _four_updates(X, team, sparse)
+    got = _four_updates(Xc, team, sparse, own_counts)
+    assert np.array_equal(ref[0], got[0]) and np.array_equal(ref[1], got[1]) and ref[2:] == got[2:]
+    for bad in (C.COMPACT_MAX + 1.0, 2.5):
+        Y = X.copy()
+        Y.data[7] = bad
+        assert C.compact_counts(Y).dtype == np.float32
+
+
+def test_split_documents_equals_the_plain_split():
+    """The chunked split (its draws a chunk at a time, the halves cut from X's arrays) gives what
+    the plain one gives - binomial draws of all counts at once, halves with explicit zeros
+    eliminated, short or one-sided documents dropped - for any count dtype, with empty rows and
+    explicit zeros; ``dropped`` returns the documents left out, so that halves + those are X."""
+    import scipy.sparse as sp
+
+    from algorithms.dpsvi.evaluate import HeldoutDocuments, cooccurrence
+
+    def plain(X, frac, seed, min_tokens=2):
+        X = sp.csr_matrix(X)
+        counts = X.data.astype(np.int64)
+        obs = np.random.default_rng(seed).binomial(counts, frac)
+        halves = []
+        for v in (obs, counts - obs):
+            H = sp.csr_matrix((v.astype(np.float32), X.indices.copy(), X.indptr.copy()), shape=X.shape)
+            H.eliminate_zeros()
+            halves.append(H)
+        no, nt = (np.asarray(H.sum(axis=1)).ravel() for H in halves)
+        keep = (no > 0) & (nt > 0) & (no + nt >= min_tokens)
+        return halves[0][keep], halves[1][keep], X[~keep]
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n, V = int(rng.integers(1, 120)), int(rng.integers(1, 60))
+        X = sp.random(n, V, density=rng.uniform(0, 0.3), random_state=trial, format="csr")
+        X.data = np.floor(X.data * rng.integers(1, 6))  # some explicit zeros, some rows empty
+        X = X.astype([np.float32, np.float64, np.uint16, np.int64][trial % 4])
+        want = plain(X, 0.5, trial)
+        for chunk in (1 << 20, 5):
+            got = split_documents(X, 0.5, seed=trial, dropped=True, chunk=chunk)
+            for a, b in zip(got, want):
+                assert a.shape == b.shape and np.array_equal(a.indptr, b.indptr)
+                assert np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
+            assert got[0].dtype == got[1].dtype == np.float32
+        # NPMI counts the held-out documents kept as halves + the dropped ones as X's own documents
+        tops = rng.integers(0, V, (3, min(4, V)))
+        docs = HeldoutDocuments(*got)
+        assert docs.shape[0] == X.shape[0]
+        c1, d1 = cooccurrence(tops, docs)
+        c2, d2 = cooccurrence(tops, X)
+        assert d1 == d2 and np.array_equal(c1, c2)
 
 
 def test_kernels_tolerate_non_finite_lambda():

@@ -46,6 +46,39 @@ def _trial_files(tmp_path, rng, trials: int = 30):
         yield X, p, full
 
 
+def _assert_same_counts(A, B, compact=None):
+    """A (a reader's rows: counts as uint16 when they fit - ``compact``: when all of the file's fit
+    - else float32) holds B's counts (float32)."""
+    assert B.dtype == np.float32 and A.shape == B.shape
+    if compact is None:
+        compact = B.nnz == 0 or B.data.max() <= C.COMPACT_MAX
+    assert A.dtype == (np.uint16 if compact else np.float32) or B.nnz == 0
+    assert np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)
+    assert np.array_equal(A.data, B.data)
+
+
+def test_counts_too_large_for_16_bits_stay_float32(tmp_path):
+    """A count above COMPACT_MAX anywhere in the rows read (even after others were stored compact)
+    gives float32 counts, all exact, in both readers; non-integer counts are still rejected."""
+    rng = np.random.default_rng(2)
+    X = sp.csr_matrix(rng.poisson(2.0, (40, 30)).astype(np.float32))
+    X.data[X.data == 0] = 1
+    X.data[-1] = C.COMPACT_MAX + 1  # in the last document: read after the others
+    p = tmp_path / "big.npz"
+    sp.save_npz(p, X)
+    full = C.read_npz(str(p)).X
+    ids = np.arange(40)
+    _assert_same_counts(NpzRows.open(str(p), block=7).csr(ids), full)
+    for got_ids, A in NpzRows.read_groups(str(p), lambda n: [ids[:30], ids[30:]])[1]:
+        _assert_same_counts(A, full[got_ids], compact=False)  # one process decides for the whole file
+    small = ids[:30]  # without the large count: compact
+    assert NpzRows.open(str(p), block=7).csr(small).dtype == np.uint16
+    X.data[3] = 2.5
+    sp.save_npz(p, X)
+    r = NpzRows.open(str(p))
+    assert r is None or pytest.raises(C.CorpusError, r.csr, ids)
+
+
 def test_rows_equal_read_npz(tmp_path):
     rng = np.random.default_rng(0)
     for X, p, full in _trial_files(tmp_path, rng):
@@ -56,9 +89,7 @@ def test_rows_equal_read_npz(tmp_path):
         assert r is not None and r.n_docs == full.n_docs
         ids = rng.permutation(full.n_docs)[: int(rng.integers(0, full.n_docs + 1))]
         A, B = r.csr(ids), full.X[ids]
-        assert A.dtype == B.dtype == np.float32 and A.shape == B.shape
-        assert np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)
-        assert np.array_equal(A.data, B.data)
+        _assert_same_counts(A, B)
 
 
 def test_read_groups_equals_read_npz(tmp_path):
@@ -82,10 +113,7 @@ def test_read_groups_equals_read_npz(tmp_path):
         assert r.n_docs == full.n_docs == drawn[0] and len(parts) == 2
         for (got_ids, A), ids in zip(parts, drawn[1:]):
             assert np.array_equal(got_ids, ids)
-            B = full.X[ids]
-            assert A.dtype == B.dtype == np.float32 and A.shape == B.shape
-            assert np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)
-            assert np.array_equal(A.data, B.data)
+            _assert_same_counts(A, full.X[ids], compact=full.X.nnz == 0 or full.X.data.max() <= C.COMPACT_MAX)
 
 
 def test_scan_reads_the_prefetched_documents_in_the_same_pass(tmp_path):
@@ -195,8 +223,13 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
         assert (a != b).nnz == 0 and a.shape == b.shape
     (ao, at), ah = rows.heldout(3)
     (bo, bt), bh = whole.heldout(3)
-    assert (ah != bh).nnz == 0 and (ao != bo).nnz == 0 and (at != bt).nnz == 0
-    assert (oh != bh).nnz == 0 and (oo != bo).nnz == 0 and (ot != bt).nnz == 0
+
+    def docs(h):  # the held-out documents NPMI counts, as one matrix
+        return sp.vstack(list(h.parts())).tocsr()
+
+    assert (docs(ah) != docs(bh)).nnz == 0 and (ao != bo).nnz == 0 and (at != bt).nnz == 0
+    assert (docs(oh) != docs(bh)).nnz == 0 and (oo != bo).nnz == 0 and (ot != bt).nnz == 0
+    assert docs(bh).shape[0] == whole.heldout_ids.size  # every held-out document, once
 
 
 def test_npmi_streams_the_top_words_columns(tmp_path):

@@ -283,15 +283,15 @@ class CorpusPlan:
         return self._rows(_shard_ids(self.train_ids, worker, n_workers))
 
     def heldout(self, seed: int):
-        from .evaluate import split_documents
+        """``((Xo, Xt), docs)``: the held-out documents' observed and test halves (None when no
+        document has two) and the documents for NPMI (:class:`evaluate.HeldoutDocuments`: the
+        halves and the documents the split dropped, no third copy of them)."""
+        from .evaluate import HeldoutDocuments, split_documents
 
         if self.heldout_ids.size == 0:
             return None, None
-        Xh = self._rows(self.heldout_ids)
-        Xo, Xt = split_documents(Xh, 0.5, seed=seed)
-        if Xo.shape[0] == 0:
-            return None, Xh
-        return (Xo, Xt), Xh
+        Xo, Xt, rest = split_documents(self._rows(self.heldout_ids), 0.5, seed=seed, dropped=True)
+        return ((Xo, Xt) if Xo.shape[0] else None), HeldoutDocuments(Xo, Xt, rest)
 
 
 def _eval_threads(size: int) -> int:
@@ -362,6 +362,7 @@ def run(args) -> int:
     n_workers = size - n_servers if size > 1 else 1
     is_root = rank == 0
 
+    from . import corpus as C
     from .corpus import CorpusError
     from .svi import SVIAlgorithm
 
@@ -398,6 +399,7 @@ def run(args) -> int:
         except CorpusError as e:
             raise _usage(str(e)) from None
         corpus.full = None
+        X = C.compact_counts(X)  # uint16 counts when they fit: 6 bytes an entry instead of 8
 
     alg = SVIAlgorithm(X, V, K, alpha=alpha, eta=eta, total_docs=D, batch_size=args.batch_size,
                        max_doc_update_iter=args.max_doc_update_iter, mean_change_tol=args.mean_change_tol,
@@ -489,7 +491,7 @@ class LdaRun:
     corpus: object  # CorpusPlan
     plan: object  # plan.RunPlan
     heldout: tuple | None
-    Xh: object
+    Xh: object  # the held-out documents for NPMI (evaluate.HeldoutDocuments), None when none
     V: int
     K: int
     alpha: float

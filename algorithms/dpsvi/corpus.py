@@ -130,6 +130,24 @@ def check_counts(X, source: str = "<array>", *, integer: bool = True, allow_empt
 #: entries checked at a time (the checks' temporaries: a few MB, not the size of the corpus)
 _CHECK_CHUNK = 1 << 20
 
+#: the largest count :func:`compact_counts` stores in 16 bits
+COMPACT_MAX = np.iinfo(np.uint16).max
+
+
+def compact_counts(X):
+    """X (CSR float32, as :func:`check_counts` returns it) with its counts stored as uint16 when
+    every one is an integer of at most :data:`COMPACT_MAX` - exact, and the training documents take
+    6 instead of 8 bytes an entry (90k documents of the V 50k corpus: 164 -> 123 MB, the largest
+    part of `dpsgd lda`'s memory); otherwise X as it is. The matrix is changed in place. DPSVI's
+    training converts one minibatch's counts at a time (:class:`.svi.SVIAlgorithm`)."""
+    d = X.data
+    if d.dtype != np.float32 or d.size == 0:
+        return X
+    if _first(d, lambda c: (c > COMPACT_MAX) | (c < 0) | (c != np.round(c))) >= 0:
+        return X
+    X.data = d.astype(np.uint16)
+    return X
+
 
 def _first(data: np.ndarray, bad) -> int:
     """Index of the first entry of ``data`` where ``bad`` (of a chunk: a bool array) holds, or -1."""

@@ -119,7 +119,8 @@ def lazy_decay_fits(rhos) -> bool:
 class SVIAlgorithm(Algorithm):
     """Online LDA as a dpsgd algorithm.
 
-    X: CSR float32 counts of the documents this process trains on. With ``local_shard`` False
+    X: CSR counts of the documents this process trains on (float32, or uint16 as
+    :func:`.corpus.compact_counts` stores them: each minibatch's converted when it is used). With ``local_shard`` False
     (the default) every process holds the whole training corpus and each global thread takes
     its contiguous share (``ctx.shard``); with ``local_shard`` True, X is already this worker
     rank's shard and its threads split it. ``total_docs`` is D in lambda_hat = eta + D/|B| sstats.
@@ -225,9 +226,10 @@ class SVIAlgorithm(Algorithm):
             rows = ctx.shard(n)
             lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
         st = _ThreadState()
-        # the corpus arrays themselves, not a copy per thread (dtype already right: CSR float32 / int32)
+        # the corpus arrays themselves, not a copy per thread (dtype already right: CSR float32 / int32;
+        # counts kept as uint16 by corpus.compact_counts stay so, converted a minibatch at a time)
         st.X = (X.indptr.astype(np.int64, copy=False), X.indices.astype(np.int32, copy=False),
-                X.data.astype(np.float32, copy=False))
+                X.data if X.data.dtype == np.uint16 else X.data.astype(np.float32, copy=False))
         st.lo, st.hi, st.pos = lo, hi, lo
         if self.start_updates > 0 and hi > lo:
             # compute_update's cursor after this thread's share of the earlier updates
@@ -281,9 +283,13 @@ class SVIAlgorithm(Algorithm):
         st.pos = hi if hi < st.hi else st.lo
         rng = self.gamma_rng if self.gamma_rng is not None else ctx.rng
         indptr, indices, data = st.X
+        if data.dtype != np.float32:  # compact counts: this minibatch's as the kernels take them
+            a, b = int(indptr[lo]), int(indptr[hi])
+            indptr, indices, data = indptr[lo:hi + 1] - a, indices[a:b], data[a:b].astype(np.float32)
+            lo, hi = 0, hi - lo
         rho = min(float(ctx.lr), 1.0 - 1e-6)
         if st.team is not None:
-            u, iters = self._team_update(params, st, ctx, lo, hi, rng, rho)
+            u, iters = self._team_update(params, st, ctx, (indptr, indices, data), lo, hi, rng, rho)
         elif self.sparse_push:
             u, iters = E.lazy_minibatch_gradient(
                 params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
@@ -303,8 +309,9 @@ class SVIAlgorithm(Algorithm):
         c.words += u
         return st.g
 
-    def _team_update(self, params, st, ctx, lo, hi, rng, rho):
-        """The update of documents lo:hi by the thread's :class:`MinibatchTeam`: the steps of
+    def _team_update(self, params, st, ctx, X, lo, hi, rng, rho):
+        """The update of documents lo:hi of ``X`` (indptr, indices, float32 counts) by the thread's
+        :class:`MinibatchTeam`: the steps of
         :func:`.estep.minibatch_gradient` (or the lazy one), each split between the threads with a
         barrier between steps - (1) the word labels, the minibatch by word and, beside them, the
         initial gamma (drawn from ``rng`` as one thread draws it) and the topic sums by word
@@ -314,7 +321,7 @@ class SVIAlgorithm(Algorithm):
         words (round-robin chunks of :data:`.estep.WORD_CHUNK`). No shared write, no per-thread
         V x K buffer. Returns (u, E-step iterations)."""
         K, V, team = self.K, self.V, st.team
-        indptr, indices, data = st.X
+        indptr, indices, data = X
         a, b = int(indptr[lo]), int(indptr[hi])
         n = hi - lo
         eta32 = np.float32(self.eta)
