@@ -415,7 +415,7 @@ def test_uci_round_trip(X, vocab, gz, split, ws, crlf, nnz_off, chunk_lines, kee
     """A valid UCI file (any line order, or document by document as the UCI files come - the
     reader's direct CSR path - with or without the words in order; counts split over repeated
     lines, tabs, CRLF, a header that miscounts the lines) reads back as exactly the matrix it was
-    written from."""
+    written from, also with its counts kept compact (uint16 when they fit)."""
     n, V = X.shape
     words = vocab.draw(st.lists(st.from_regex(r"[a-zA-Z0-9_\-\u00e0-\u00ff]{1,8}", fullmatch=True),
                                 min_size=V, max_size=V))
@@ -449,7 +449,12 @@ def test_uci_round_trip(X, vocab, gz, split, ws, crlf, nnz_off, chunk_lines, kee
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             c = C.read_uci(doc_path, keep=keep, chunk_lines=chunk_lines)
+            # compact: the same matrix, its counts as uint16 when every one fits (kept so while reading)
+            small = C.read_uci(doc_path, keep=keep, chunk_lines=chunk_lines, compact=True)
         assert bool(w) == (len(body) != max(1, len(body) + nnz_off))  # a miscount is only a warning
+    assert small.X.dtype == (np.uint16 if c.X.data.max() <= C.COMPACT_MAX else np.float32)
+    assert (small.X != c.X).nnz == 0 and np.array_equal(small.doc_ids, c.doc_ids)
+    assert np.array_equal(small.X.indptr, c.X.indptr) and np.array_equal(small.X.indices, c.X.indices)
     OUTCOMES["uci round trip", "parsed"] += 1
     check_corpus(c)
     np.testing.assert_array_equal(c.X.toarray(), X[rows].astype(np.float32))

@@ -242,7 +242,7 @@ class CorpusPlan:
         if self.uci is not None and ranks == 1:
             # one process needs every document: one pass over the file for both groups (a pass each
             # read the 24M-line file twice: 7.0 s of reading)
-            c = C.read_uci(self.uci, args.vocab)
+            c = C.read_uci(self.uci, args.vocab, compact=True)
             row_of = np.full(n_docs, -1, np.int64)  # documents without lines have no row
             row_of[c.doc_ids] = np.arange(c.X.shape[0])
             for ids in (self.heldout_ids, self.train_ids):
@@ -272,7 +272,7 @@ class CorpusPlan:
             return X[~empty] if empty.any() else X  # no second copy when every document has words
         keep = np.zeros(self.n_docs, bool)  # (under mpiexec: every rank reads only its documents)
         keep[ids] = True
-        c = C.read_uci(self.uci, self.args.vocab, keep=keep)
+        c = C.read_uci(self.uci, self.args.vocab, keep=keep, compact=True)
         # back to the order of ids (documents without words were dropped by the reader)
         pos = np.full(self.n_docs, -1, np.int64)
         pos[ids] = np.arange(len(ids))

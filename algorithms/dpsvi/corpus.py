@@ -369,12 +369,15 @@ def _parse_uci_lines(lines: list[bytes], lineno0: int, path: str):
     raise CorpusError(f"{path}:{lineno0}: malformed lines")  # pragma: no cover
 
 
-def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines: int = 1 << 18) -> Corpus:
+def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines: int = 1 << 18,
+             compact: bool = False) -> Corpus:
     """Stream a UCI bag-of-words file.
 
     ``keep``: optional boolean array over the D documents (0-based): only those rows are kept
     (in document-id order), so a rank holds only its shard; the file is read in chunks.
     Documents without words are skipped (``doc_ids`` tells which ids the rows are).
+    ``compact``: the counts as uint16 when every one fits (:func:`compact_counts`, kept so while
+    reading: 2 bytes a line less), else float32.
     """
     if vocab_path is None:
         vocab_path = uci_vocab_path(docword)
@@ -386,7 +389,7 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
         keep = np.asarray(keep, bool)
         if keep.shape != (D,):
             raise ValueError(f"keep must have one entry per document ({D}), got {keep.shape}")
-    kept = _Triples(NNZ, max(D, W))
+    kept = _Triples(NNZ, max(D, W), compact)
     n_lines = 0
     with _open_text(docword) as f:
         try:
@@ -405,13 +408,14 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
         raise CorpusError(f"{docword}: empty corpus: no 'docID wordID count' line")
     d, w, c = kept.arrays()
     w -= 1  # 0-based word ids (the arrays are this reader's own)
-    if d.size and not np.any(d[1:] < d[:-1]):
-        # the lines come document by document, as in the UCI files: the CSR rows are the runs of
+    if d is None:
+        # the lines came document by document, as in the UCI files: the CSR rows are the runs of
         # equal ids, and the arrays read are its indices and counts (no COO copy of them)
-        starts = np.flatnonzero(d[1:] != d[:-1]) + 1
-        used = d[np.r_[0, starts]].astype(np.int64) - 1
-        X = sp.csr_matrix((c, w, np.r_[0, starts, d.size]), shape=(used.size, W))
+        run_docs, indptr = kept.runs()
+        used = run_docs.astype(np.int64) - 1
+        X = sp.csr_matrix((c, w, indptr), shape=(used.size, W))
         if not X.has_canonical_format:  # a word twice in a document, or its words out of order
+            X = X.astype(np.float32)  # (summed in 16 bits, counts could wrap around)
             X.sum_duplicates()
     else:
         # a row for each document that has a line; the header may announce up to 2**31 - 1
@@ -427,41 +431,79 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
         X = sp.csr_matrix((c, (rows.ravel(), w)), shape=(used.size, W), dtype=np.float32)
         X.sum_duplicates()
         X.sort_indices()
+    if compact:
+        X = compact_counts(X)
+    elif X.dtype != np.float32:
+        X = X.astype(np.float32)
     X, kept_ids = drop_empty(X, docword, used, warn=False)
     return Corpus(X, vocab, docword, kept_ids)
 
 
 class _Triples:
-    """The (document, word, count) lines kept so far, in arrays that grow as needed: 32-bit ids
-    and float32 counts, 12 bytes a line (lists of int64 blocks and their concatenation held 24 and
-    then twice that: a 24M-line UCI file peaked at 2.0 GB to build a 192 MB matrix)."""
+    """The (document, word, count) lines kept so far, in arrays that grow as needed: 32-bit word
+    ids and float32 counts (``compact``: uint16 while every count fits, as
+    :func:`compact_counts` stores them). Documents: while the lines come document by document (as
+    in the UCI files) only where each document's lines start; per line (32 bits) from the first
+    line out of that order on. 6-12 bytes a line (lists of int64 blocks and their concatenation held
+    24 and then twice that: a 24M-line UCI file peaked at 2.0 GB to build a 192 MB matrix)."""
 
-    def __init__(self, expected: int, largest_id: int):
+    def __init__(self, expected: int, largest_id: int, compact: bool = False):
         self.n = 0
-        ids = np.int32 if largest_id < 2**31 else np.int64
+        self.ids = np.int32 if largest_id < 2**31 else np.int64
         # the header's count of lines, within reason (an absurd one only makes the arrays grow)
         cap = int(min(max(expected, 1), 1 << 27))
-        self.d, self.w, self.c = np.empty(cap, ids), np.empty(cap, ids), np.empty(cap, np.float32)
+        self.w = np.empty(cap, self.ids)
+        self.c = np.empty(cap, np.uint16 if compact else np.float32)
+        self.d = None  # per-line document ids, once a line came out of document order
+        self.run_docs, self.run_starts = [], []  # until then: each document's id and first line
+        self.last_doc = -1
 
     def add(self, arr) -> None:
         """Append the rows of an int64 (lines x 3) array."""
         m = arr.shape[0]
-        if self.n + m > self.d.size:
-            cap = max(2 * self.d.size, self.n + m)
+        if m == 0:
+            return
+        if self.n + m > self.w.size:
+            cap = max(2 * self.w.size, self.n + m)
             for name in ("d", "w", "c"):
                 old = getattr(self, name)
-                new = np.empty(cap, old.dtype)
-                new[:self.n] = old[:self.n]
-                setattr(self, name, new)
-        self.d[self.n:self.n + m] = arr[:, 0]
+                if old is not None:
+                    new = np.empty(cap, old.dtype)
+                    new[:self.n] = old[:self.n]
+                    setattr(self, name, new)
+        docs, counts = arr[:, 0], arr[:, 2]
+        if self.d is None:
+            if docs[0] >= self.last_doc and not np.any(docs[1:] < docs[:-1]):
+                starts = np.flatnonzero(docs[1:] != docs[:-1]) + 1
+                if docs[0] != self.last_doc:
+                    starts = np.r_[0, starts]
+                self.run_docs.append(docs[starts].astype(self.ids))
+                self.run_starts.append(self.n + starts)
+                self.last_doc = int(docs[-1])
+            else:  # out of document order: every line's document from now on
+                self.d = np.empty(self.w.size, self.ids)
+                run_docs, run_starts = self.runs()
+                self.d[:self.n] = np.repeat(run_docs, np.diff(run_starts))
+                self.run_docs, self.run_starts = [], []
+        if self.d is not None:
+            self.d[self.n:self.n + m] = docs
+        if self.c.dtype == np.uint16 and counts.max() > COMPACT_MAX:
+            self.c = self.c.astype(np.float32)  # (the counts kept so far stay exact)
         self.w[self.n:self.n + m] = arr[:, 1]
-        self.c[self.n:self.n + m] = arr[:, 2]
+        self.c[self.n:self.n + m] = counts
         self.n += m
 
+    def runs(self):
+        """(document ids, first lines + the end) while the lines came document by document."""
+        docs = np.concatenate(self.run_docs) if self.run_docs else np.zeros(0, self.ids)
+        starts = np.concatenate(self.run_starts + [np.array([self.n])]).astype(np.int64)
+        return docs, starts
+
     def arrays(self):
-        """(document ids, word ids, counts) read: views of the first ``n`` entries (the pages
-        of the rest were never written, so they hold no memory)."""
-        return self.d[:self.n], self.w[:self.n], self.c[:self.n]
+        """(document ids per line, or None while they came in document order; word ids; counts):
+        views of the first ``n`` entries (the pages of the rest were never written, so they hold
+        no memory)."""
+        return (None if self.d is None else self.d[:self.n]), self.w[:self.n], self.c[:self.n]
 
 
 def _whole_lines(f, block_bytes: int):
