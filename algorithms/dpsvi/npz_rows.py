@@ -336,10 +336,10 @@ def take_groups(corpus, row_groups, source: str) -> list:
     for want in sets:
         if data.dtype != np.uint16:
             want.widen()
-        want.gather("data", data, indptr)
+        want.gather("data", data, indptr, compiled=True)
     del data
     for want in sets:
-        want.gather("indices", indices, indptr)
+        want.gather("indices", indices, indptr, compiled=True)
     del indices
     return [want.matrix(n_cols, source) for want in sets]
 
@@ -397,13 +397,26 @@ class _RowSet:
         if self.data.dtype == np.uint16:
             self.data = self.data.astype(self.wide)
 
-    def gather(self, name: str, member: np.ndarray, indptr: np.ndarray) -> None:
-        """Copy the rows' entries of a whole member (``name``: "data" or "indices") row by row in
-        a compiled loop: no temporaries (positions of 2,048 rows at a time in numpy took ~15 MB at
-        the peak of reading a UCI file, and 0.6 s more than a gather)."""
+    def gather(self, name: str, member: np.ndarray, indptr: np.ndarray, compiled: bool = False,
+               step: int = 2048) -> None:
+        """Copy the rows' entries of a whole member (``name``: "data" or "indices"). ``compiled``:
+        row by row in a Numba loop, without temporaries (where Numba's compiler is loaded already:
+        a UCI file is parsed with it); else ``step`` rows at a time in numpy (the temporaries: their
+        positions, ~15 MB) - loading the compiler while an .npz is read raised that phase's peak by
+        ~30 MB, above the training's."""
         out = self.data if name == "data" else self.indices
-        starts = indptr[self.file_rows]
-        _copy_rows(member, starts, indptr[self.file_rows + 1] - starts, out, self.ptr)
+        ptr, rows = self.ptr, self.file_rows
+        if compiled:
+            starts = indptr[rows]
+            _copy_rows(member, starts, indptr[rows + 1] - starts, out, ptr)
+            return
+        for lo in range(0, rows.size, step):
+            r = rows[lo:lo + step]
+            s = indptr[r]
+            n = indptr[r + 1] - s
+            a, b = int(ptr[lo]), int(ptr[lo + r.size])
+            within = _offsets_within(n)
+            out[a:b] = member[np.repeat(s, n) + within]
 
     def matrix(self, n_cols: int, path: str) -> sp.csr_matrix:
         X = sp.csr_matrix((self.data, self.indices, self.ptr), shape=(self.ids.size, n_cols))
