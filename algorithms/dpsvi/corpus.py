@@ -141,12 +141,18 @@ def compact_counts(X):
     part of `dpsgd lda`'s memory); otherwise X as it is. The matrix is changed in place. DPSVI's
     training converts one minibatch's counts at a time (:class:`.svi.SVIAlgorithm`)."""
     d = X.data
-    if d.dtype != np.float32 or d.size == 0:
-        return X
-    if _first(d, lambda c: (c > COMPACT_MAX) | (c < 0) | (c != np.round(c))) >= 0:
+    if d.dtype != np.float32 or d.size == 0 or not fits_compact(d):
         return X
     X.data = d.astype(np.uint16)
     return X
+
+
+def fits_compact(counts: np.ndarray) -> bool:
+    """Every count an integer from 0 to :data:`COMPACT_MAX` (NaN is not): what uint16 holds
+    exactly. A chunk at a time."""
+    if counts.dtype.kind == "f":
+        return _first(counts, lambda c: ~((c >= 0) & (c <= COMPACT_MAX)) | (c != np.round(c))) < 0
+    return _first(counts, lambda c: (c < 0) | (c > COMPACT_MAX)) < 0
 
 
 def _first(data: np.ndarray, bad) -> int:
@@ -487,7 +493,7 @@ class _Triples:
                 self.run_docs, self.run_starts = [], []
         if self.d is not None:
             self.d[self.n:self.n + m] = docs
-        if self.c.dtype == np.uint16 and counts.max() > COMPACT_MAX:
+        if self.c.dtype == np.uint16 and not fits_compact(counts):
             self.c = self.c.astype(np.float32)  # (the counts kept so far stay exact)
         self.w[self.n:self.n + m] = arr[:, 1]
         self.c[self.n:self.n + m] = counts

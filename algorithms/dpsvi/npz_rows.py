@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-from .corpus import COMPACT_MAX, CorpusError, check_counts, compact_counts
+from .corpus import COMPACT_MAX, CorpusError, check_counts, compact_counts, fits_compact
 
 #: elements of ``data`` / ``indices`` read per block (the temporaries of a block: ~25 MB)
 BLOCK = 1 << 20
@@ -128,15 +128,16 @@ class NpzRows:
                         member = np.lib.format.read_array(f, allow_pickle=False)
                     if member.shape != (int(indptr[-1]),):
                         return None
+                    largest = 0.0
                     for lo in range(0, member.size, BLOCK):
                         piece = member[lo:lo + BLOCK]
                         if name == "data":
-                            _check_counts_block(piece)
+                            largest = max(largest, _check_counts_block(piece))
                             if not piece.all():
                                 return None  # explicit zeros: read_npz numbers the documents
                         else:
                             _check_index_block(piece, shape[1])
-                    if name == "data" and not (member.size and _compact_max(member) <= COMPACT_MAX):
+                    if name == "data" and not (member.size and largest <= COMPACT_MAX):
                         for want in sets:
                             want.widen()
                     for want in sets:
@@ -385,7 +386,7 @@ class _RowSet:
         src = np.repeat(s - p0, n) + within
         dst = np.repeat(o, n) + within
         counts = d[src]
-        if self.data.dtype == np.uint16 and not _fits_compact(counts):
+        if self.data.dtype == np.uint16 and not fits_compact(counts):
             self.widen()
         self.data[dst] = counts
         self.indices[dst] = ix[src]
@@ -428,20 +429,6 @@ class _RowSet:
         return check_counts(X, path, doc_ids=self.file_rows)  # messages name file rows, as read_npz's
 
 
-def _fits_compact(counts: np.ndarray) -> bool:
-    """Every count an integer from 0 to COMPACT_MAX (NaN is not)."""
-    if counts.size == 0:
-        return True
-    if not (counts.min() >= 0 and counts.max() <= COMPACT_MAX):
-        return False
-    return counts.dtype.kind in "iu" or bool(np.all(counts == np.round(counts)))
-
-
-def _compact_max(member: np.ndarray) -> float:
-    """The largest count of a whole ``data`` member, a block at a time."""
-    return max(float(member[lo:lo + BLOCK].max()) for lo in range(0, member.size, BLOCK))
-
-
 @njit(nogil=True, cache=True)
 def _copy_rows(src, starts, lengths, dst, dst_ptr):
     """``dst[dst_ptr[i]:dst_ptr[i] + lengths[i]] = src[starts[i]:starts[i] + lengths[i]]`` for every
@@ -469,11 +456,14 @@ def _check_index_block(ix: np.ndarray, n_cols: int) -> None:
         raise ValueError("index out of range")
 
 
-def _check_counts_block(d: np.ndarray) -> None:
+def _check_counts_block(d: np.ndarray) -> float:
+    """The block's largest count (0 when empty); ValueError on a count check_counts would reject."""
     if d.size == 0:
-        return
+        return 0.0
+    largest = d.max()
     if d.dtype.kind == "f":
-        if not np.all(np.isfinite(d)) or d.min() < 0 or np.any(d != np.round(d)) or d.max() > np.finfo(np.float32).max:
+        if not np.all(np.isfinite(d)) or d.min() < 0 or np.any(d != np.round(d)) or largest > np.finfo(np.float32).max:
             raise ValueError("bad count")
-    elif d.min() < 0 or d.max() > np.finfo(np.float32).max:
+    elif d.min() < 0 or largest > np.finfo(np.float32).max:
         raise ValueError("bad count")
+    return float(largest)
