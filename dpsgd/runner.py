@@ -70,6 +70,75 @@ def sum_to_root(a: np.ndarray) -> np.ndarray | None:
     return out
 
 
+def warm_up_in_background() -> threading.Thread:
+    """Load the framework's Numba kernels (:func:`server.warm_up_kernels`) in a daemon thread, for
+    a caller with other work before :func:`train` - reading its data: most of it is Numba's own
+    start-up (~0.3 s a process, ~0.5 s with three ranks on two cores), which would otherwise come
+    between the data and the first update. :func:`train` loads what is not loaded yet (Numba's
+    compiler lock makes the two safe together)."""
+    from .server import warm_up_kernels
+
+    t = threading.Thread(target=warm_up_kernels, name="dpsgd-warm-up", daemon=True)
+    t.start()
+    return t
+
+
+#: tag of :func:`scatter_from_root`'s messages (sent before :func:`train`, apart from its tags)
+SCATTER_TAG = 7_301
+#: bytes per message of :func:`scatter_from_root` (an MPI count is a C int)
+SCATTER_CHUNK = 1 << 30
+#: arrays per rank :func:`scatter_from_root` carries at most
+SCATTER_MAX_ARRAYS = 8
+
+
+def scatter_from_root(parts: list | None) -> list[np.ndarray]:
+    """Rank 0 gives every rank r its arrays ``parts[r]`` (a list of 1-d arrays, any numeric dtype
+    and size); every rank calls it and returns its own list (rank 0: ``parts[0]``; one process:
+    ``parts[0]``). Point-to-point messages without pickle, 1 GiB at most each. The other ranks
+    wait for rank 0 politely (it may be reading meanwhile: a rank blocked in MPI_Recv spins a core
+    an oversubscribed rank 0 needs), then drive the transfer itself (over a network path a large
+    message advances only while its receiver calls into MPI)."""
+    comm = get_comm()
+    if comm is None:
+        return list(parts[0])
+    rank, size = comm.Get_rank(), comm.Get_size()
+    head = np.zeros(1 + 2 * SCATTER_MAX_ARRAYS, np.int64)  # count, then (dtype char, elements) each
+    if rank == 0:
+        if len(parts) != size or any(len(p) > SCATTER_MAX_ARRAYS for p in parts):
+            raise ValueError(f"scatter_from_root: {len(parts)} parts for {size} ranks, at most "
+                             f"{SCATTER_MAX_ARRAYS} arrays each")
+        reqs, keep = [], []
+        for r in range(1, size):
+            arrays = [np.ascontiguousarray(a).reshape(-1) for a in parts[r]]
+            h = head.copy()
+            h[0] = len(arrays)
+            for i, a in enumerate(arrays):
+                h[1 + 2 * i], h[2 + 2 * i] = ord(a.dtype.char), a.size
+            keep.append(h)
+            reqs.append(comm.Isend(h, dest=r, tag=SCATTER_TAG))
+            for a in arrays:
+                for piece in _chunks(a):
+                    keep.append(piece)
+                    reqs.append(comm.Isend(piece, dest=r, tag=SCATTER_TAG))
+        for q in reqs:
+            T.wait(q, spin=float("inf"))
+        return list(parts[0])
+    T.wait(comm.Irecv(head, source=0, tag=SCATTER_TAG))
+    out = []
+    for i in range(int(head[0])):
+        a = np.empty(int(head[2 + 2 * i]), np.dtype(chr(int(head[1 + 2 * i]))))
+        for piece in _chunks(a):
+            T.wait(comm.Irecv(piece, source=0, tag=SCATTER_TAG), spin=float("inf"))
+        out.append(a)
+    return out
+
+
+def _chunks(a: np.ndarray) -> list[np.ndarray]:
+    """Views of the 1-d array ``a`` of at most :data:`SCATTER_CHUNK` bytes each (one for an empty array)."""
+    step = max(1, SCATTER_CHUNK // max(1, a.itemsize))
+    return [a[i:i + step] for i in range(0, max(a.size, 1), step)]
+
+
 @dataclass
 class TrainResult:
     params: np.ndarray | None  # the final global parameters (every rank)

@@ -116,39 +116,6 @@ def test_read_groups_equals_read_npz(tmp_path):
             _assert_same_counts(A, full.X[ids], compact=full.X.nnz == 0 or full.X.data.max() <= C.COMPACT_MAX)
 
 
-def test_scan_reads_the_prefetched_documents_in_the_same_pass(tmp_path):
-    """open(prefetch=f): the documents f(n_docs) names are read during the scan and csr() returns
-    them once (equal to a second pass); a row of explicit zeros makes the guessed count wrong: then
-    nothing is kept and csr() reads them in a pass of its own."""
-    rng = np.random.default_rng(5)
-    X = _raw_csr(rng, 90, 25, np.float32, messy=True)
-    X.data[X.data == 0] = 1
-    p = tmp_path / "c.npz"
-    sp.save_npz(p, X)
-    seen = []
-
-    def pick(n):
-        seen.append(n)
-        return np.random.default_rng(n).permutation(n)[:20]
-
-    assert NpzRows.open(str(p), prefetch=lambda n: np.arange(0)).prefetched is None  # e.g. --holdout 0
-    r = NpzRows.open(str(p), block=6, prefetch=pick)
-    ids = pick(r.n_docs)
-    assert seen[0] == r.n_docs and r.prefetched is not None
-    plain = NpzRows.open(str(p), block=6)
-    A = r.csr(ids)
-    assert r.prefetched is None  # handed over once
-    B = plain.csr(ids)
-    assert A.shape == B.shape and (A != B).nnz == 0 and np.array_equal(A.indices, B.indices)
-    X.data[X.indptr[4]:X.indptr[5]] = 0  # a row of explicit zeros: one document fewer than guessed
-    sp.save_npz(p, X)
-    seen.clear()
-    r = NpzRows.open(str(p), block=6, prefetch=pick)
-    assert seen == [r.n_docs + 1] and r.prefetched is None
-    ids = pick(r.n_docs)
-    assert (r.csr(ids) != NpzRows.open(str(p), block=6).csr(ids)).nnz == 0
-
-
 @pytest.mark.parametrize("bad", ["negative", "nan", "fraction", "index", "coo"])
 def test_bad_files_go_to_read_npz(tmp_path, bad):
     X = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], np.float32))
@@ -250,42 +217,75 @@ def test_npmi_streams_the_top_words_columns(tmp_path):
     assert B.shape == (full.n_docs, 3) and np.array_equal(B.toarray(), (full.X[:, [3, 0, 7]] > 0).toarray())
 
 
+PLAN_PROG = """
+import json, sys
+from types import SimpleNamespace
+from mpi4py import MPI
+from algorithms.dpsvi.cli import CorpusPlan
+from algorithms.dpsvi.corpus import CorpusError
+rank = MPI.COMM_WORLD.Get_rank()
+out = {}
+for name in sys.argv[2:]:
+    args = SimpleNamespace(corpus=name, vocab=None, holdout=0.2, stop_words="english", min_df=1, max_df=1.0,
+                           max_features=None)
+    try:
+        plan = CorpusPlan(args, 3, ranks=3, rank=rank)
+    except CorpusError as e:
+        out[name] = "error: " + str(e).split(":")[-1].strip()
+        continue
+    out[name] = [plan.streamed, plan.n_docs, plan.n_words, plan.vocab is not None]
+    if rank:
+        X = plan.shard(rank - 1, 2)
+        out[name] += [X.shape[0], X.nnz, X.indices.tolist(), X.data.astype(float).tolist(), X.indptr.tolist()]
+with open(sys.argv[1] + str(rank), "w") as f:  # (the ranks' stdout interleaves)
+    json.dump(out, f)
+"""
+
+
 @pytest.mark.mpi
-def test_ranks_share_the_scan_of_the_documents(tmp_path, mpi):
-    """Under mpiexec rank 0 finds the documents (one decompression of the file) and sends them:
-    every rank's reader has the rows of a scan of its own and reads the same documents; a file rank 0
-    does not accept goes to read_npz on every rank."""
+def test_rank_0_reads_once_and_sends_every_rank_its_documents(tmp_path, mpi):
+    """Under mpiexec rank 0 reads a .npz or UCI corpus once and sends each worker rank its shard:
+    every worker's rows equal those of the whole-corpus path (duplicates summed, uint16 counts)
+    and only rank 0 has the words; a .npz rank 0 does not accept (a row of explicit zeros, which
+    would renumber the documents) goes to read_npz on every rank; a UCI file rank 0 cannot read
+    raises on every rank (rank 0 the reader's message) instead of leaving the others waiting."""
+    from types import SimpleNamespace
+
+    from algorithms.dpsvi.cli import CorpusPlan
+
     rng = np.random.default_rng(4)
     X = _raw_csr(rng, 60, 30, np.float32, messy=True)
-    X.data[X.indptr[7]:X.indptr[8]] = 0  # an empty document (explicit zeros) only the scan sees
-    p = tmp_path / "c.npz"
-    sp.save_npz(p, X)
-    bad = tmp_path / "coo.npz"
-    sp.save_npz(bad, X.tocoo())
+    X.data[X.data == 0] = 1  # duplicates and unsorted indices, no explicit zeros
+    sp.save_npz(tmp_path / "good.npz", X)
+    Z = X.copy()
+    Z.data[Z.indptr[7]:Z.indptr[8]] = 0
+    sp.save_npz(tmp_path / "zeros.npz", Z)
+    Y = sp.csr_matrix(X.toarray())
+    Y[5] = 0  # a document without lines
+    Y.eliminate_zeros()
+    coo = Y.tocoo()
+    lines = [f"{r + 1} {c + 1} {int(v)}" for r, c, v in zip(coo.row, coo.col, coo.data)]
+    (tmp_path / "docword.c.txt").write_text(f"60\n30\n{len(lines)}\n" + "\n".join(lines) + "\n")
+    (tmp_path / "vocab.c.txt").write_text("".join(f"w{i}\n" for i in range(30)))
+    (tmp_path / "docword.bad.txt").write_text(f"60\n30\n{len(lines)}\n" + "\n".join(lines[:-1]) + "\n1 99 1\n")
+    (tmp_path / "vocab.bad.txt").write_text("".join(f"w{i}\n" for i in range(30)))
+    names = [str(tmp_path / f) for f in ("good.npz", "zeros.npz", "docword.c.txt", "docword.bad.txt")]
     prog = tmp_path / "prog.py"
-    prog.write_text(
-        "import sys, numpy as np\n"
-        "from mpi4py import MPI\n"
-        "from algorithms.dpsvi.npz_rows import NpzRows\n"
-        "pick = lambda n: np.arange(n)[::-1]\n"
-        "r = NpzRows.open_shared(sys.argv[1], prefetch=pick)\n"  # guessed wrong (row 7): read again
-        "kept = r.prefetched is not None\n"
-        "none = NpzRows.open_shared(sys.argv[2], prefetch=pick)\n"
-        "X = r.csr(np.arange(r.n_docs)[::-1])\n"
-        "good = NpzRows.open_shared(sys.argv[4], prefetch=pick)\n"  # guessed right: read while rank 0 scans
-        "hit = good.prefetched is not None\n"
-        "G = good.csr(np.arange(good.n_docs)[::-1])\n"
-        "ok = hit and good.prefetched is None and (G != NpzRows.open(sys.argv[4]).csr(np.arange(good.n_docs)[::-1])).nnz == 0\n"
-        "with open(sys.argv[3] + str(MPI.COMM_WORLD.Get_rank()), 'w') as f:\n"  # (ranks' stdout interleaves)
-        "    f.write(f\"{none is None} {kept} {ok} {','.join(map(str, r.rows))} {X.nnz} {float(X.data.sum())}\")\n")
-    good = tmp_path / "good.npz"
-    Y = X.copy()
-    Y.data[Y.data == 0] = 1  # no row of explicit zeros: the rows with entries are the documents
-    sp.save_npz(good, Y)
-    out = mpi(3, [prog, p, bad, tmp_path / "rank", good])  # (the tests run with the project on PYTHONPATH)
+    prog.write_text(PLAN_PROG)
+    out = mpi(3, [prog, tmp_path / "rank", *names])  # (the tests run with the project on PYTHONPATH)
     assert out.returncode == 0, out.stdout + out.stderr
-    lines = [(tmp_path / f"rank{r}").read_text() for r in range(3)]
-    ref = NpzRows.open(str(p))
-    Xr = ref.csr(np.arange(ref.n_docs)[::-1])
-    assert 7 not in ref.rows and len(lines) == 3
-    assert set(lines) == {f"True False True {','.join(map(str, ref.rows))} {Xr.nnz} {float(Xr.data.sum())}"}
+    got = [json.loads((tmp_path / f"rank{r}").read_text()) for r in range(3)]
+    for name in names[:3]:
+        args = SimpleNamespace(corpus=name, vocab=None, holdout=0.2, stop_words="english", min_df=1, max_df=1.0,
+                               max_features=None)
+        ref = CorpusPlan(args, 3, ranks=3)  # one process: the other ranks' rows read apart (csr / keep)
+        for rank in (1, 2):
+            R = ref.shard(rank - 1, 2)
+            streamed, n_docs, n_words, has_vocab, rows, nnz, indices, data, indptr = got[rank][name]
+            assert (streamed, n_docs, n_words, has_vocab) == (name != names[1], ref.n_docs, 30, name == names[1])
+            R.sort_indices()
+            assert (rows, nnz, indices, data, indptr) == (R.shape[0], R.nnz, R.indices.tolist(),
+                                                           R.data.astype(float).tolist(), R.indptr.tolist())
+        assert got[0][name] == [name != names[1], ref.n_docs, 30, True]
+    assert got[0][names[3]].startswith("error: ") and "rank 0" not in got[0][names[3]]
+    assert got[1][names[3]] == got[2][names[3]] == "error: rank 0 could not read it (see its message)"

@@ -171,20 +171,17 @@ def _cv_options(args) -> dict:
 class CorpusPlan:
     """Which documents are held out, and which training documents each worker rank reads.
 
-    Under ``mpiexec`` (``ranks`` > 1) UCI files and scipy CSR ``.npz`` files are never loaded
-    whole: the UCI header or the npz's ``indptr`` gives the documents, and each rank streams the
-    file keeping only its own (:class:`npz_rows.NpzRows`). One process needs every document (its
-    shard and the held-out ones): it decompresses each member of a scipy ``.npz`` once and copies
-    the two groups' rows out of it (:meth:`npz_rows.NpzRows.read_groups`), never holding the whole
-    matrix next to the shard's copy of it. Other formats (text, the compact npz of the bundled
-    corpora) are loaded on every rank (a text corpus's vocabulary depends on all of its documents).
+    UCI files and scipy CSR ``.npz`` files are never loaded whole. One process needs every document
+    (its shard and the held-out ones): it reads the file once and copies the two groups' rows out
+    of it as it goes (:meth:`npz_rows.NpzRows.read_groups`, :func:`npz_rows.take_groups`), never
+    holding the whole matrix next to the groups' copy of it. Under ``mpiexec`` (``ranks`` > 1) rank
+    0 does the same for every rank's documents and sends each rank its own
+    (:func:`_scatter_documents`): one reading of the file in all, and the other ranks never open it.
+    Other formats (text, the compact npz of the bundled corpora) are loaded on every rank (a text
+    corpus's vocabulary depends on all of its documents).
     """
 
     def __init__(self, args, seed: int, ranks: int = 1, rank: int = 0, n_servers: int = 1):
-        import warnings
-
-        import numpy as np
-
         from . import corpus as C
 
         self.args = args
@@ -197,59 +194,67 @@ class CorpusPlan:
         elif C.is_uci(self.path) and os.path.exists(self.path):
             self.uci = self.path
         self.full = None
+        #: the row reader of a scipy .npz (one process, or rank 0 under mpiexec)
         self.npz = None
+        #: the words (None on the ranks rank 0 sent their documents to: they need only their count)
+        self.vocab = None
         #: [(ids, CSR)] read before they are asked for (one process: the held-out and training documents)
         self.read_ahead = []
         # DPSVI_NPZ_ROWS=0: load a .npz whole on every rank, as before the row reader (for A/B runs)
         by_rows = (self.uci is None and self.path.endswith(".npz") and os.path.isfile(self.path)
                    and os.environ.get("DPSVI_NPZ_ROWS", "1") != "0")
-        if by_rows and ranks > 1:
-            from .npz_rows import NpzRows
-
-            # rank 0 finds the documents, the others get them (every rank calls it: a collective);
-            # meanwhile every rank reads its own documents (rank 0 its held-out ones, in its scan);
-            # None: read_npz reads it (and reports what is wrong)
-            self.npz = NpzRows.open_shared(self.path, prefetch=lambda n: _rank_ids(n, args.holdout, seed, rank,
-                                                                                     ranks, n_servers))
-        elif by_rows:
-            from .npz_rows import NpzRows
-
-            got = NpzRows.read_groups(self.path, lambda n: _split_ids(n, args.holdout, seed))
-            if got is not None:  # None: read_npz reads it (and reports what is wrong)
-                self.npz, self.read_ahead = got
-        if self.uci is not None:
-            vocab_path = args.vocab or C.uci_vocab_path(self.uci)
-            self.vocab = C.read_vocab(vocab_path)
-            n_docs = C.uci_header(self.uci)[0]
-        elif self.npz is not None:
-            vocab_path = C.npz_vocab_path(self.path, args.vocab)
-            self.vocab = C.check_vocab(C.read_vocab(vocab_path) if vocab_path else None, self.npz.shape[1], self.path)
-            n_docs = self.npz.n_docs
-            if n_docs < self.npz.shape[0]:
-                empty = np.setdiff1d(np.arange(self.npz.shape[0]), self.npz.rows)
-                warnings.warn(f"{self.path}: skipped {empty.size} document(s) with no words "
-                              f"(after the vocabulary filters), e.g. {empty[:5].tolist()}", stacklevel=2)
-        else:
+        got = None
+        if self.uci is not None or by_rows:
+            if ranks > 1:
+                got = _scatter_documents(self.path, lambda groups_of: self._read_groups(groups_of),
+                                         lambda n: [_rank_ids(n, args.holdout, seed, r, ranks, n_servers)
+                                                    for r in range(ranks)])
+            else:
+                got = self._read_groups(lambda n: list(_split_ids(n, args.holdout, seed)))
+        if got is not None:
+            n_docs, self.n_words, self.read_ahead = got
+        else:  # text, the bundled compact .npz, or a .npz the row reader does not accept
             self.full = C.load_corpus(self.path, vocab=args.vocab, **_cv_options(args))
             self.vocab = self.full.vocab
-            n_docs = self.full.n_docs
-        #: no rank loads the whole corpus (each streams its own documents from the file)
+            n_docs, self.n_words = self.full.n_docs, len(self.vocab)
+        #: no rank loads the whole corpus (each has only its own documents)
         self.streamed = self.full is None
         self.heldout_ids, self.train_ids = _split_ids(n_docs, args.holdout, seed)
         if self.train_ids.size < 1:
             raise C.CorpusError(f"{self.path}: {n_docs} document(s): nothing left to train on after the held-out split")
         self.n_docs = n_docs
-        if self.uci is not None and ranks == 1:
-            # one process needs every document: one pass over the file for both groups (a pass each
-            # read the 24M-line file twice: 7.0 s of reading)
-            from .npz_rows import take_groups
 
-            c = C.read_uci(self.uci, args.vocab, compact=True)
+    def _read_groups(self, groups_of):
+        """On the rank that reads the file: (documents, words, [(ids, CSR)] of each group of documents
+        ``groups_of(n_docs)`` returns) in one pass over the file; None for a .npz the row reader does
+        not accept (``read_npz`` then reads it and reports). Sets :attr:`vocab` (and :attr:`npz`)."""
+        import warnings
+
+        import numpy as np
+
+        from . import corpus as C
+        from .npz_rows import NpzRows, take_groups
+
+        if self.uci is not None:
+            n_docs = C.uci_header(self.uci)[0]
+            groups = groups_of(n_docs)
+            c = C.read_uci(self.uci, self.args.vocab, compact=True)
+            self.vocab = c.vocab
             row_of = np.full(n_docs, -1, np.int64)  # documents without lines have no row
             row_of[c.doc_ids] = np.arange(c.X.shape[0])
-            groups = (self.heldout_ids, self.train_ids)
             rows = [row_of[ids][row_of[ids] >= 0] for ids in groups]
-            self.read_ahead = list(zip(groups, take_groups(c, rows, self.uci)))
+            return n_docs, len(self.vocab), list(zip(groups, take_groups(c, rows, self.uci)))
+        got = NpzRows.read_groups(self.path, groups_of)
+        if got is None:
+            return None
+        self.npz, parts = got
+        vocab_path = C.npz_vocab_path(self.path, self.args.vocab)
+        self.vocab = C.check_vocab(C.read_vocab(vocab_path) if vocab_path else None, self.npz.shape[1], self.path)
+        if self.npz.n_docs < self.npz.shape[0]:
+            empty = np.setdiff1d(np.arange(self.npz.shape[0]), self.npz.rows)
+            warnings.warn(f"{self.path}: skipped {empty.size} document(s) with no words "
+                          f"(after the vocabulary filters), e.g. {empty[:5].tolist()}", stacklevel=3)
+        return self.npz.n_docs, self.npz.shape[1], parts
 
     def _rows(self, ids):
         """CSR of the documents ``ids`` (indices of the input, in that order), empty ones removed."""
@@ -260,7 +265,7 @@ class CorpusPlan:
         from . import corpus as C
 
         if len(ids) == 0:  # e.g. more worker ranks than training documents
-            return sp.csr_matrix((0, len(self.vocab)), dtype=np.float32)
+            return sp.csr_matrix((0, self.n_words), dtype=np.float32)
         for i, (got, X) in enumerate(self.read_ahead):
             if np.array_equal(got, ids):
                 del self.read_ahead[i]  # handed over: the plan keeps no reference to it
@@ -294,6 +299,52 @@ class CorpusPlan:
             return None, None
         Xo, Xt, rest = split_documents(self._rows(self.heldout_ids), 0.5, seed=seed, dropped=True)
         return ((Xo, Xt) if Xo.shape[0] else None), HeldoutDocuments(Xo, Xt, rest)
+
+
+def _scatter_documents(path: str, read, groups_of):
+    """Under mpiexec, every rank calling it: rank 0 reads the corpus once, ``read(groups_of)`` ->
+    (documents, words, [(ids, CSR)] of each rank's documents ``groups_of(n_docs)``) or None, and
+    sends every rank its CSR; returns (documents, words, [(ids, CSR)] of this rank), or None on
+    every rank when ``read`` gave None. A CorpusError on rank 0 is raised there and a short one on
+    the others. One reading of the file instead of one a rank (100k documents, V 50k, three ranks
+    on two cores: rank 0 read for 2.1-2.4 s while every rank inflated the whole .npz, 1.5 s now)."""
+    import numpy as np
+
+    import scipy.sparse as sp
+
+    from dpsgd.runner import broadcast_from_root, get_comm, scatter_from_root
+
+    from .corpus import CorpusError
+
+    comm = get_comm()
+    rank = comm.Get_rank() if comm is not None else 0
+    info = np.full(2, -1, np.int64)  # documents, words; -1: not read, -2: rank 0's CorpusError
+    got = error = None
+    if rank == 0:
+        try:
+            got = read(groups_of)
+        except CorpusError as e:
+            error, info[0] = e, -2
+        else:
+            if got is not None:
+                info[:] = got[0], got[1]
+    info = broadcast_from_root(info)
+    if info[0] == -2:
+        raise error if error is not None else CorpusError(f"{path}: rank 0 could not read it (see its message)")
+    if info[0] == -1:
+        return None
+    n_docs, n_words = int(info[0]), int(info[1])
+    parts = None
+    if rank == 0:
+        parts = [[X.indptr, X.data, X.indices] for _, X in got[2]]
+        got[2].clear()  # the other ranks' documents go once they are sent
+    indptr, data, indices = scatter_from_root(parts)
+    del parts
+    ids = np.asarray(groups_of(n_docs)[rank])
+    X = sp.csr_matrix((data, indices, indptr), shape=(indptr.size - 1, n_words))
+    if X.shape[0] > ids.size:
+        raise ValueError(f"{path}: rank {rank} received {X.shape[0]} documents, at most {ids.size} expected")
+    return n_docs, n_words, [(ids, X)]
 
 
 def _eval_threads(size: int) -> int:
@@ -368,12 +419,18 @@ def run(args) -> int:
     from .corpus import CorpusError
     from .svi import SVIAlgorithm
 
+    if size > 1 and not is_root:
+        from dpsgd.runner import warm_up_in_background
+
+        # while rank 0 reads the corpus, before it sends this rank its documents (on rank 0 the
+        # thread held the GIL against the reading: 0.6 s more of it)
+        warm_up_in_background()
     t0 = time.perf_counter()
     try:
         corpus = CorpusPlan(args, args.seed, ranks=size, rank=rank, n_servers=n_servers)
     except CorpusError as e:
         raise _usage(str(e)) from None
-    V = len(corpus.vocab)
+    V = corpus.n_words
     K = args.topics
     alpha = args.alpha if args.alpha is not None else 1.0 / K
     eta = args.eta if args.eta is not None else 1.0 / K
@@ -423,16 +480,24 @@ def run(args) -> int:
     clock["train"] = time.time()
     result = dpsgd.train(alg, cfg)
     clock["trained"] = time.time()
+    comp = tops = None
+    if result.is_root:
+        from .evaluate import top_words
+
+        # the topics once: topics.txt and NPMI take their top words from the same list
+        comp = _components(alg, result.params, V, K)
+        tops = top_words(comp, max(args.top_words, NPMI_TOP_WORDS), normalize=True)
     spread = None
     if size > 1 and corpus.streamed:
         # no rank holds the corpus (streamed .npz or UCI): NPMI's counts come from every rank's own
         # documents - the workers' shards and the root's held-out ones - summed on the root
-        spread = _timed(clock, "npmi", _spread_cooccurrence, alg, result.params, Xh, V, K, is_root)
+        spread = _timed(clock, "npmi", _spread_cooccurrence, alg, tops, Xh, V, K)
     if not result.is_root:
         return 0
     return _write_outputs(LdaRun(args=args, cfg=cfg, result=result, alg=alg, corpus=corpus, plan=run_plan,
                                  heldout=heldout, Xh=Xh, V=V, K=K, alpha=alpha, eta=eta, D=D,
-                                 load_seconds=load_seconds, clock=clock, spread_cooccurrence=spread))
+                                 load_seconds=load_seconds, clock=clock, comp=comp, tops=tops,
+                                 spread_cooccurrence=spread))
 
 
 def _components(alg, params, V: int, K: int):
@@ -443,19 +508,20 @@ def _components(alg, params, V: int, K: int):
     return topic_word_from_lambda(alg.lambda_of(params), V, K)
 
 
-def _spread_cooccurrence(alg, params, Xh, V: int, K: int, is_root: bool, n: int = NPMI_TOP_WORDS):
+def _spread_cooccurrence(alg, root_tops, Xh, V: int, K: int, n: int = NPMI_TOP_WORDS):
     """Under mpiexec (every rank calls it): NPMI's co-occurrence counts of the root's top-``n``
-    words over every rank's own documents, summed on the root - there (tops, words, upper, D),
-    None elsewhere. The root's top words go to the others, so all count the same words."""
+    words (``root_tops``: each topic's top words on the root, None elsewhere) over every rank's own
+    documents, summed on the root - there (tops, words, upper, D), None elsewhere. The root's top
+    words go to the others, so all count the same words."""
     import numpy as np
 
     from dpsgd.runner import broadcast_from_root, sum_to_root
 
-    from .evaluate import cooccurrence, top_words
+    from .evaluate import cooccurrence
 
     tops = np.full((K, min(n, V)), -1, np.int64)
-    if is_root:
-        tops[:] = top_words(_components(alg, params, V, K), n, normalize=True)
+    if root_tops is not None:
+        tops[:] = root_tops[:, :n]
     tops = broadcast_from_root(tops)
     mine = [x for x in (alg.X, Xh) if x is not None]
     counts, D = cooccurrence(tops, mine)
@@ -501,6 +567,8 @@ class LdaRun:
     D: int
     load_seconds: float
     clock: dict  # time.time() at process start, run(), train() and its return; npmi seconds
+    comp: object  # the components (K x V, unnormalised: _components)
+    tops: object  # each topic's top words, most probable first (at least NPMI_TOP_WORDS and --top-words)
     #: NPMI's counts summed over the ranks (:func:`_spread_cooccurrence`), when no rank holds the corpus
     spread_cooccurrence: tuple | None = None
 
@@ -543,15 +611,13 @@ def _rows_of(ref) -> int:
 
 
 def _write_outputs(run: LdaRun) -> int:
-    from .evaluate import top_words
-
     m = dict(run.result.metrics)
     history = m.pop("history", [])
     m.pop("push_workers", None)
-    comp = _components(run.alg, run.result.params, run.V, run.K)
-    out = _run_metrics(run, m, comp)
+    comp = run.comp
+    out = _run_metrics(run, m)
     os.makedirs(run.args.out, exist_ok=True)
-    tops = top_words(comp, run.args.top_words, normalize=True)
+    tops = run.tops[:, :run.args.top_words]
     lines = [f"topic {k:3d}: " + " ".join(run.corpus.vocab[w] for w in tops[k]) for k in range(run.K)]
     _write_files(run, m, out, history, comp, lines)
     if not run.args.quiet:
@@ -565,12 +631,11 @@ def _write_outputs(run: LdaRun) -> int:
     return 0
 
 
-def _run_metrics(run: LdaRun, m: dict, comp) -> dict:
-    """metrics.json: quality, rates and sizes of the run (``m``: the framework's metrics; ``comp``:
-    the components)."""
+def _run_metrics(run: LdaRun, m: dict) -> dict:
+    """metrics.json: quality, rates and sizes of the run (``m``: the framework's metrics)."""
     import math
 
-    from .evaluate import npmi_of_counts, npmi_of_tops, top_words
+    from .evaluate import npmi_of_counts, npmi_of_tops
 
     alg, result = run.alg, run.result
     final = m.pop("final", {}) or {}
@@ -598,7 +663,7 @@ def _run_metrics(run: LdaRun, m: dict, comp) -> dict:
     else:
         ref, ref_name = run.Xh, "held-out documents"
     if ref is not None and _rows_of(ref) > 1:
-        npmi_value = _timed(run.clock, "npmi", lambda: npmi_of_tops(top_words(comp, NPMI_TOP_WORDS, normalize=True), ref))
+        npmi_value = _timed(run.clock, "npmi", lambda: npmi_of_tops(run.tops[:, :NPMI_TOP_WORDS], ref))
     out = {
         "heldout_loglik": final.get("heldout_loglik"),
         "perplexity": final.get("perplexity"),

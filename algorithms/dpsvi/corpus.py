@@ -402,7 +402,7 @@ def read_uci(docword: str, vocab_path: str | None = None, keep=None, chunk_lines
             for _ in range(3):
                 f.readline()
             lineno = 4
-            for data in _whole_lines(f, chunk_lines * 12):
+            for data in prefetched(_whole_lines(f, chunk_lines * 12)):  # inflated while the last is parsed
                 rows, lines = _uci_block(data, lineno, docword, D, W, keep, kept)
                 n_lines += rows
                 lineno += lines
@@ -510,6 +510,25 @@ class _Triples:
         views of the first ``n`` entries (the pages of the rest were never written, so they hold
         no memory)."""
         return (None if self.d is None else self.d[:self.n]), self.w[:self.n], self.c[:self.n]
+
+
+def prefetched(items):
+    """The items of the iterable ``items``, each made by a background thread while the caller
+    works on the one before: for blocks read from a compressed file, which zlib inflates without
+    the GIL, beside work on the previous block that runs without it too (compiled kernels). An
+    exception comes where its item would have."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="dpsvi-read") as pool:
+        nxt = pool.submit(next, it, end)
+        while True:
+            item = nxt.result()
+            if item is end:
+                return
+            nxt = pool.submit(next, it, end)
+            yield item
 
 
 def _whole_lines(f, block_bytes: int):

@@ -4,7 +4,9 @@ Under ``mpiexec`` every worker rank trains on its shard of the documents (a rand
 over the file). :func:`corpus.read_npz` would load all of them on every rank - the whole CSR
 matrix, held next to the shard until it is dropped, on each of N ranks. :class:`NpzRows` reads the
 ``indptr`` array (one integer a document), then streams the compressed ``data`` and ``indices``
-members in blocks and keeps only the requested rows: a rank's peak holds its shard and one block.
+members in blocks and keeps only the requested rows. Under ``mpiexec`` rank 0 does that once for
+every rank's documents and sends each rank its own (``cli._scatter_documents``): one
+decompression of the file in all, and the other ranks never open it (no shared file system needed).
 
 It gives exactly what ``read_npz(path).X[ids]`` gives (the same documents, numbered the same way:
 the rows with at least one non-zero count, in file order; sorted and summed indices), with the
@@ -22,8 +24,10 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-from .corpus import COMPACT_MAX, CorpusError, check_counts, compact_counts, fits_compact
+from .corpus import COMPACT_MAX, CorpusError, check_counts, compact_counts, prefetched
 
+#: the largest count check_counts accepts
+F32_MAX = float(np.finfo(np.float32).max)
 #: elements of ``data`` / ``indices`` read per block (the temporaries of a block: ~25 MB)
 BLOCK = 1 << 20
 
@@ -57,44 +61,28 @@ class NpzRows:
     """The non-empty documents of a CSR ``.npz`` (count ``n_docs``), read by row on demand."""
 
     def __init__(self, path: str, shape, indptr: np.ndarray, data_dtype, index_dtype, block: int = BLOCK,
-                 rows: np.ndarray | None = None, prefetch=None):
+                 rows: np.ndarray | None = None):
         self.path = path
         self.shape = shape
         self.indptr = indptr
         self.data_dtype = data_dtype
         self.index_dtype = index_dtype
         self.block = int(block)
-        #: (ids, CSR) read during the scan (see :meth:`open`), returned by :meth:`csr` for those ids
-        self.prefetched = None
         if rows is None:
-            # until the scan has counted the non-zeros, guess that every row with entries is a document
-            guess = _rows_with_entries(indptr)
-            want = None
-            ids = np.asarray(prefetch(int(guess.size)), np.int64) if prefetch is not None and guess.size else None
-            if ids is not None and ids.size:
-                want = self._row_set(ids, guess[ids])
-            rows = np.flatnonzero(self._nonzeros_per_row(want) > 0)
-            if want is not None and np.array_equal(rows, guess):  # the guess was right: the rows are read
-                self.prefetched = (want.ids, want.matrix(shape[1], path))
-        #: file row of each document (rows with a non-zero count); given: another process's scan
+            rows = np.flatnonzero(self._nonzeros_per_row() > 0)
+        #: file row of each document (rows with a non-zero count)
         self.rows = rows
 
     @classmethod
-    def open(cls, path: str, block: int = BLOCK, prefetch=None) -> "NpzRows | None":
+    def open(cls, path: str, block: int = BLOCK) -> "NpzRows | None":
         """The reader of ``path`` if it is a well-formed CSR ``save_npz`` file whose counts pass the
         checks of :func:`corpus.check_counts`; else None (``read_npz`` then reads it and reports).
-        Finding the documents decompresses the whole file once (checking every count and index).
-
-        ``prefetch``: a function of the number of documents that returns the ids of documents to
-        read in that same pass (rank 0's held-out documents, whose ids follow from the count): the
-        count is guessed from ``indptr`` (rows with entries) and the rows read are kept, for
-        :meth:`csr`, only if the scan confirms it (no row of explicit zeros only). One pass over the
-        file instead of two (100k documents, V 50k: 0.5-1.2 s of reading less on rank 0)."""
+        Finding the documents decompresses the whole file once (checking every count and index)."""
         head = cls._header(path)
         if head is None:
             return None
         try:
-            r = cls(path, *head, block, prefetch=prefetch)
+            r = cls(path, *head, block)
         except (ValueError, CorpusError):  # a bad count or index: read_npz names the document
             return None
         if r.rows.size == 0:
@@ -103,15 +91,14 @@ class NpzRows:
 
     @classmethod
     def read_groups(cls, path: str, groups) -> "tuple[NpzRows, list[tuple[np.ndarray, sp.csr_matrix]]] | None":
-        """One process, which needs every document: the reader and, for each group of documents
-        ``groups(n_docs)`` returns (e.g. the held-out and the training ids), (its ids, its CSR). Each
-        member of the file is decompressed once, whole, and the groups' rows copied out of it before
-        the next: the peak holds the groups and one member (100k documents, V 50k: the 96 MB
-        ``indices`` besides the 191 MB corpus) instead of the whole matrix next to its rows'
-        copy; the counts are uint16 when all of the file's fit in 16 bits (the training rows of
-        that corpus: 123 instead of 164 MB). None (``read_npz`` then reads it and reports) for
-        anything :meth:`open` would not accept, and for explicit zeros (which would renumber the
-        documents)."""
+        """The reader and, for each group of documents ``groups(n_docs)`` returns (e.g. the held-out and
+        the training ids; under mpiexec every rank's), (its ids, its CSR), in one pass over the file:
+        its two big members are inflated a block at a time, by two threads while the rows of the
+        block before are checked and copied (compiled, without the GIL), so the peak holds the
+        groups and a few blocks, never a whole member; the counts are uint16 while all of them fit
+        in 16 bits (the training rows of 90k documents, V 50k: 123 instead of 164 MB). None
+        (``read_npz`` then reads it and reports) for anything :meth:`open` would not accept, and
+        for explicit zeros (which would renumber the documents)."""
         head = cls._header(path)
         if head is None:
             return None
@@ -122,27 +109,14 @@ class NpzRows:
         r = cls(path, *head, rows=rows)
         sets = [r._row_set(ids, rows[ids]) for ids in (np.asarray(g, np.int64) for g in groups(int(rows.size)))]
         try:
-            with zipfile.ZipFile(path) as zf:
-                for name in ("data", "indices"):
-                    with zf.open(name + ".npy") as f:
-                        member = np.lib.format.read_array(f, allow_pickle=False)
-                    if member.shape != (int(indptr[-1]),):
-                        return None
-                    largest = 0.0
-                    for lo in range(0, member.size, BLOCK):
-                        piece = member[lo:lo + BLOCK]
-                        if name == "data":
-                            largest = max(largest, _check_counts_block(piece))
-                            if not piece.all():
-                                return None  # explicit zeros: read_npz numbers the documents
-                        else:
-                            _check_index_block(piece, shape[1])
-                    if name == "data" and not (member.size and largest <= COMPACT_MAX):
-                        for want in sets:
-                            want.widen()
-                    for want in sets:
-                        want.gather(name, member, indptr)
-                    del member
+            for p0, d, ix in r._entries(ahead=True):
+                bad, largest, zeros = _block_stats(d, ix, shape[1])
+                if bad or zeros:  # zeros: read_npz numbers the documents
+                    return None
+                for want in sets:
+                    if largest > COMPACT_MAX:
+                        want.widen()
+                    want.copy_from(p0, d, ix)
         except (ValueError, OSError, zipfile.BadZipFile, EOFError):  # read_npz says what is wrong
             return None
         try:
@@ -150,59 +124,6 @@ class NpzRows:
                         else sp.csr_matrix((0, shape[1]), dtype=np.float32)) for want in sets]
         except CorpusError:
             return None
-
-    @classmethod
-    def open_shared(cls, path: str, block: int = BLOCK, prefetch=None) -> "NpzRows | None":
-        """:meth:`open` under mpiexec, every rank calling it: rank 0 scans the file and sends the
-        documents (or that it does not accept the file) to the others, which read only the small
-        ``indptr`` member - each rank decompresses the file once, for its own rows, instead of twice
-        (100k documents, V 50k: the scan is 0.45 s of decompression and 0.13 s of checks a rank).
-
-        ``prefetch`` (a function of the number of documents: the ids of this rank's documents, see
-        :meth:`open`): every rank reads its documents while rank 0 scans - rank 0 in its scan, the
-        others in a pass of their own, numbering the documents as the rows with entries - and keeps
-        them if rank 0's scan confirms that numbering, so no rank waits for the scan before it
-        reads. In one process: :meth:`open`."""
-        from dpsgd.runner import broadcast_from_root, get_comm
-
-        comm = get_comm()
-        if comm is None:
-            return cls.open(path, block, prefetch)
-        root = comm.Get_rank() == 0
-        r = cls.open(path, block, prefetch) if root else None
-        head = guess = early = None
-        if not root:
-            head = cls._header(path)
-            if head is not None and prefetch is not None:
-                guess, early = cls._read_guessed(path, head, block, prefetch)
-        n = broadcast_from_root(np.array([r.rows.size if r is not None else -1], np.int64))[0]
-        if n < 0:
-            return None
-        rows = broadcast_from_root(r.rows.astype(np.int64) if root else np.empty(int(n), np.int64))
-        if root:
-            return r
-        if head is None:  # the root accepted the file: the same file here should be too
-            raise ValueError(f"{path}: rank 0 read it as a CSR .npz, this rank cannot")
-        r = cls(path, *head, block, rows=rows)
-        if early is not None and np.array_equal(rows, guess):
-            r.prefetched = early
-        return r
-
-    @classmethod
-    def _read_guessed(cls, path: str, head, block: int, prefetch):
-        """(guessed documents, (ids, CSR) or None): the documents ``prefetch`` names, numbered as the
-        rows with entries in ``indptr`` (rank 0's scan decides whether that numbering stands; a file it
-        rejects is not this rank's to report, so any error here only means nothing is kept)."""
-        guess = _rows_with_entries(head[1])
-        if guess.size == 0:
-            return guess, None
-        ids = np.asarray(prefetch(int(guess.size)), np.int64)
-        if ids.size == 0:
-            return guess, None
-        try:
-            return guess, (ids, cls(path, *head, block, rows=guess).csr(ids))
-        except Exception:  # noqa: BLE001 - a damaged or rejected file: rank 0 says what is wrong
-            return guess, None
 
     @staticmethod
     def _header(path: str):
@@ -244,33 +165,37 @@ class NpzRows:
             return None
         return (n_rows, n_cols), indptr, ddt, idt
 
-    def _entries(self):
-        """(start, data block, indices block) over the whole matrix, in file order."""
+    def _entries(self, ahead: bool = False):
+        """(start, data block, indices block) over the whole matrix, in file order. ``ahead``: two
+        threads inflate the next block of each member while the caller works on this one
+        (:func:`corpus.prefetched`)."""
         nnz = int(self.indptr[-1])
         with zipfile.ZipFile(self.path) as zf:
             fd, _, _ = _member(zf, "data")
             fi, _, _ = _member(zf, "indices")
             with fd, fi:
-                for (p0, d), (_, ix) in zip(_blocks(fd, self.data_dtype, nnz, self.block),
-                                            _blocks(fi, self.index_dtype, nnz, self.block)):
+                dblocks = _blocks(fd, self.data_dtype, nnz, self.block)
+                iblocks = _blocks(fi, self.index_dtype, nnz, self.block)
+                if ahead:
+                    dblocks, iblocks = prefetched(dblocks), prefetched(iblocks)
+                for (p0, d), (_, ix) in zip(dblocks, iblocks):
                     yield p0, d, ix
 
     @property
     def n_docs(self) -> int:
         return int(self.rows.size)
 
-    def _nonzeros_per_row(self, want: "_RowSet | None" = None) -> np.ndarray:
+    def _nonzeros_per_row(self) -> np.ndarray:
         """Non-zero counts of every file row, checking every count and index on the way (ValueError
-        on the first bad one, as check_counts and check_format would reject it); ``want``: rows to
-        copy in the same pass."""
+        on the first bad one, as check_counts and check_format would reject it)."""
         ip = self.indptr
         # cum[i] = non-zeros among data[:ip[i]] (boundaries at 0, before the first entry, stay 0)
         cum = np.zeros(ip.size, np.int64)
         done = 0
         for p0, d, ix in self._entries():
-            _check_block(d, ix, self.shape[1])
-            if want is not None:
-                want.copy_from(p0, d, ix)
+            bad, _, _ = _block_stats(d, ix, self.shape[1])
+            if bad:
+                raise ValueError("bad count or index")
             cs = np.cumsum(d != 0)
             p1 = p0 + d.size
             # the row boundaries inside (p0, p1]
@@ -291,9 +216,6 @@ class NpzRows:
         V = self.shape[1]
         if ids.size == 0:
             return sp.csr_matrix((0, V), dtype=np.float32)
-        if self.prefetched is not None and np.array_equal(self.prefetched[0], ids):
-            X, self.prefetched = self.prefetched[1], None  # the reader keeps no reference to it
-            return X
         want = self._row_set(ids, self.rows[ids])
         for p0, d, ix in self._entries():
             want.copy_from(p0, d, ix)
@@ -337,10 +259,10 @@ def take_groups(corpus, row_groups, source: str) -> list:
     for want in sets:
         if data.dtype != np.uint16:
             want.widen()
-        want.gather("data", data, indptr, compiled=True)
+        want.gather("data", data, indptr)
     del data
     for want in sets:
-        want.gather("indices", indices, indptr, compiled=True)
+        want.gather("indices", indices, indptr)
     del indices
     return [want.matrix(n_cols, source) for want in sets]
 
@@ -371,53 +293,25 @@ class _RowSet:
         self.lo = 0  # first row (in file order) not yet copied completely
 
     def copy_from(self, p0: int, d: np.ndarray, ix: np.ndarray) -> None:
-        """Copy the pieces of the rows that lie in the block of entries p0 .. p0 + d.size."""
-        starts, ends, lo = self.starts, self.ends, self.lo
-        p1 = p0 + d.size
-        hi = int(np.searchsorted(starts, p1, side="left"))  # rows starting before p1
-        if hi <= lo:
-            return
-        # rows lo..hi-1 started before p1 and end after p0 (every document has entries), so each
-        # has a piece of length > 0 in this block: its positions in the block and in the output
-        s = np.maximum(starts[lo:hi], p0)
-        n = np.minimum(ends[lo:hi], p1) - s
-        o = self.dest[lo:hi] + (s - starts[lo:hi])
-        within = _offsets_within(n)
-        src = np.repeat(s - p0, n) + within
-        dst = np.repeat(o, n) + within
-        counts = d[src]
-        if self.data.dtype == np.uint16 and not fits_compact(counts):
-            self.widen()
-        self.data[dst] = counts
-        self.indices[dst] = ix[src]
-        # rows that end inside this block are done
-        self.lo = lo + int(np.searchsorted(ends[lo:hi], p1, side="right"))
+        """Copy the pieces of the rows that lie in the block of entries p0 .. p0 + d.size (its
+        counts checked already: integers >= 0)."""
+        args = (d, ix, p0, self.starts, self.ends, self.dest, self.lo, self.data, self.indices)
+        if self.data.dtype == np.uint16 and d.size and d.max() > COMPACT_MAX and _copy_block(*args, False)[1] > COMPACT_MAX:
+            self.widen()  # a count of these rows does not fit 16 bits
+            args = args[:-2] + (self.data, self.indices)
+        self.lo = _copy_block(*args, True)[0]
 
     def widen(self) -> None:
         """Store the counts as :attr:`wide` from now on (those copied so far are kept exactly)."""
         if self.data.dtype == np.uint16:
             self.data = self.data.astype(self.wide)
 
-    def gather(self, name: str, member: np.ndarray, indptr: np.ndarray, compiled: bool = False,
-               step: int = 2048) -> None:
-        """Copy the rows' entries of a whole member (``name``: "data" or "indices"). ``compiled``:
-        row by row in a Numba loop, without temporaries (where Numba's compiler is loaded already:
-        a UCI file is parsed with it); else ``step`` rows at a time in numpy (the temporaries: their
-        positions, ~15 MB) - loading the compiler while an .npz is read raised that phase's peak by
-        ~30 MB, above the training's."""
+    def gather(self, name: str, member: np.ndarray, indptr: np.ndarray) -> None:
+        """Copy the rows' entries of a whole member (``name``: "data" or "indices"), row by row in
+        a compiled loop, without temporaries."""
         out = self.data if name == "data" else self.indices
-        ptr, rows = self.ptr, self.file_rows
-        if compiled:
-            starts = indptr[rows]
-            _copy_rows(member, starts, indptr[rows + 1] - starts, out, ptr)
-            return
-        for lo in range(0, rows.size, step):
-            r = rows[lo:lo + step]
-            s = indptr[r]
-            n = indptr[r + 1] - s
-            a, b = int(ptr[lo]), int(ptr[lo + r.size])
-            within = _offsets_within(n)
-            out[a:b] = member[np.repeat(s, n) + within]
+        starts = indptr[self.file_rows]
+        _copy_rows(member, starts, indptr[self.file_rows + 1] - starts, out, self.ptr)
 
     def matrix(self, n_cols: int, path: str) -> sp.csr_matrix:
         X = sp.csr_matrix((self.data, self.indices, self.ptr), shape=(self.ids.size, n_cols))
@@ -440,30 +334,49 @@ def _copy_rows(src, starts, lengths, dst, dst_ptr):
             dst[o + j] = src[s + j]
 
 
-def _offsets_within(lengths: np.ndarray) -> np.ndarray:
-    """For pieces of ``lengths`` laid end to end, each entry's offset within its piece
-    (0, 1, .., lengths[0] - 1, 0, 1, ..): added to the pieces' repeated starts, their positions."""
-    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+@njit(nogil=True, cache=True)
+def _copy_block(d, ix, p0, starts, ends, dest, lo, out_data, out_indices, copy):
+    """Copy into ``out_*`` the pieces of the rows (``starts``/``ends``: their entries in the file,
+    in file order; ``dest``: where each goes) that lie in the block of entries p0 .. p0 + d.size,
+    from row ``lo`` (the first not copied completely); returns (the first row not complete after
+    this block, the largest count of the pieces). ``copy`` False: only that largest count."""
+    p1 = p0 + d.size
+    r = lo
+    largest = 0.0
+    while r < starts.size and starts[r] < p1:
+        s = max(starts[r], p0)
+        e = min(ends[r], p1)
+        o = dest[r] + (s - starts[r])
+        if copy:
+            for j in range(e - s):
+                out_data[o + j] = d[s - p0 + j]
+                out_indices[o + j] = ix[s - p0 + j]
+        else:
+            for j in range(e - s):
+                largest = max(largest, float(d[s - p0 + j]))
+        r += 1
+    while lo < starts.size and ends[lo] <= p1:
+        lo += 1
+    return lo, largest
 
 
-def _check_block(d: np.ndarray, ix: np.ndarray, n_cols: int) -> None:
-    _check_index_block(ix, n_cols)
-    _check_counts_block(d)
+@njit(nogil=True, cache=True)
+def _block_stats(d, ix, n_cols):
+    """(bad, largest, zeros) of a block of entries: bad when a count is negative, not finite, not an
+    integer or beyond float32 (what check_counts rejects) or an index is out of range; the largest
+    count; whether a count is an explicit zero."""
+    largest = 0.0
+    zeros = False
+    for i in range(d.size):
+        v = float(d[i])
+        if not (0.0 <= v <= F32_MAX) or v != np.floor(v):
+            return True, largest, zeros
+        if v > largest:
+            largest = v
+        if v == 0.0:
+            zeros = True
+        c = ix[i]
+        if c < 0 or c >= n_cols:
+            return True, largest, zeros
+    return False, largest, zeros
 
-
-def _check_index_block(ix: np.ndarray, n_cols: int) -> None:
-    if ix.size and (ix.min() < 0 or ix.max() >= n_cols):
-        raise ValueError("index out of range")
-
-
-def _check_counts_block(d: np.ndarray) -> float:
-    """The block's largest count (0 when empty); ValueError on a count check_counts would reject."""
-    if d.size == 0:
-        return 0.0
-    largest = d.max()
-    if d.dtype.kind == "f":
-        if not np.all(np.isfinite(d)) or d.min() < 0 or np.any(d != np.round(d)) or largest > np.finfo(np.float32).max:
-            raise ValueError("bad count")
-    elif d.min() < 0 or largest > np.finfo(np.float32).max:
-        raise ValueError("bad count")
-    return float(largest)
