@@ -203,24 +203,44 @@ def heldout_loglik_wk(beta_wk, X_obs, X_test, alpha=None, max_iter=100, tol=1e-3
     return float(total / Xt.data.sum(dtype=np.float64))
 
 
-def top_words(beta, n: int = 10, normalize: bool = False, chunk: int | None = None) -> np.ndarray:
-    """K x n word ids of each topic's most probable words (most probable first). ``normalize``:
-    ``beta`` holds unnormalised topics (e.g. lambda), each row divided by its sum first, as the
-    caller would have done. Rows go ``chunk`` at a time (default: ~256k entries): the temporaries
-    are chunk x V, not K x V (at K 1000, V 50k the negated copy and the int64 partition indices of
-    the whole matrix were 600 MB; 1M entries a chunk still added ~16 MB at the end of a run)."""
-    beta = np.asarray(beta)
+def top_words(beta, n: int = 10, normalize: bool = False) -> np.ndarray:
+    """K x n word ids of each topic's most probable words (most probable first; of equal weights the
+    lower id first). ``normalize``: ``beta`` holds unnormalised topics (e.g. lambda): a row divided
+    by its positive sum keeps its order, so nothing is computed for it. One compiled pass over each
+    row, no temporaries (at K 100, V 50k: ~0.15 s for the negated, normalised copies and
+    argpartition it replaced; at K 1000 their temporaries were 600 MB)."""
+    del normalize  # the order of a row does not depend on its scale
+    beta = np.ascontiguousarray(beta)
     n = min(n, beta.shape[1])
-    chunk = chunk or max(1, (1 << 18) // max(beta.shape[1], 1))
     out = np.empty((beta.shape[0], n), np.int64)
-    for lo in range(0, beta.shape[0], chunk):
-        b = beta[lo:lo + chunk]
-        if normalize:
-            b = b / b.sum(axis=1, keepdims=True)
-        idx = np.argpartition(-b, n - 1, axis=1)[:, :n]
-        order = np.argsort(-np.take_along_axis(b, idx, axis=1), axis=1, kind="stable")
-        out[lo:lo + chunk] = np.take_along_axis(idx, order, axis=1)
+    _top_n(beta, out)
     return out
+
+
+@njit(nogil=True, cache=True)
+def _top_n(beta, out):
+    """``out[k]``: the ids of the ``out.shape[1]`` largest values of row k of ``beta``, largest first,
+    ties by the lower id (an insertion into the sorted list, which a value enters only when it beats
+    the list's last)."""
+    n = out.shape[1]
+    vals = np.empty(n, beta.dtype)
+    for k in range(beta.shape[0]):
+        row = beta[k]
+        m = 0
+        for w in range(row.size):
+            v = row[w]
+            if m == n and not v > vals[n - 1]:
+                continue
+            j = m if m < n else n - 1
+            while j > 0 and v > vals[j - 1]:
+                if j < n:
+                    vals[j] = vals[j - 1]
+                    out[k, j] = out[k, j - 1]
+                j -= 1
+            vals[j] = v
+            out[k, j] = w
+            if m < n:
+                m += 1
 
 
 @njit(nogil=True, cache=True)
