@@ -12,8 +12,8 @@ interleaved, in a fresh process (so its peak RSS is its own: ``VmHWM``); tables 
   every line went through before the fast path - on the first ``--general-docs`` documents
   (the whole file would take minutes);
 - ``read_npz`` of the scipy ``.npz`` (the whole matrix);
-- ``NpzRows.read_groups`` (one process: held-out and training documents, each member
-  decompressed once) and ``NpzRows.open`` + ``csr`` of half the documents (an MPI worker's shard).
+- ``NpzRows.read_groups`` (one process: held-out and training documents, in one pass; under
+  mpiexec rank 0 reads every rank's documents with it and sends them).
 
     python -m benchmarks.readers --docs 100000 --reps 3
 
@@ -48,7 +48,6 @@ READERS = [
     ("read_npz (whole matrix)", "npz", "C.read_npz(path)"),
     ("NpzRows.read_groups (held-out + training)", "npz",
      "R.NpzRows.read_groups(path, lambda n: (np.arange(0, n, 10), np.setdiff1d(np.arange(n), np.arange(0, n, 10))))"),
-    ("NpzRows.open + csr of half the documents", "npz", "shard(path)"),
 ]
 
 CHILD = r"""
@@ -60,10 +59,6 @@ from dpsgd.runner import peak_rss_mb
 def general(path):
     U.parse_triples = lambda buf, out: (0, 0, 0)  # the fast path declines every block
     return C.read_uci(path)
-
-def shard(path):
-    r = R.NpzRows.open(path)
-    return r.csr(np.arange(0, r.n_docs, 2))
 
 path = sys.argv[1]
 before = peak_rss_mb()
