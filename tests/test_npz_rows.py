@@ -164,7 +164,7 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
     equal those of the whole-corpus path (DPSVI_NPZ_ROWS=0)."""
     from types import SimpleNamespace
 
-    from algorithms.dpsvi.cli import CorpusPlan
+    from algorithms.dpsvi.cli import CorpusPlan, _shard_ids
 
     X, _ = C.synthetic_lda(300, 50, 4, doc_length=20, seed=2)
     p = tmp_path / "c.npz"
@@ -177,7 +177,7 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
     one = CorpusPlan(args, 3)
     assert one.npz is not None and one.full is None and len(one.read_ahead) == 2
     monkeypatch.setenv("DPSVI_NPZ_ROWS", "0")
-    whole = CorpusPlan(args, 3, ranks=4)
+    whole = CorpusPlan(args, 3)  # one process, the matrix loaded whole: any rank's rows from it
     assert whole.npz is None and whole.full is not None
     assert np.array_equal(one.train_ids, whole.train_ids)
     a, b = one.shard(0, 1), whole.shard(0, 1)
@@ -186,9 +186,10 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
     assert not one.read_ahead
     assert rows.n_docs == whole.n_docs and np.array_equal(rows.train_ids, whole.train_ids)
     for w in range(3):
-        a, b = rows.shard(w, 3), whole.shard(w, 3)
+        a, b = rows.shard(w, 3), whole._rows(_shard_ids(whole.train_ids, w, 3))
         assert (a != b).nnz == 0 and a.shape == b.shape
     (ao, at), ah = rows.heldout(3)
+    whole = CorpusPlan(args, 3)
     (bo, bt), bh = whole.heldout(3)
 
     def docs(h):  # the held-out documents NPMI counts, as one matrix
@@ -244,14 +245,15 @@ with open(sys.argv[1] + str(rank), "w") as f:  # (the ranks' stdout interleaves)
 
 @pytest.mark.mpi
 def test_rank_0_reads_once_and_sends_every_rank_its_documents(tmp_path, mpi):
-    """Under mpiexec rank 0 reads a .npz or UCI corpus once and sends each worker rank its shard:
-    every worker's rows equal those of the whole-corpus path (duplicates summed, uint16 counts)
-    and only rank 0 has the words; a .npz rank 0 does not accept (a row of explicit zeros, which
-    would renumber the documents) goes to read_npz on every rank; a UCI file rank 0 cannot read
-    raises on every rank (rank 0 the reader's message) instead of leaving the others waiting."""
+    """Under mpiexec rank 0 reads the corpus once, whatever its format, and sends each worker rank
+    its shard: every worker's rows equal those one process reads (duplicates summed, uint16 counts)
+    and only rank 0 has the words - for a .npz, one the row reader does not accept (a row of
+    explicit zeros, which would renumber the documents: read whole), a UCI file and a text file; a
+    file rank 0 cannot read raises on every rank (rank 0 the reader's message) instead of leaving
+    the others waiting."""
     from types import SimpleNamespace
 
-    from algorithms.dpsvi.cli import CorpusPlan
+    from algorithms.dpsvi.cli import CorpusPlan, _shard_ids
 
     rng = np.random.default_rng(4)
     X = _raw_csr(rng, 60, 30, np.float32, messy=True)
@@ -269,23 +271,25 @@ def test_rank_0_reads_once_and_sends_every_rank_its_documents(tmp_path, mpi):
     (tmp_path / "vocab.c.txt").write_text("".join(f"w{i}\n" for i in range(30)))
     (tmp_path / "docword.bad.txt").write_text(f"60\n30\n{len(lines)}\n" + "\n".join(lines[:-1]) + "\n1 99 1\n")
     (tmp_path / "vocab.bad.txt").write_text("".join(f"w{i}\n" for i in range(30)))
-    names = [str(tmp_path / f) for f in ("good.npz", "zeros.npz", "docword.c.txt", "docword.bad.txt")]
+    words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "forest"]
+    (tmp_path / "docs.txt").write_text("\n".join(" ".join(rng.choice(words, 6)) for _ in range(50)) + "\n")
+    names = [str(tmp_path / f) for f in ("good.npz", "zeros.npz", "docword.c.txt", "docs.txt", "docword.bad.txt")]
     prog = tmp_path / "prog.py"
     prog.write_text(PLAN_PROG)
     out = mpi(3, [prog, tmp_path / "rank", *names])  # (the tests run with the project on PYTHONPATH)
     assert out.returncode == 0, out.stdout + out.stderr
     got = [json.loads((tmp_path / f"rank{r}").read_text()) for r in range(3)]
-    for name in names[:3]:
+    for name in names[:4]:
         args = SimpleNamespace(corpus=name, vocab=None, holdout=0.2, stop_words="english", min_df=1, max_df=1.0,
                                max_features=None)
-        ref = CorpusPlan(args, 3, ranks=3)  # one process: the other ranks' rows read apart (csr / keep)
+        ref = CorpusPlan(args, 3)  # one process: any rank's rows read apart (csr, keep, or the whole matrix)
         for rank in (1, 2):
-            R = ref.shard(rank - 1, 2)
+            R = ref._rows(_shard_ids(ref.train_ids, rank - 1, 2))
             streamed, n_docs, n_words, has_vocab, rows, nnz, indices, data, indptr = got[rank][name]
-            assert (streamed, n_docs, n_words, has_vocab) == (name != names[1], ref.n_docs, 30, name == names[1])
+            assert (streamed, n_docs, n_words, has_vocab) == (True, ref.n_docs, ref.n_words, False)
             R.sort_indices()
             assert (rows, nnz, indices, data, indptr) == (R.shape[0], R.nnz, R.indices.tolist(),
                                                            R.data.astype(float).tolist(), R.indptr.tolist())
-        assert got[0][name] == [name != names[1], ref.n_docs, 30, True]
-    assert got[0][names[3]].startswith("error: ") and "rank 0" not in got[0][names[3]]
-    assert got[1][names[3]] == got[2][names[3]] == "error: rank 0 could not read it (see its message)"
+        assert got[0][name] == [True, ref.n_docs, ref.n_words, True]
+    assert got[0][names[4]].startswith("error: ") and "rank 0" not in got[0][names[4]]
+    assert got[1][names[4]] == got[2][names[4]] == "error: rank 0 could not read it (see its message)"

@@ -174,11 +174,11 @@ class CorpusPlan:
     UCI files and scipy CSR ``.npz`` files are never loaded whole. One process needs every document
     (its shard and the held-out ones): it reads the file once and copies the two groups' rows out
     of it as it goes (:meth:`npz_rows.NpzRows.read_groups`, :func:`npz_rows.take_groups`), never
-    holding the whole matrix next to the groups' copy of it. Under ``mpiexec`` (``ranks`` > 1) rank
-    0 does the same for every rank's documents and sends each rank its own
-    (:func:`_scatter_documents`): one reading of the file in all, and the other ranks never open it.
-    Other formats (text, the compact npz of the bundled corpora) are loaded on every rank (a text
-    corpus's vocabulary depends on all of its documents).
+    holding the whole matrix next to the groups' copy of it; other formats (text, the compact npz
+    of the bundled corpora) are loaded whole. Under ``mpiexec`` (``ranks`` > 1) rank 0 reads the
+    corpus once, whatever its format, and sends each rank its own documents
+    (:func:`_scatter_documents`): the other ranks never open it (a text corpus's vocabulary is
+    built once, not by every rank).
     """
 
     def __init__(self, args, seed: int, ranks: int = 1, rank: int = 0, n_servers: int = 1):
@@ -204,16 +204,16 @@ class CorpusPlan:
         by_rows = (self.uci is None and self.path.endswith(".npz") and os.path.isfile(self.path)
                    and os.environ.get("DPSVI_NPZ_ROWS", "1") != "0")
         got = None
-        if self.uci is not None or by_rows:
-            if ranks > 1:
-                got = _scatter_documents(self.path, lambda groups_of: self._read_groups(groups_of),
-                                         lambda n: [_rank_ids(n, args.holdout, seed, r, ranks, n_servers)
-                                                    for r in range(ranks)])
-            else:
-                got = self._read_groups(lambda n: list(_split_ids(n, args.holdout, seed)))
+        if ranks > 1:
+            # rank 0 reads the corpus once, whatever its format, and sends every rank its documents
+            got = _scatter_documents(self.path, lambda groups_of: self._read_groups(groups_of, by_rows, whole=True),
+                                     lambda n: [_rank_ids(n, args.holdout, seed, r, ranks, n_servers)
+                                                for r in range(ranks)])
+        elif self.uci is not None or by_rows:
+            got = self._read_groups(lambda n: list(_split_ids(n, args.holdout, seed)), by_rows)
         if got is not None:
             n_docs, self.n_words, self.read_ahead = got
-        else:  # text, the bundled compact .npz, or a .npz the row reader does not accept
+        else:  # one process: text, the bundled compact .npz, or a .npz the row reader does not accept
             self.full = C.load_corpus(self.path, vocab=args.vocab, **_cv_options(args))
             self.vocab = self.full.vocab
             n_docs, self.n_words = self.full.n_docs, len(self.vocab)
@@ -224,10 +224,12 @@ class CorpusPlan:
             raise C.CorpusError(f"{self.path}: {n_docs} document(s): nothing left to train on after the held-out split")
         self.n_docs = n_docs
 
-    def _read_groups(self, groups_of):
-        """On the rank that reads the file: (documents, words, [(ids, CSR)] of each group of documents
-        ``groups_of(n_docs)`` returns) in one pass over the file; None for a .npz the row reader does
-        not accept (``read_npz`` then reads it and reports). Sets :attr:`vocab` (and :attr:`npz`)."""
+    def _read_groups(self, groups_of, by_rows: bool, whole: bool = False):
+        """On the rank that reads the corpus: (documents, words, [(ids, CSR)] of each group of
+        documents ``groups_of(n_docs)`` returns) - a UCI file or (``by_rows``) a scipy .npz in one
+        pass over the file; None for another format or a .npz the row reader does not accept, unless
+        ``whole``: then that corpus is loaded whole (``load_corpus``, which reports what is wrong)
+        and the groups' rows copied out of it. Sets :attr:`vocab` (and :attr:`npz`)."""
         import warnings
 
         import numpy as np
@@ -244,9 +246,18 @@ class CorpusPlan:
             row_of[c.doc_ids] = np.arange(c.X.shape[0])
             rows = [row_of[ids][row_of[ids] >= 0] for ids in groups]
             return n_docs, len(self.vocab), list(zip(groups, take_groups(c, rows, self.uci)))
-        got = NpzRows.read_groups(self.path, groups_of)
+        got = NpzRows.read_groups(self.path, groups_of) if by_rows else None
         if got is None:
-            return None
+            if not whole:
+                return None
+            full = C.load_corpus(self.path, vocab=self.args.vocab, **_cv_options(self.args))
+            self.vocab = full.vocab
+            parts = []
+            for ids in groups_of(full.n_docs):
+                X = full.X[np.asarray(ids, np.int64)]
+                empty = np.diff(X.indptr) == 0
+                parts.append((ids, X[~empty] if empty.any() else X))
+            return full.n_docs, len(self.vocab), parts
         self.npz, parts = got
         vocab_path = C.npz_vocab_path(self.path, self.args.vocab)
         self.vocab = C.check_vocab(C.read_vocab(vocab_path) if vocab_path else None, self.npz.shape[1], self.path)
