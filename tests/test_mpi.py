@@ -235,3 +235,37 @@ def test_overlapped_exchange_replays_exactly(tmp_path, rule, opt):
         plain = simulate(LS(), rule, 2, lr=0.05, total_updates=40, local_optimizer=opt,
                          delay=ReplayLog(np.asarray(log["push_workers"]), np.asarray(log["hello_versions"])))
         assert np.abs(plain.params - real).max() > 1e-4
+
+
+SCATTER_PROG = """
+import sys
+import numpy as np
+from mpi4py import MPI
+from dpsgd import runner
+runner.SCATTER_CHUNK = 40  # bytes: every array above 40 bytes goes in several messages
+rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+
+def arrays(r):
+    rng = np.random.default_rng(r)
+    return [rng.integers(0, 60000, 11 + r).astype(np.uint16), np.arange(7 * r, dtype=np.int64),
+            rng.standard_normal(13).astype(np.float32), np.zeros(0, np.int32)]
+
+got = runner.scatter_from_root([arrays(r) for r in range(size)] if rank == 0 else None)
+ok = len(got) == 4 and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, arrays(rank)))
+with open(sys.argv[1] + str(rank), "w") as f:
+    f.write(str(ok))
+"""
+
+
+@pytest.mark.parametrize("network", [False, True], ids=["shared-memory", "network"])
+def test_scatter_from_root_gives_every_rank_its_arrays(tmp_path, network):
+    """runner.scatter_from_root: each rank gets exactly its own arrays (dtypes, sizes, an empty one,
+    one of them for rank 0 itself), also when every array is cut into many messages, over shared
+    memory and over MPICH's network path."""
+    from conftest import NETWORK_ENV
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(SCATTER_PROG)
+    out = mpirun(3, [prog, tmp_path / "rank"], env_extra=NETWORK_ENV if network else None)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(3)] == ["True"] * 3
