@@ -300,5 +300,18 @@ def main(argv=None) -> int:
         return 1
 
 
+def cli() -> None:
+    """The ``dpsgd`` program: :func:`main`, then the process ends without the interpreter's final
+    garbage collections over every object it made (``gc.freeze``): with Numba's and LLVM's objects
+    loaded they took 0.27 s at the end of every run, 0.33 s from the last output to the end of an
+    ``mpiexec -n 3`` job (0.05 / 0.07 s now). Exit handlers and module teardown still run; the
+    outputs are written and closed before ``main`` returns."""
+    import gc
+
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()
