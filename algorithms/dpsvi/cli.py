@@ -808,4 +808,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dpsgd.launch import cli
+
+    cli()  # main() and the dpsgd program's fast exit
