@@ -207,8 +207,7 @@ class CorpusPlan:
         if ranks > 1:
             # rank 0 reads the corpus once, whatever its format, and sends every rank its documents
             got = _scatter_documents(self.path, lambda groups_of: self._read_groups(groups_of, by_rows, whole=True),
-                                     lambda n: [_rank_ids(n, args.holdout, seed, r, ranks, n_servers)
-                                                for r in range(ranks)])
+                                     lambda n: _rank_ids(*_split_ids(n, args.holdout, seed), ranks, n_servers))
         elif self.uci is not None or by_rows:
             got = self._read_groups(lambda n: list(_split_ids(n, args.holdout, seed)), by_rows)
         if got is not None:
@@ -252,12 +251,7 @@ class CorpusPlan:
                 return None
             full = C.load_corpus(self.path, vocab=self.args.vocab, **_cv_options(self.args))
             self.vocab = full.vocab
-            parts = []
-            for ids in groups_of(full.n_docs):
-                X = full.X[np.asarray(ids, np.int64)]
-                empty = np.diff(X.indptr) == 0
-                parts.append((ids, X[~empty] if empty.any() else X))
-            return full.n_docs, len(self.vocab), parts
+            return full.n_docs, len(self.vocab), [(ids, _nonempty_rows(full.X, ids)) for ids in groups_of(full.n_docs)]
         self.npz, parts = got
         vocab_path = C.npz_vocab_path(self.path, self.args.vocab)
         self.vocab = C.check_vocab(C.read_vocab(vocab_path) if vocab_path else None, self.npz.shape[1], self.path)
@@ -285,9 +279,7 @@ class CorpusPlan:
             return self.npz.csr(ids)
         if self.full is not None:
             # rows of the loaded corpus: doc_ids are positions in the input (or line numbers)
-            X = self.full.X[np.asarray(ids, np.int64)]
-            empty = np.diff(X.indptr) == 0
-            return X[~empty] if empty.any() else X  # no second copy when every document has words
+            return _nonempty_rows(self.full.X, ids)
         keep = np.zeros(self.n_docs, bool)  # (under mpiexec: every rank reads only its documents)
         keep[ids] = True
         c = C.read_uci(self.uci, self.args.vocab, keep=keep, compact=True)
@@ -388,15 +380,22 @@ def _shard_ids(train_ids, worker: int, n_workers: int):
     return train_ids[b[worker]:b[worker + 1]]
 
 
-def _rank_ids(n_docs: int, holdout: float, seed: int, rank: int, ranks: int, n_servers: int):
-    """The documents MPI rank ``rank`` reads: rank 0 the held-out ones, a worker rank its shard, the
-    other server ranks none."""
-    held, train = _split_ids(n_docs, holdout, seed)
-    if rank == 0:
-        return held
-    if rank < n_servers:
-        return train[:0]
-    return _shard_ids(train, rank - n_servers, ranks - n_servers)
+def _rank_ids(held, train, ranks: int, n_servers: int) -> list:
+    """The documents each of ``ranks`` MPI ranks reads, from the split (``held``, ``train``) of
+    :func:`_split_ids`: rank 0 the held-out ones, a worker rank its shard, the other server ranks
+    none."""
+    return [held if r == 0 else train[:0] if r < n_servers else _shard_ids(train, r - n_servers, ranks - n_servers)
+            for r in range(ranks)]
+
+
+def _nonempty_rows(X, ids):
+    """The rows ``ids`` of the loaded corpus ``X`` (doc_ids are positions in the input, or line
+    numbers), documents without words left out - no second copy when every one has words."""
+    import numpy as np
+
+    X = X[np.asarray(ids, np.int64)]
+    empty = np.diff(X.indptr) == 0
+    return X[~empty] if empty.any() else X
 
 
 def _checkpoint_updates(directory: str) -> int:
@@ -497,7 +496,7 @@ def run(args) -> int:
 
         # the topics once: topics.txt and NPMI take their top words from the same list
         comp = _components(alg, result.params, V, K)
-        tops = top_words(comp, max(args.top_words, NPMI_TOP_WORDS), normalize=True)
+        tops = top_words(comp, max(args.top_words, NPMI_TOP_WORDS))  # (a row's order does not depend on its scale)
     spread = None
     if size > 1 and corpus.streamed:
         # no rank holds the corpus (streamed .npz or UCI): NPMI's counts come from every rank's own

@@ -116,7 +116,7 @@ class NpzRows:
                 for want in sets:
                     if largest > COMPACT_MAX:
                         want.widen()
-                    want.copy_from(p0, d, ix)
+                    want.copy_from(p0, d, ix, largest)
         except (ValueError, OSError, zipfile.BadZipFile, EOFError):  # read_npz says what is wrong
             return None
         try:
@@ -292,14 +292,15 @@ class _RowSet:
         self.dest = self.ptr[:-1][order]
         self.lo = 0  # first row (in file order) not yet copied completely
 
-    def copy_from(self, p0: int, d: np.ndarray, ix: np.ndarray) -> None:
+    def copy_from(self, p0: int, d: np.ndarray, ix: np.ndarray, largest: float | None = None) -> None:
         """Copy the pieces of the rows that lie in the block of entries p0 .. p0 + d.size (its
-        counts checked already: integers >= 0)."""
-        args = (d, ix, p0, self.starts, self.ends, self.dest, self.lo, self.data, self.indices)
-        if self.data.dtype == np.uint16 and d.size and d.max() > COMPACT_MAX and _copy_block(*args, False)[1] > COMPACT_MAX:
-            self.widen()  # a count of these rows does not fit 16 bits
-            args = args[:-2] + (self.data, self.indices)
-        self.lo = _copy_block(*args, True)[0]
+        counts checked already: integers >= 0; ``largest``: the block's largest count, if known)."""
+        if self.data.dtype == np.uint16 and d.size:
+            largest = d.max() if largest is None else largest
+            if largest > COMPACT_MAX and _copy_block(d, ix, p0, self.starts, self.ends, self.dest, self.lo,
+                                                     self.data, self.indices, False)[1] > COMPACT_MAX:
+                self.widen()  # a count of these rows does not fit 16 bits
+        self.lo = _copy_block(d, ix, p0, self.starts, self.ends, self.dest, self.lo, self.data, self.indices, True)[0]
 
     def widen(self) -> None:
         """Store the counts as :attr:`wide` from now on (those copied so far are kept exactly)."""
