@@ -17,6 +17,7 @@ from .config import ConfigError, TrainConfig  # noqa: E402
 from .plugin import Algorithm, ThreadContext  # noqa: E402
 from .rules import RULES, RuleConfig, UpdateRule  # noqa: E402
 from .runner import TrainResult, train  # noqa: E402
+from .transport import SparseBlocks  # noqa: E402
 
-__all__ = ["Algorithm", "ConfigError", "RULES", "RuleConfig", "ThreadContext", "TrainConfig",
+__all__ = ["Algorithm", "ConfigError", "RULES", "RuleConfig", "SparseBlocks", "ThreadContext", "TrainConfig",
            "TrainResult", "UpdateRule", "train", "__version__"]

@@ -133,7 +133,7 @@ class ServerCore:
         try:
             return self.push(m, payload if p.g is None else p.g, p.version, p.nsteps, p.lr, p.problem)
         finally:
-            self.decoder.release(payload)
+            self.decoder.release()
 
     def push(self, m: int, g, base_version: int, nsteps: int, lr: float,
              problem: str | None = None) -> list[tuple[int, int]]:
@@ -338,11 +338,23 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     reply = np.zeros(T.HEADER_FIELDS, np.float64)
     open_ = [True] * len(reqs)
     backoff = T.Backoff()
+    answers_in_flight = []  # the parameters' sends: core.w must not change until they complete
 
     def answer(m, flags):
         T.encode_header(reply, T.KIND_PARAMS, version=core.version, flags=flags, total=core.total_updates, n=n)
-        comm.Send(reply, dest=worker_ranks[m], tag=T.TAG_REPLY)
-        comm.Send(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY_PARAMS)
+        comm.Send(reply, dest=worker_ranks[m], tag=T.TAG_REPLY)  # 64 bytes: sent eagerly
+        answers_in_flight.append(comm.Isend(core.w, dest=worker_ranks[m], tag=T.TAG_REPLY_PARAMS))
+
+    def settle_answers():
+        # a large answer is copied by the worker when it next calls into MPI (MPICH's single-copy
+        # path): a blocking send spun in MPI's progress loop meanwhile (27 % of the server's time
+        # at K 100, V 50k under mpiexec -n 3), a core the workers need. Waited for politely, and
+        # only before the next message may change core.w.
+        try:
+            while answers_in_flight:
+                T.wait(answers_in_flight.pop())
+        except MPI.Exception as e:
+            lost_a_worker(e)
 
     def lost_a_worker(e):
         # a worker's process died (kill -9, OOM): MPI may report it here before the launcher
@@ -355,6 +367,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     while any(open_):
         if time.perf_counter() >= next_check:
             next_check = time.perf_counter() + 1.0
+            settle_answers()  # an SSGD round may close without the silent workers
             if _only_silent_workers_left(core, open_, answer):
                 break
         try:
@@ -384,6 +397,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
                 payload_reqs[i].Start()
             if T.is_leaving(head.header):
                 open_[i] = False
+            settle_answers()
             answers = core.receive(i, head.header, payload, nbytes)
             for m, flags in answers:
                 answer(m, flags)
@@ -397,6 +411,7 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
                 started[i] = True
         if housekeeping is not None:
             housekeeping()
+    settle_answers()
     for r, active in zip(reqs, started):
         if active:  # a worker told to stop: its receive will never match
             r.Cancel()

@@ -51,6 +51,7 @@ import numpy as np
 from .config import TrainConfig, lr_at
 from .plugin import ThreadContext, checked_update
 from .rules import RuleConfig, UpdateRule, all_finite
+from .transport import as_dense
 
 __all__ = ["DELAYS", "ReplayLog", "SimResult", "load_staleness_log", "simulate"]
 
@@ -325,7 +326,7 @@ class _Simulation:
         ctx, state, n = self.ctxs[m], self.states[m], self.n
         if self.local_steps == 1 and self.opts[m].name == "sgd":  # the plain gradient (the push is that to rounding)
             ctx.lr = lr_at(self.sched, known_total)
-            g = checked_update(self.alg.compute_update(base, state, ctx), n, self.alg)
+            g = as_dense(checked_update(self.alg.compute_update(base, state, ctx), n, self.alg), n)
             ctx.step += 1
             return g, ctx.lr
         local = base.copy()
@@ -406,7 +407,7 @@ class _Simulation:
         lr_last = 0.0
         for k in range(self.local_steps):
             ctx.lr = lr_at(self.sched, known_total + k)
-            g = checked_update(self.alg.compute_update(w, state, ctx), self.n, self.alg)
+            g = as_dense(checked_update(self.alg.compute_update(w, state, ctx), self.n, self.alg), self.n)
             self.opts[m].step(w, g, ctx.lr, ctx.step + 1)
             ctx.step += 1
             lr_last = ctx.lr or lr_last

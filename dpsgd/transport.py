@@ -170,8 +170,10 @@ def encode_header(h: np.ndarray, kind: float, *, version: int = 0, nsteps: int =
 
 
 class SparseBlocks(NamedTuple):
-    """A sparse push as received: ``payload`` holds nb block indices (int32 in float32 slots,
-    strictly increasing, checked) followed by the nb * ``block`` values."""
+    """A sparse push: ``payload`` holds nb block indices (int32 in float32 slots, strictly
+    increasing) followed by the nb * ``block`` values. The server's decoder hands one over as
+    received (indices checked); an algorithm that declares ``push_block`` may return one from
+    ``compute_update`` (see :mod:`dpsgd.plugin`), which a worker then sends as it is."""
 
     payload: np.ndarray
     nb: int
@@ -191,6 +193,48 @@ class Push(NamedTuple):
     problem: str | None = None  # why the push is rejected (malformed, size, dtype, non-finite, step size)
 
 
+class Densifier:
+    """Sparse blocks scattered into a zeroed model-sized buffer (made when first needed), and
+    zeroed again by :meth:`release`: the dense gradient of a sparse push, for a rule or a path that
+    needs one. One buffer, one sparse push at a time."""
+
+    def __init__(self, n_params: int):
+        self.n = int(n_params)
+        self.buf: np.ndarray | None = None
+        self._ids: np.ndarray | None = None  # the blocks written (a copy: the payload may change)
+        self._block = 0
+
+    def scatter(self, payload: np.ndarray, nb: int, block: int) -> np.ndarray | None:
+        """The dense form of the nb blocks of ``payload`` (see :class:`SparseBlocks`), or None
+        when their indices are invalid (see :func:`valid_block_ids`)."""
+        self.release()
+        if self.buf is None:
+            self.buf = np.zeros(self.n, np.float32)
+        if not scatter_blocks(payload, nb, block, self.buf):
+            return None
+        self._ids, self._block = payload[:nb].copy(), block
+        return self.buf
+
+    def dense(self, g):
+        """``g`` itself when it is dense; a sparse update (:class:`SparseBlocks`, checked) scattered."""
+        return g if not isinstance(g, SparseBlocks) else self.scatter(g.payload, g.nb, g.block)
+
+    def release(self) -> None:
+        if self._ids is not None:
+            clear_blocks(self._ids, self._ids.size, self._block, self.buf)
+            self._ids = None
+
+
+def as_dense(g, n_params: int) -> np.ndarray:
+    """A new dense array of a sparse update (:class:`SparseBlocks`); a dense ``g`` as it is."""
+    if not isinstance(g, SparseBlocks):
+        return g
+    out = np.zeros(int(n_params), np.float32)
+    if not scatter_blocks(g.payload, g.nb, g.block, out):
+        raise ValueError("sparse update with invalid block indices")
+    return out
+
+
 class PushDecoder:
     """The one place a worker's message is read: header fields, sizes, dtype, sparse blocks,
     finiteness and step size, for a shard of ``n_params`` parameters (``block``: the sparse
@@ -205,8 +249,7 @@ class PushDecoder:
         self.n = int(n_params)
         self.block = int(block or 0)
         self.scatter = bool(scatter)
-        self.scratch = np.zeros(self.n, np.float32) if self.block and self.scatter else None
-        self._scattered = 0  # blocks of the last sparse push still in scratch
+        self.densifier = Densifier(self.n)
 
     def decode(self, header: np.ndarray, payload: np.ndarray, nbytes: int) -> Push:
         """``nbytes``: the bytes received, header included (MPI's status)."""
@@ -244,16 +287,12 @@ class PushDecoder:
             if not valid_block_ids(payload, nb, self.n // self.block):
                 return None, "malformed"
             return SparseBlocks(payload, nb, self.block), None
-        if not scatter_blocks(payload, nb, self.block, self.scratch):
-            return None, "malformed"
-        self._scattered = nb
-        return self.scratch, None
+        g = self.densifier.scatter(payload, nb, self.block)
+        return (None, "malformed") if g is None else (g, None)
 
-    def release(self, payload: np.ndarray) -> None:
-        """Zero the scratch blocks the last sparse push wrote (its payload must be unchanged)."""
-        if self._scattered:
-            clear_blocks(payload, self._scattered, self.block, self.scratch)
-            self._scattered = 0
+    def release(self) -> None:
+        """Zero the dense buffer's blocks the last sparse push wrote."""
+        self.densifier.release()
 
 
 def payload_apart(header: np.ndarray) -> bool:
@@ -261,30 +300,34 @@ def payload_apart(header: np.ndarray) -> bool:
     return float(header[H_KIND]) in PUSH_KINDS and header[H_FLAGS] == PAYLOAD_APART
 
 
-def send_message(comm, msg: "Message", n: int, dest: int, values: np.ndarray | None = None) -> int:
-    """Send a worker's message with ``n`` payload values: header and payload in one message when
-    the payload is at most ``INLINE_PAYLOAD_BYTES``; a larger push's payload goes as a message of
-    its own after the header (marked in ``H_FLAGS``), which the server receives once the header is
-    there and drives to the end - one large message left a push over a network path waiting for
-    the server's next poll at every chunk, while a second message costs small pushes their latency
-    (1e4 parameters over shared memory: ~40 % fewer pushes/s). ``values``: the n values when they
-    are not in ``msg.payload`` (a slice of the pushed gradient): an inline payload is copied into
-    the message, one sent apart goes straight from them (a model-sized copy fewer per push).
-    Returns the bytes sent."""
+def send_message(comm, msg: "Message", n: int, dest: int, values: np.ndarray | None = None) -> tuple[int, list]:
+    """Post the sends of a worker's message with ``n`` payload values: header and payload in one
+    message when the payload is at most ``INLINE_PAYLOAD_BYTES``; a larger push's payload goes as a
+    message of its own after the header (marked in ``H_FLAGS``), which the server receives once the
+    header is there and drives to the end - one large message left a push over a network path
+    waiting for the server's next poll at every chunk, while a second message costs small pushes
+    their latency (1e4 parameters over shared memory: ~40 % fewer pushes/s). ``values``: the n
+    values when they are not in ``msg.payload`` (a slice of the pushed gradient): an inline payload
+    is copied into the message, one sent apart goes straight from them (a model-sized copy fewer
+    per push).
+
+    Returns (bytes sent, the send requests). The caller completes the requests with :func:`wait`
+    before it touches ``msg`` or ``values`` again: a blocking send of a large payload spins in
+    MPI's progress loop until the server has read it (MPICH's single-copy path: the receiver
+    copies), a core an oversubscribed machine's other ranks need."""
     apart = float(msg.header[H_KIND]) in PUSH_KINDS and 4 * int(n) > INLINE_PAYLOAD_BYTES
     msg.header[H_FLAGS] = PAYLOAD_APART if apart else 0
     if values is not None and not apart:
         msg.payload[:n] = values
     if not apart:
-        comm.Send(msg.view_bytes(n), dest=dest, tag=TAG_PUSH)
+        return msg.nbytes_for(n), [comm.Isend(msg.view_bytes(n), dest=dest, tag=TAG_PUSH)]
+    reqs = [comm.Isend(msg.view_bytes(0), dest=dest, tag=TAG_PUSH)]
+    if values is None:
+        data = msg.buf[HEADER_BYTES:msg.nbytes_for(n)]
     else:
-        comm.Send(msg.view_bytes(0), dest=dest, tag=TAG_PUSH)
-        if values is None:
-            data = msg.buf[HEADER_BYTES:msg.nbytes_for(n)]
-        else:
-            data = np.ascontiguousarray(values[:n], dtype=np.float32).view(np.uint8)
-        comm.Send(data, dest=dest, tag=TAG_PUSH_PAYLOAD)  # bytes, as received
-    return msg.nbytes_for(n)
+        data = np.ascontiguousarray(values[:n], dtype=np.float32).view(np.uint8)
+    reqs.append(comm.Isend(data, dest=dest, tag=TAG_PUSH_PAYLOAD))  # bytes, as received
+    return msg.nbytes_for(n), reqs
 
 
 def is_leaving(header: np.ndarray) -> bool:

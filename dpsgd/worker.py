@@ -53,6 +53,8 @@ class LocalChannel:
         self.bounds = np.array([0, core.w.size], np.int64)
         self.msg = T.Message(core.w.size)  # the same message an MPI push is, never sent
         self.push_buffers = [self.msg.payload]
+        #: a sparse update (transport.SparseBlocks) is scattered into a dense gradient before a push
+        self.takes_sparse = False
 
     def model_buffers(self, w0: np.ndarray):
         """``(w_start, w_new)`` of the worker: the model it last pulled and the buffer the answer
@@ -101,6 +103,9 @@ class MPIChannel:
         self.push_buffers = [m.payload for m in self.msgs]
         self.reply_headers = [np.zeros(T.HEADER_FIELDS, np.float64) for _ in sizes]
         self.stopped_by: set[int] = set()  # shards that told us to stop
+        #: a sparse update (transport.SparseBlocks) goes out as it is; with several shards it is
+        #: scattered into a dense gradient first (each shard takes its slice)
+        self.takes_sparse = bool(self.block) and n_servers == 1
         if self.block:
             nblocks = [int(n) // self.block for n in sizes]
             self.max_blocks = [int(nb * T.SPARSE_MAX_FRACTION) for nb in nblocks]
@@ -123,8 +128,21 @@ class MPIChannel:
         return np.array(w0, np.float32, copy=True)
 
     def _send_push(self, s, msg, kind, base_version, nsteps, lr, src=None):
-        """Send shard ``s``'s push: ``src`` (a slice of the gradient) or, when None, ``msg.payload``."""
+        """Post shard ``s``'s push: ``src`` (a slice of the gradient) or, when None, ``msg.payload``.
+        Returns (bytes, send requests), as :func:`transport.send_message`."""
         src = msg.payload if src is None else src
+        if isinstance(src, T.SparseBlocks) and src.nb > self.max_blocks[s]:
+            # more blocks than a sparse push may carry: the dense push is smaller
+            msg.payload[:] = 0
+            T.scatter_blocks(src.payload, int(src.nb), self.block, msg.payload)
+            src = msg.payload
+        if isinstance(src, T.SparseBlocks):  # the algorithm's own sparse update: sent as it is
+            sp, nb = self.sparse_msgs[s], int(src.nb)
+            T.encode_header(sp.header, T.KIND_PUSH_SPARSE, version=base_version, nsteps=nsteps, n=nb, lr=lr,
+                            block=self.block)
+            self.sparse_pushes += 1
+            n = nb * (self.block + 1)
+            return T.send_message(self.comm, sp, n, s, values=src.payload[:n])
         if kind == T.KIND_PUSH and self.block:
             sp = self.sparse_msgs[s]
             nb = T.compress_blocks(src, self.block, sp.payload, self.block_ids[s], self.max_blocks[s])
@@ -147,9 +165,20 @@ class MPIChannel:
             reqs.append(comm.Irecv(self.reply_headers[s], source=s, tag=T.TAG_REPLY))
             reqs.append(comm.Irecv(w_new[lo:hi], source=s, tag=T.TAG_REPLY_PARAMS))
         sent = 0
+        sends = []
         for s, msg in enumerate(self.msgs):
-            src = None if payload is None else payload[self.bounds[s]:self.bounds[s + 1]]
-            sent += self._send_push(s, msg, kind, base_version, nsteps, lr, src)
+            src = payload if payload is None or isinstance(payload, T.SparseBlocks) else \
+                payload[self.bounds[s]:self.bounds[s + 1]]
+            nbytes, r = self._send_push(s, msg, kind, base_version, nsteps, lr, src)
+            sent += nbytes
+            sends += r
+        # a push of more than INLINE_PAYLOAD_BYTES is waited for politely: the server reads it itself
+        # (MPICH's single-copy path), which takes it milliseconds and a core; a blocking wait spins
+        # meanwhile (2 ms of CPU a push at K 100, V 50k). A small one completes within microseconds
+        # of the server's poll: sleeping would add its latency to every round trip.
+        large = sent > T.INLINE_PAYLOAD_BYTES
+        for r in sends:
+            T.wait(r) if large else r.Wait()
         for k, r in enumerate(reqs):
             # the parameters follow their header: once it is here, drive their transfer without
             # sleeping (over a network path a 20 MB answer took 0.7 s polled every 1 ms, 17 ms driven)
@@ -173,7 +202,8 @@ class MPIChannel:
             if s in self.stopped_by:
                 continue
             T.encode_header(msg.header, T.KIND_DONE)
-            T.send_message(self.comm, msg, 0, s)
+            for r in T.send_message(self.comm, msg, 0, s)[1]:
+                T.wait(r)
 
 
 class _Exchanger:
@@ -417,6 +447,7 @@ class Worker:
         try:
             state = self.alg.make_thread_state(ctx)
             n = self.w.size
+            densifier = T.Densifier(n)  # this thread's dense form of a sparse update, when needed
             while not self.stop.is_set():
                 if not self._claim():
                     self._flush()
@@ -430,8 +461,11 @@ class Worker:
                         self.in_flight -= 1
                     raise
                 checked_update(g, n, self.alg, WorkerError)
+                if isinstance(g, T.SparseBlocks) and not (self.direct and self.channel.takes_sparse):
+                    g = densifier.dense(g)  # zeroed again after its push or local step
                 if not self.direct:
                     self.opt.step(self.w, g, ctx.lr, self.local_updates + 1)
+                    densifier.release()
                 lr = ctx.lr
                 if lr > 0:
                     self.last_lr = lr
@@ -442,6 +476,7 @@ class Worker:
                     self.local_updates += 1
                 if self.direct:
                     self._push_direct(g, lr, base_version)
+                    densifier.release()
                 else:
                     self._maybe_push()
         except BaseException as e:  # surfaced by run(); the other threads stop

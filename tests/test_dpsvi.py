@@ -134,6 +134,7 @@ def _four_updates(X, team, sparse, check_thread=None):
     threads sharing its minibatches) on X's 150 documents: 64 + 64 + 22, then the first 64 again."""
     from algorithms.dpsvi.svi import SVIAlgorithm
     from dpsgd.plugin import ThreadContext
+    from dpsgd.transport import as_dense
 
     alg = SVIAlgorithm(X, 400, 7, alpha=0.1, eta=0.05, total_docs=150, batch_size=64, sparse_push=sparse,
                        team_threads=team)
@@ -145,7 +146,7 @@ def _four_updates(X, team, sparse, check_thread=None):
         check_thread(st)
     gs = []
     for _ in range(4):
-        g = alg.compute_update(p, st, ctx).copy()
+        g = as_dense(alg.compute_update(p, st, ctx), p.size).copy()  # one lazy thread's: SparseBlocks
         gs.append(g)
         p -= np.float32(0.3) * g
     return np.concatenate(gs), p, st.counts.iters, st.counts.words

@@ -51,7 +51,7 @@ def test_receive_decodes_checks_and_applies_every_kind_of_message():
     T.encode_header(sp.header, T.KIND_PUSH_SPARSE, n=1, lr=0.5, nsteps=1, block=2)
     assert dict(core.receive(0, sp.header, sp.payload, sp.nbytes_for(3))) == {0: 0}
     np.testing.assert_allclose(core.w, [0, -0.5, -6, -11.5, -2, -2.5])
-    assert core.decoder.scratch is None
+    assert core.decoder.densifier.buf is None  # applied in place: no dense buffer made
     assert core.active[0]
     T.encode_header(msg.header, T.KIND_DONE)
     assert core.receive(0, msg.header, msg.payload, T.HEADER_BYTES) == []

@@ -79,7 +79,7 @@ def test_server_refuses_bad_sparse_pushes(ids, values, header_kw, why, rule):
 @pytest.mark.parametrize("rule", ["asgd", "dc-asgd-a", "ssgd"])
 def test_server_applies_a_sparse_push_like_the_dense_one(rule):
     """asgd applies the received blocks in place (no scatter); rules that need a dense gradient
-    get the push scattered into the decoder's scratch, which is zero again afterwards."""
+    get the push scattered into the decoder's dense buffer, which is zero again afterwards."""
     n_workers = 2 if rule == "ssgd" else 1
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=100).astype(np.float32)
@@ -101,9 +101,9 @@ def test_server_applies_a_sparse_push_like_the_dense_one(rule):
         for m in range(n_workers):
             sparse.push(m, d.g, 0, 1, 0.1)
             dense.push(m, gd, 0, 1, 0.1)
-        sparse.decoder.release(p)
-        if sparse.decoder.scratch is not None:
-            assert not sparse.decoder.scratch.any()
+        sparse.decoder.release()
+        if sparse.decoder.densifier.buf is not None:
+            assert not sparse.decoder.densifier.buf.any()
         np.testing.assert_array_equal(sparse.w, dense.w)
     assert sparse.version == dense.version > 0
 
@@ -153,13 +153,14 @@ def test_sparse_algorithm_runs_in_one_process():
 
 
 class _RecordingComm:
-    """Stands in for an MPI communicator: records what each Send was given."""
+    """Stands in for an MPI communicator: records what each Isend was given."""
 
     def __init__(self):
         self.sent = []
 
-    def Send(self, buf, dest, tag):
+    def Isend(self, buf, dest, tag):
         self.sent.append((np.array(buf, copy=True), buf, tag))
+        return None  # the request
 
 
 @pytest.mark.parametrize("n,inline", [(10, True), (300, False)])
@@ -172,7 +173,8 @@ def test_send_message_sends_a_large_payload_from_the_gradient(monkeypatch, n, in
     g = np.arange(n, dtype=np.float32)
     T.encode_header(msg.header, T.KIND_PUSH, version=3, nsteps=1, n=n, lr=0.1)
     comm = _RecordingComm()
-    assert T.send_message(comm, msg, n, 0, values=g) == msg.nbytes_for(n)
+    nbytes, reqs = T.send_message(comm, msg, n, 0, values=g)
+    assert nbytes == msg.nbytes_for(n) and len(reqs) == len(comm.sent)
     if inline:
         (data, _, tag), = comm.sent
         assert tag == T.TAG_PUSH and not T.payload_apart(msg.header)
@@ -183,3 +185,51 @@ def test_send_message_sends_a_large_payload_from_the_gradient(monkeypatch, n, in
         assert head.size == T.HEADER_BYTES and data.dtype == np.uint8
         np.testing.assert_array_equal(data.view(np.float32), g)
         assert np.shares_memory(view, g) and (msg.payload == -7.0).all()  # sent from g, not copied
+
+
+def _blocks(ids, block=4, values=None):
+    nb = len(ids)
+    p = np.zeros(nb * (block + 1) + 3, np.float32)  # a larger buffer than the push, as an algorithm's
+    p[:nb].view(np.int32)[:] = ids
+    p[nb:nb * (block + 1)] = np.arange(1, nb * block + 1) if values is None else values
+    return T.SparseBlocks(p, nb, block)
+
+
+def test_checked_update_takes_the_algorithms_sparse_blocks():
+    """compute_update may return SparseBlocks of its push_block with strictly increasing ids below
+    n / block; anything else is refused with the algorithm's name."""
+    from dpsgd.plugin import checked_update
+
+    class Alg:
+        push_block = 4
+
+    sb = _blocks([0, 2, 4])
+    assert checked_update(sb, 20, Alg()) is sb
+    assert checked_update(_blocks([]), 20, Alg()).nb == 0
+    for bad in (_blocks([2, 2]), _blocks([3, 1]), _blocks([5]), _blocks([1], block=2),
+                T.SparseBlocks(sb.payload, 9, 4), T.SparseBlocks(sb.payload.astype(np.float64), 3, 4)):
+        with pytest.raises(TypeError, match="Alg.compute_update"):
+            checked_update(bad, 20, Alg())
+    Alg.push_block = None
+    with pytest.raises(TypeError, match="push_block is None"):
+        checked_update(sb, 20, Alg())
+
+
+def test_densifier_scatters_one_sparse_update_at_a_time():
+    """The dense form of SparseBlocks is as_dense's; release (or the next scatter, after the payload
+    changed) zeroes exactly the blocks written."""
+    d = T.Densifier(20)
+    a = _blocks([0, 3])
+    g = d.dense(a)
+    np.testing.assert_array_equal(g, T.as_dense(a, 20))
+    a.payload[:2].view(np.int32)[:] = [1, 4]  # the algorithm reuses its buffer for the next update
+    a.payload[2:10] = 7.0
+    g = d.dense(a)
+    np.testing.assert_array_equal(g, T.as_dense(a, 20))
+    assert g[:4].sum() == 0 and g[12:16].sum() == 0
+    d.release()
+    assert not d.buf.any()
+    dense = np.ones(20, np.float32)
+    assert d.dense(dense) is dense
+    with pytest.raises(ValueError):
+        T.as_dense(_blocks([2, 1]), 20)

@@ -277,6 +277,26 @@ def relabel(indices, lo, hi, mark, local, touched):
 
 
 @njit(nogil=True, cache=True)
+def relabel_sorted(indices, lo, hi, mark, local, touched):
+    """:func:`relabel` with the labels in increasing word order (``touched[:u]`` increasing): the
+    rows of a sparse push in the order the server takes them. One more pass over the tokens and
+    one over ``mark`` (length V) than :func:`relabel`."""
+    for i in range(lo, hi):
+        mark[indices[i]] = 0
+    u = 0
+    for w in range(mark.shape[0]):
+        if mark[w] == 0:
+            mark[w] = u
+            touched[u] = w
+            u += 1
+    for i in range(lo, hi):
+        local[i - lo] = mark[indices[i]]
+    for j in range(u):
+        mark[touched[j]] = -1
+    return u
+
+
+@njit(nogil=True, cache=True)
 def mark_words(mark, touched, u, on):
     """mark[touched[j]] = j for j < u (``on``), or back to -1: while marked, :func:`svi_base`
     skips the minibatch's words (their rows of g are written by the direction pass)."""
@@ -697,6 +717,12 @@ def lazy_begin(p, K, V, eta, g, prev_touched, prev_u, sums):
             g[b + k] = 0.0
     for i in range(V * K, (V + 2) * K):
         g[i] = 0.0
+    return lazy_sums(p, K, V, eta, sums)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def lazy_sums(p, K, V, eta, sums):
+    """``sums[k]`` = sum_w lam[w,k] of a lazy-decay vector. Returns exp(s)."""
     es = math.exp(float(p[(V + 1) * K]))
     for k in range(K):
         sums[k] = max(V * float(eta) + es * float(p[V * K + k]), LAMBDA_FLOOR)
@@ -734,24 +760,38 @@ def lazy_end(K, V, rho, msum, g):
 @njit(nogil=True, cache=True, inline="always")
 def lazy_factor(scale, rho, lag, es):
     """The increment factor of the lazy layout: scale / ((1 - rho)^(1 + lag) exp(s)) (see
-    :func:`lazy_minibatch_gradient`)."""
+    :func:`lazy_minibatch_blocks`)."""
     return scale / ((1.0 - rho) ** (1.0 + lag) * es)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, scale, rho, lag, max_iter, tol,
-                            gamma, mark, local, touched, prev_touched, prev_u, ebeta, sstats, sums, g):
-    """:func:`minibatch_gradient` for the lazy-decay layout; ``g`` must be zero except on the rows
-    of the previous call (``prev_touched[:prev_u]``), which this call clears. Returns (u, iters).
+def lazy_minibatch_blocks(p, K, V, indptr, indices, data, lo, hi, alpha, eta, scale, rho, lag, max_iter, tol,
+                          gamma, mark, local, touched, rows, ebeta, sstats, sums, out):
+    """One thread's SVI step of documents lo:hi in the lazy-decay layout (:func:`minibatch_gradient`'s
+    steps), written as the sparse push itself: ``out`` receives the nb = u + 2 block ids (the
+    minibatch's u words in increasing order, then V and V + 1 - the bookkeeping rows -, as int32
+    in float32 slots) followed by their nb x K values (the layout of ``dpsgd.SparseBlocks``).
+    No V x K buffer is written, cleared or scanned. ``rows``: int32 scratch of length >= u.
+    Returns (u, iters).
 
     ``lag``: updates of other workers expected to reach the server between this step's pull and
     its push. Each of them decays exp(s) by (1 - rho) before this increment lands, so the
     increment is divided by (1 - rho)^lag to arrive with the weight sequential SVI gives it.
     """
-    es = lazy_begin(p, K, V, eta, g, prev_touched, prev_u, sums)
+    es = lazy_sums(p, K, V, eta, sums)
     a = indptr[lo]
     b_ = indptr[hi]
-    u = relabel(indices, a, b_, mark, local, touched)
+    u = relabel_sorted(indices, a, b_, mark, local, touched)
+    nb = u + 2
+    ids = out[:nb].view(np.int32)
+    for j in range(u):
+        ids[j] = touched[j]
+        rows[j] = j
+    ids[u] = V
+    ids[u + 1] = V + 1
+    vals = out[nb:nb + nb * K]
+    for i in range(u * K, nb * K):
+        vals[i] = 0.0
     eb = ebeta[:u]
     ss = sstats[:u]
     exp_elog_beta_rows(p, K, touched, 0, u, float(eta), es, psi_of(sums, K), eb)
@@ -761,9 +801,10 @@ def lazy_minibatch_gradient(p, K, V, indptr, indices, data, lo, hi, alpha, eta, 
     iters = estep_docs(ip, local[: b_ - a], data[a:b_], eb, alpha, max_iter, tol, gamma, no_theta, ss)
     msum = np.zeros(K)
     no_cols = np.empty(0, np.int64)
-    lazy_direction(K, V, touched, u, ss, no_cols, no_cols.astype(np.int32), data[:0], no_theta, eb,
-                   lazy_factor(scale, rho, lag, es), g, prev_touched, msum, 0, 1)
-    lazy_end(K, V, rho, msum, g)
+    # the values' row j is label j: lazy_direction writes "word" rows[j] = j of vals
+    lazy_direction(K, V, rows, u, ss, no_cols, no_cols.astype(np.int32), data[:0], no_theta, eb,
+                   lazy_factor(scale, rho, lag, es), vals, rows, msum, 0, 1)
+    lazy_end(K, u, rho, msum, vals)  # rows u and u + 1 of vals: the blocks V and V + 1
     return u, iters
 
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from dpsgd.plugin import Algorithm
+from dpsgd.transport import SparseBlocks
 
 from . import estep as E
 from .evaluate import heldout_loglik_wk, normalized_word_major
@@ -29,7 +30,8 @@ from .evaluate import heldout_loglik_wk, normalized_word_major
 
 class _ThreadState:
     __slots__ = ("lo", "hi", "pos", "mark", "local", "touched", "ebeta", "sstats", "sums", "g", "X",
-                 "counts", "prev_touched", "prev_u", "team", "msum", "theta", "jptr", "jdoc", "jcnt")
+                 "counts", "prev_touched", "prev_u", "team", "msum", "theta", "jptr", "jdoc", "jcnt",
+                 "blocks", "out", "rows")
 
 
 class ThreadCounts:
@@ -193,7 +195,7 @@ class SVIAlgorithm(Algorithm):
     #: thread continues its pass over its documents where it would be after its share of them,
     #: instead of starting again at its first minibatch
     start_updates: int = 0
-    #: correct the lazy layout's increments for the expected staleness (see estep.lazy_minibatch_gradient)
+    #: correct the lazy layout's increments for the expected staleness (see estep.lazy_minibatch_blocks)
     staleness_correction: bool = True
 
     def stale_updates(self, ctx) -> float:
@@ -253,7 +255,14 @@ class SVIAlgorithm(Algorithm):
         # one thread accumulates the sufficient statistics in the E-step; a team computes them word by word
         st.sstats = np.empty((u if self.team_threads == 1 else 0, kp), np.float32)
         st.sums = np.empty(self.K, np.float64)
-        st.g = np.zeros(self.V * self.K + (2 * self.K if self.sparse_push else 0), np.float32)
+        #: one thread in the lazy layout writes its update as the sparse push itself (u words and the
+        #: two bookkeeping rows: ids, then values); otherwise a model-sized g
+        st.blocks = self.sparse_push and self.team_threads == 1
+        if st.blocks:
+            st.out = np.empty((u + 2) * (self.K + 1), np.float32)
+            st.rows = np.empty(u, np.int32)
+        else:
+            st.g = np.zeros(self.V * self.K + (2 * self.K if self.sparse_push else 0), np.float32)
         st.prev_touched = np.empty(max(max_nnz, 1), np.int32)
         st.prev_u = 0
         st.team = None
@@ -276,6 +285,8 @@ class SVIAlgorithm(Algorithm):
 
     def _compute_update(self, params, st, ctx):
         if st.hi <= st.lo:  # no documents for this thread (more threads than documents)
+            if st.blocks:
+                return SparseBlocks(st.out, 0, self.K)
             st.g[:] = 0
             return st.g
         lo = st.pos
@@ -290,24 +301,24 @@ class SVIAlgorithm(Algorithm):
         rho = min(float(ctx.lr), 1.0 - 1e-6)
         if st.team is not None:
             u, iters = self._team_update(params, st, ctx, (indptr, indices, data), lo, hi, rng, rho)
-        elif self.sparse_push:
-            u, iters = E.lazy_minibatch_gradient(
+        elif st.blocks:
+            u, iters = E.lazy_minibatch_blocks(
                 params, self.K, self.V, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 self.total_docs / (hi - lo), rho, float(self.stale_updates(ctx)), self.max_doc_update_iter,
                 self.mean_change_tol, _initial_gamma(rng, hi - lo, self.K),
-                st.mark, st.local, st.touched, st.prev_touched, st.prev_u, st.ebeta, st.sstats, st.sums, st.g)
+                st.mark, st.local, st.touched, st.rows, st.ebeta, st.sstats, st.sums, st.out)
         else:
             u, iters = E.minibatch_gradient(
                 params, self.K, indptr, indices, data, lo, hi, self.alpha, np.float32(self.eta),
                 np.float32(self.total_docs / (hi - lo)), self.max_doc_update_iter, self.mean_change_tol,
                 _initial_gamma(rng, hi - lo, self.K), st.mark, st.local, st.touched, st.ebeta, st.sstats, st.sums, st.g)
-        if self.sparse_push:
-            st.prev_u = u
+        if self.sparse_push and not st.blocks:
+            st.prev_u = u  # the rows of g the team's next lazy step clears
         c = st.counts
         c.docs += hi - lo
         c.iters += iters
         c.words += u
-        return st.g
+        return SparseBlocks(st.out, u + 2, self.K) if st.blocks else st.g
 
     def _team_update(self, params, st, ctx, X, lo, hi, rng, rho):
         """The update of documents lo:hi of ``X`` (indptr, indices, float32 counts) by the thread's

@@ -28,7 +28,8 @@ else:
     def exchange(m):
         r1 = comm.Irecv(hdr, source=0, tag=T.TAG_REPLY)
         r2 = comm.Irecv(w, source=0, tag=T.TAG_REPLY_PARAMS)
-        T.send_message(comm, m, m.payload.size, 0)
+        for r in T.send_message(comm, m, m.payload.size, 0)[1]:
+            T.wait(r)
         T.wait(r1), T.wait(r2)
         return int(hdr[T.H_FLAGS])
 
@@ -58,4 +59,5 @@ else:
     assert [bool(f & T.FLAG_REJECTED) for f in flags] == [True] * 6 + [False], flags
     done = T.Message(0)
     done.header[T.H_KIND] = T.KIND_DONE
-    T.send_message(comm, done, 0, 0)
+    for r in T.send_message(comm, done, 0, 0)[1]:
+        T.wait(r)

@@ -29,10 +29,12 @@ class LS(dpsgd.Algorithm):
     def compute_update(self, w, rows, ctx):
         if self.raise_worker is not None and ctx.worker == self.raise_worker and ctx.step == 20:
             raise RuntimeError("injected failure")
-        if self.silent_worker is not None and ctx.worker == self.silent_worker and ctx.step == 20:
+        if self.silent_worker is not None and ctx.worker == self.silent_worker:
             import time
 
-            time.sleep(3600)  # a worker that hangs without dying
+            # a worker that hangs without dying, after its hello: at its first update, since a worker
+            # that started late used to find the budget spent by the other before its 20th update
+            time.sleep(3600)
         i = ctx.rng.choice(rows, 16)
         g = (self.X[i].T @ (self.X[i] @ w - self.y[i]) / 16).astype(np.float32)
         if ctx.worker == 0 and ctx.step < self.nan_updates:
