@@ -319,7 +319,8 @@ def serve(comm, core: ServerCore, worker_ranks: list[int], housekeeping=None) ->
     payload is waited for without sleeping, which drives a large transfer over a network path
     (polled every ~1 ms, a 20 MB message over MPICH's network path took 0.7 s instead of 17 ms). Answers are two
     sends (header, then the parameters straight from ``core.w``: no copy) into receives the worker
-    posted before it pushed.
+    posted before it pushed; the parameters' send is completed only before the next message that
+    may change ``core.w`` (the worker copies them meanwhile, see ``settle_answers``).
     """
     from mpi4py import MPI
 

@@ -239,6 +239,24 @@ def test_lda_sparse_pushes_carry_the_minibatch_words(tmp_path, mpi, sparse):
     assert m["heldout_loglik"] > -8.5  # uniform over the words would be log(1/9117) = -9.1
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks,extra", [(4, ["--n-servers", 2]), (3, ["--overlap"])])
+def test_lda_sparse_updates_where_a_dense_one_is_needed(tmp_path, mpi, ranks, extra):
+    """A worker thread's update comes as dpsgd.SparseBlocks; with two server shards (each takes its
+    slice) or a pipelined worker (a local step, a snapshot) the worker scatters it into a dense
+    one first: every push arrives, sparse, and the model learns."""
+    out = tmp_path / "out"
+    r = mpi(ranks, ["-m", "dpsgd.launch", "lda", "--corpus", ROOT / "benchmarks/data/pydoc.npz", "--topics", 5,
+                    "--passes", 0.2, "--batch-size", 64, "--out", out, "--threads", 1, "--no-progress", "--quiet",
+                    "--sparse-push", "on", *extra], timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    f = m["framework"]
+    assert m["sparse_push"] and f["rejected_pushes"] == 0 and f["n_servers"] == ranks - 2
+    assert f["sparse_pushes"] == f["pushes"] * f["n_servers"]  # every push, to every shard
+    assert m["heldout_loglik"] > -8.5
+
+
 def test_sparse_layout_matches_the_dense_one():
     """One thread, same seed: the lazy-decay layout gives the dense SVI's lambda (float32 rounding aside)."""
     import dpsgd

@@ -15,6 +15,10 @@ A minibatch step (:func:`minibatch_gradient`) does, in one nogil call:
 4. the SVI direction ``g = lam - lam_hat`` with ``lam_hat = eta + D/|B| * sstats``, so that
    the framework's ``lam -= rho_t * g`` is exactly ``lam <- (1-rho) lam + rho lam_hat``.
 
+In the lazy-decay layout of sparse pushes (below) one thread's step,
+:func:`lazy_minibatch_blocks`, labels the words in increasing order (:func:`relabel_sorted`) and
+writes the u rows and two bookkeeping rows straight into the push's payload, not into a V x K g.
+
 Threads that share a minibatch (``model.MinibatchTeam``) run the same steps split by word rows or
 documents, without any shared write: the E-step keeps each document's final exp(E[log theta_d])
 instead, and the statistics are computed word by word from the minibatch's column view

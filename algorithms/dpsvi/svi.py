@@ -131,7 +131,9 @@ class SVIAlgorithm(Algorithm):
     ``heldout``: optional (X_obs, X_test) for :meth:`evaluate` (held-out log-likelihood).
     ``sparse_push``: the lazy-decay layout (see :mod:`.estep`): parameters (V+2) x K,
     ``lambda = eta + exp(s) M``; an update changes only the minibatch's words, so pushes are
-    sparse (``push_block = K``) and no step touches all V words. Exact for the linear rules
+    sparse (``push_block = K``) and no step touches all V words; one thread returns its update as
+    the sparse push itself (``dpsgd.SparseBlocks``: the words in increasing order, then the two
+    bookkeeping rows), a team a V x K one. Exact for the linear rules
     (sgd, asgd, ssgd); use :meth:`lambda_of` to read lambda from the parameters.
     ``local_steps``: the run's local updates per push (see :meth:`stale_updates`).
     ``team_threads``: threads that share each minibatch of a framework thread: the E-step's
