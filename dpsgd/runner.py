@@ -121,7 +121,7 @@ def scatter_from_root(parts: list | None) -> list[np.ndarray]:
                     keep.append(piece)
                     reqs.append(comm.Isend(piece, dest=r, tag=SCATTER_TAG))
         for q in reqs:
-            T.wait(q, spin=float("inf"))
+            T.wait(q)  # politely: over shared memory the receivers copy, and need the cores for it
         return list(parts[0])
     T.wait(comm.Irecv(head, source=0, tag=SCATTER_TAG))
     out = []
