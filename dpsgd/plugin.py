@@ -96,6 +96,9 @@ class Algorithm:
     """Base class with the optional hooks' defaults."""
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        """The initial flat float32 parameters, drawn from ``rng`` (seeded by the config). Called
+        in one process and on the server ranks under MPI; a worker rank receives them with the
+        answer to its hello (its ``make_thread_state`` must not depend on this call)."""
         raise NotImplementedError
 
     def make_thread_state(self, ctx: ThreadContext):

@@ -37,6 +37,22 @@ def test_three_ranks_converge(rule):
     assert sum(r["staleness_hist"].values()) == r["pushes"] - r["dropped_stale_pushes"] or rule == "ssgd"
 
 
+@pytest.mark.parametrize("ranks,servers", [(3, 1), (4, 2)])
+def test_only_server_ranks_make_the_initial_parameters(ranks, servers):
+    """A worker rank learns the parameters' number from rank 0 and their values from its hello's
+    answer: the algorithm's init_params (raising on a worker rank here) runs on the servers only."""
+    r = result_of(mpirun(ranks, [PROGS / "train_ls.py", "--n-servers", servers, "--check-init", "--updates", 600]))
+    assert r["total_updates"] >= 600 and r["final"]["dist"] < 0.5, r
+
+
+def test_bad_initial_parameters_end_every_rank():
+    """init_params's result is checked on rank 0, and the workers (which do not call it) stop too."""
+    p = mpirun(3, [PROGS / "train_ls.py", "--bad-init", "--updates", 100], timeout=60)
+    assert p.returncode != 0
+    assert "init_params must return a non-empty 1-D float32 array" in p.stderr
+    assert "init_params failed on rank 0" in p.stderr
+
+
 @pytest.mark.parametrize("rule,threads", [("asgd", 2), ("dc-asgd-a", 1)])
 def test_two_server_shards(rule, threads):
     # (DC-ASGD's g*g Hessian proxy overshoots on least squares far from the optimum: with

@@ -20,8 +20,15 @@ class LS(dpsgd.Algorithm):
         self.raise_worker = raise_worker
         self.silent_worker = silent_worker
 
+    #: ranks below this are server shards: init_params on another rank is an error (None: no check)
+    servers_only = None
+    #: init_params returns float64 (a ConfigError of the framework)
+    bad_init = False
+
     def init_params(self, rng):
-        return np.zeros(self.X.shape[1], np.float32)
+        if self.servers_only is not None and int(os.environ.get("PMI_RANK", "0")) >= self.servers_only:
+            raise RuntimeError("init_params called on a worker rank")
+        return np.zeros(self.X.shape[1], np.float64 if self.bad_init else np.float32)
 
     def make_thread_state(self, ctx):
         return ctx.shard(len(self.X))
@@ -65,6 +72,8 @@ if __name__ == "__main__":
     p.add_argument("--pid-dir", default=None, help="each rank writes rank<r>.pid here")
     p.add_argument("--resume", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--check-init", action="store_true", help="init_params fails on a worker rank")
+    p.add_argument("--bad-init", action="store_true", help="init_params returns float64")
     a = p.parse_args()
     if a.pid_dir:
         rank = os.environ.get("PMI_RANK", "0")
@@ -75,7 +84,10 @@ if __name__ == "__main__":
                             n_servers=a.n_servers, max_bad_pushes=a.max_bad_pushes,
                             max_staleness=a.max_staleness, worker_timeout=a.worker_timeout, checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every, resume=a.resume,
                             progress=False)
-    res = dpsgd.train(LS(nan_updates=a.nan_updates, raise_worker=a.raise_worker, silent_worker=a.silent_worker), cfg)
+    alg = LS(nan_updates=a.nan_updates, raise_worker=a.raise_worker, silent_worker=a.silent_worker)
+    alg.servers_only = a.n_servers if a.check_init else None
+    alg.bad_init = a.bad_init
+    res = dpsgd.train(alg, cfg)
     if res.is_root:
         m = res.metrics
         out = {k: m[k] for k in ("pushes", "total_updates", "rejected_pushes", "reject_reasons", "staleness_mean",
