@@ -137,8 +137,12 @@ def _result(proc):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("n,args", [(3, []), (4, ["--n-servers", 2]), (3, ["--threads", 2, "--local-steps", 4])])
+@pytest.mark.parametrize("n,args", [(3, []), (4, ["--n-servers", 2]), (3, ["--threads", 2, "--local-steps", 4]),
+                                    (3, ["--blocks"]), (4, ["--blocks", "--n-servers", 2]),
+                                    (3, ["--blocks", "--threads", 2])])
 def test_sparse_pushes_over_mpi(n, args):
+    """Sparse pushes from a dense g (the worker finds the changed blocks) and from an algorithm's
+    own SparseBlocks (sent as they are; scattered for two shards)."""
     r = _result(mpirun(n, [PROGS / "train_sparse.py", *args]))
     assert r["rejected_pushes"] == 0 and r["final"]["dist"] < 0.01
     assert r["sparse_pushes"] == r["pushes"] * (2 if "--n-servers" in args else 1)  # every push, every shard
@@ -147,8 +151,18 @@ def test_sparse_pushes_over_mpi(n, args):
     assert r["pull_bytes_mean"] == r["dense_push_bytes"]  # replies stay dense
 
 
-def test_sparse_algorithm_runs_in_one_process():
-    r = _result(run([sys.executable, str(PROGS / "train_sparse.py")]))
+@pytest.mark.mpi
+def test_sparse_blocks_of_most_rows_go_dense():
+    """An algorithm's SparseBlocks with more blocks than a sparse push may carry (60 %) go as a
+    dense push."""
+    r = _result(mpirun(3, [PROGS / "train_sparse.py", "--blocks", "--per-update", 400, "--updates", 300]))
+    assert r["rejected_pushes"] == 0 and r["final"]["dist"] < 0.01
+    assert r["sparse_pushes"] == 0 and r["push_bytes_mean"] == r["dense_push_bytes"]
+
+
+@pytest.mark.parametrize("args", [[], ["--blocks"]])
+def test_sparse_algorithm_runs_in_one_process(args):
+    r = _result(run([sys.executable, str(PROGS / "train_sparse.py"), *args]))
     assert r["final"]["dist"] < 0.01 and r["n_workers"] == 1
 
 
