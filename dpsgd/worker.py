@@ -131,26 +131,24 @@ class MPIChannel:
         """Post shard ``s``'s push: ``src`` (a slice of the gradient) or, when None, ``msg.payload``.
         Returns (bytes, send requests), as :func:`transport.send_message`."""
         src = msg.payload if src is None else src
-        if isinstance(src, T.SparseBlocks) and src.nb > self.max_blocks[s]:
-            # more blocks than a sparse push may carry: the dense push is smaller
-            msg.payload[:] = 0
-            T.scatter_blocks(src.payload, int(src.nb), self.block, msg.payload)
-            src = msg.payload
-        if isinstance(src, T.SparseBlocks):  # the algorithm's own sparse update: sent as it is
-            sp, nb = self.sparse_msgs[s], int(src.nb)
+        nb, values = -1, None  # a sparse push's blocks, and its payload when not in the message
+        if isinstance(src, T.SparseBlocks):
+            if src.nb <= self.max_blocks[s]:  # the algorithm's own sparse update: sent as it is
+                nb = int(src.nb)
+                values = src.payload[:nb * (self.block + 1)]
+            else:  # more blocks than a sparse push may carry: the dense push is smaller
+                msg.payload[:] = 0
+                T.scatter_blocks(src.payload, int(src.nb), self.block, msg.payload)
+                src = msg.payload
+        elif kind == T.KIND_PUSH and self.block:  # the changed blocks of a dense gradient, if few
+            nb = T.compress_blocks(src, self.block, self.sparse_msgs[s].payload, self.block_ids[s],
+                                   self.max_blocks[s])
+        if nb >= 0:
+            sp = self.sparse_msgs[s]
             T.encode_header(sp.header, T.KIND_PUSH_SPARSE, version=base_version, nsteps=nsteps, n=nb, lr=lr,
                             block=self.block)
             self.sparse_pushes += 1
-            n = nb * (self.block + 1)
-            return T.send_message(self.comm, sp, n, s, values=src.payload[:n])
-        if kind == T.KIND_PUSH and self.block:
-            sp = self.sparse_msgs[s]
-            nb = T.compress_blocks(src, self.block, sp.payload, self.block_ids[s], self.max_blocks[s])
-            if nb >= 0:
-                T.encode_header(sp.header, T.KIND_PUSH_SPARSE, version=base_version, nsteps=nsteps, n=nb, lr=lr,
-                                block=self.block)
-                self.sparse_pushes += 1
-                return T.send_message(self.comm, sp, nb * (self.block + 1), s)
+            return T.send_message(self.comm, sp, nb * (self.block + 1), s, values=values)
         n = msg.payload.size if kind == T.KIND_PUSH else 0
         T.encode_header(msg.header, kind, version=base_version, nsteps=nsteps, n=n, lr=lr)
         return T.send_message(self.comm, msg, n, s, values=None if src is msg.payload or not n else src)
