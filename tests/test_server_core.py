@@ -56,3 +56,35 @@ def test_receive_decodes_checks_and_applies_every_kind_of_message():
     T.encode_header(msg.header, T.KIND_DONE)
     assert core.receive(0, msg.header, msg.payload, T.HEADER_BYTES) == []
     assert not core.active[0]  # the worker has left
+
+
+def test_backoff_sleeps_grow_to_max_sleep_but_never_oversleep_a_short_wait(monkeypatch):
+    """A waiting rank's sleeps double up to max_sleep, yet none is longer than OVERSLEEP of the
+    time waited so far (or 100 us): an answer that lands after a few ms is seen late by a few %
+    of that wait, and an idle rank still ends up sleeping max_sleep at a time."""
+    from dpsgd import transport as T
+
+    clock = [100.0]
+    slept = []
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(T.os, "sched_yield", lambda: clock.__setitem__(0, clock[0] + 20e-6))
+
+    def sleep(s):
+        slept.append((s, clock[0] - 100.0))
+        clock[0] += s
+
+    monkeypatch.setattr(T.time, "sleep", sleep)
+    b = T.Backoff(min_sleep=1e-5, max_sleep=1e-3, spin=100e-6)
+    while clock[0] - 100.0 < 0.05:
+        b.idle()
+    assert slept and slept[0][1] >= 100e-6  # yields first, for spin seconds
+    assert slept[0][0] == 1e-5
+    for s, waited in slept:
+        assert s <= max(1e-4, T.Backoff.OVERSLEEP * waited) + 1e-12
+        assert s <= 1e-3
+    assert slept[-1][0] == 1e-3  # an idle rank sleeps max_sleep at a time
+    assert any(1e-4 < s < 1e-3 for s, _ in slept)  # the cap, not the doubling, set these
+    n = len(slept)
+    b.reset()
+    b.idle()
+    assert len(slept) == n  # reset: yields again before it sleeps
