@@ -9,7 +9,9 @@ Measures, on this machine:
 2. ``raw``: round trips per second of plain mpi4py moving the same bytes (each worker
    ``Send``s P floats to rank 0 and ``Recv``s P floats back; rank 0 ``Recv``s from any source
    and answers), interleaved with (1): ps rep, raw rep, ps rep, raw rep, ...
-3. the ratio raw / ps (server overhead; the goal is <= 1.5x).
+3. the ratio raw / ps (server overhead; the goal is <= 1.5x), the server's own work per push
+   (``server_push_seconds``: checking and applying it) and, with one worker, the floor that work
+   sets: 1 / (1/raw + work) pushes/s.
 4. ``idle``: CPU used by a server rank (``ServerCore`` + ``serve``) whose only worker says
    HELLO and then sends nothing, against a rank blocked in a plain ``comm.Recv`` (and a rank
    waiting with ``dpsgd.transport.wait``, as a worker waiting for its answer does).
@@ -93,7 +95,8 @@ def child_ps(n_params: int, seconds: float) -> None:
         out = {"pushes": m["pushes"], "server_seconds": m["server_seconds"],
                "pushes_per_s": m["pushes"] / m["server_seconds"],
                "staleness_mean": m["staleness_mean"], "wall_seconds": m["wall_seconds"],
-               "pushes_per_worker": m["pushes_per_worker"], "rejected": m["rejected_pushes"]}
+               "pushes_per_worker": m["pushes_per_worker"], "rejected": m["rejected_pushes"],
+               "push_ms": 1e3 * m["server_push_seconds"] / max(m["pushes"], 1)}
         print(MARK + json.dumps(out), flush=True)
 
 
@@ -240,7 +243,7 @@ def bench_throughput(params, ranks, reps, seconds, log) -> dict:
         for n in ranks:
             timeout = 3 * seconds + 90 + p / 1e6 * 3
             cell = {"ps": [], "raw": [], "staleness": [], "ps_failed": 0, "raw_failed": 0, "pairs": [],
-                    "load": []}
+                    "load": [], "push_ms": []}
             for r in range(reps):
                 cell["load"].append(os.getloadavg()[0])
                 res_ps = run_child("ps", n, p, seconds, timeout)
@@ -249,6 +252,7 @@ def bench_throughput(params, ranks, reps, seconds, log) -> dict:
                 else:
                     cell["ps"].append(res_ps["pushes_per_s"])
                     cell["staleness"].append(res_ps["staleness_mean"])
+                    cell["push_ms"].append(res_ps["push_ms"])
                 res_raw = run_child("raw", n, p, seconds, timeout)
                 if res_raw is None:
                     cell["raw_failed"] += 1
@@ -274,11 +278,17 @@ def table_throughput(res, seconds, reps) -> str:
         "ps = pushes / server_seconds of `dpsgd.train` (dc-asgd-a, 1 thread per worker, local_steps=1); "
         "raw = round trips/s of Send(P floats) + Recv(P floats) per worker against a rank-0 echo. "
         "Median [min-max] over reps; ratio = median raw / median ps; paired = median over reps of "
-        "raw/ps of the back-to-back pair.",
+        "raw/ps of the back-to-back pair. check+apply = the server's ms per push in "
+        "`ServerCore.receive` (decoding, the finite check, the rule's update: work raw does not do); "
+        "floor (one worker, where nothing overlaps it) = pushes/s of a server that adds only that work "
+        "to the median raw round trip, 1 / (1/raw + check+apply); raw/floor = the lowest ratio raw/ps "
+        "such a server can reach (the goal 1.5 is out of reach where it is above); ps/floor = how much of "
+        "that floor the framework reaches.",
         "",
         "| P | workers | ranks | cores | ps pushes/s | raw round trips/s | ratio raw/ps | paired ratio | "
-        "ps MB/s (push+pull) | staleness mean | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "check+apply ms/push | floor pushes/s | raw/floor | ps/floor | ps MB/s (push+pull) | staleness mean | "
+        "load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (p, n), c in res.items():
         ranks = f"{n} (oversubscribed)" if c["oversubscribed"] else str(n)
@@ -293,8 +303,14 @@ def table_throughput(res, seconds, reps) -> str:
         mbs = f"{med(c['ps']) * 2 * 4 * p / 1e6:,.0f}" if c["ps"] else "-"
         st = f"{med(c['staleness']):.2f}" if c["staleness"] else "-"
         load = f"{med(c['load']):.1f}"
-        lines.append(f"| {fmt_p(p)} | {n - 1} | {ranks} | {cores} | {ps} | {raw} | {ratio} | {paired} | {mbs} | {st} "
-                     f"| {load} |")
+        work = med(c["push_ms"]) if c.get("push_ms") else None
+        floor = 1 / (1 / med(c["raw"]) + work / 1e3) if work is not None and c["raw"] and n == 2 else None
+        work_s = f"{work:.3f}" if work is not None else "-"
+        floor_s = f"{floor:,.{1 if floor < 100 else 0}f}" if floor else "-"
+        of_floor = f"{med(c['ps']) / floor:.2f}" if floor and c["ps"] else "-"
+        best = f"{med(c['raw']) / floor:.2f}" if floor else "-"
+        lines.append(f"| {fmt_p(p)} | {n - 1} | {ranks} | {cores} | {ps} | {raw} | {ratio} | {paired} | {work_s} "
+                     f"| {floor_s} | {best} | {of_floor} | {mbs} | {st} | {load} |")
     lines += ["", "load avg: the machine's 1-minute load average before each ps/raw pair (median): "
               f"above {cores}, other jobs compete for the cores, and a rank that waits for a message is "
               "often not scheduled when it arrives."]
