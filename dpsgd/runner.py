@@ -101,28 +101,10 @@ def scatter_from_root(parts: list | None) -> list[np.ndarray]:
     comm = get_comm()
     if comm is None:
         return list(parts[0])
-    rank, size = comm.Get_rank(), comm.Get_size()
-    head = np.zeros(1 + 2 * SCATTER_MAX_ARRAYS, np.int64)  # count, then (dtype char, elements) each
-    if rank == 0:
-        if len(parts) != size or any(len(p) > SCATTER_MAX_ARRAYS for p in parts):
-            raise ValueError(f"scatter_from_root: {len(parts)} parts for {size} ranks, at most "
-                             f"{SCATTER_MAX_ARRAYS} arrays each")
-        reqs, keep = [], []
-        for r in range(1, size):
-            arrays = [np.ascontiguousarray(a).reshape(-1) for a in parts[r]]
-            h = head.copy()
-            h[0] = len(arrays)
-            for i, a in enumerate(arrays):
-                h[1 + 2 * i], h[2 + 2 * i] = ord(a.dtype.char), a.size
-            keep.append(h)
-            reqs.append(comm.Isend(h, dest=r, tag=SCATTER_TAG))
-            for a in arrays:
-                for piece in _chunks(a):
-                    keep.append(piece)
-                    reqs.append(comm.Isend(piece, dest=r, tag=SCATTER_TAG))
-        for q in reqs:
-            T.wait(q)  # politely: over shared memory the receivers copy, and need the cores for it
+    if comm.Get_rank() == 0:
+        post_scatter(parts).wait()
         return list(parts[0])
+    head = np.zeros(1 + 2 * SCATTER_MAX_ARRAYS, np.int64)  # count, then (dtype char, elements) each
     T.wait(comm.Irecv(head, source=0, tag=SCATTER_TAG))
     out = []
     for i in range(int(head[0])):
@@ -131,6 +113,46 @@ def scatter_from_root(parts: list | None) -> list[np.ndarray]:
             T.wait(comm.Irecv(piece, source=0, tag=SCATTER_TAG), spin=float("inf"))
         out.append(a)
     return out
+
+
+class PostedScatter:
+    """Rank 0's sends of one :func:`scatter_from_root` call, under way (:func:`post_scatter`)."""
+
+    def __init__(self, reqs: list, keep: list):
+        self.reqs, self.keep = reqs, keep  # (the arrays stay alive until the sends complete)
+
+    def wait(self) -> None:
+        """Wait for the sends, politely: over shared memory the receivers copy, and need the cores."""
+        while self.reqs:
+            T.wait(self.reqs.pop(0))
+        self.keep = []
+
+
+def post_scatter(parts: list) -> PostedScatter:
+    """Rank 0's half of :func:`scatter_from_root`: post the sends of every other rank's arrays
+    ``parts[r]`` and return without waiting for them (the arrays must not change until
+    :meth:`PostedScatter.wait` returns); the other ranks call ``scatter_from_root(None)`` as
+    usual. A rank that sends a stream of parts, each while it computes the next, posts one and
+    waits for the one before."""
+    comm = get_comm()
+    size = comm.Get_size()
+    if len(parts) != size or any(len(p) > SCATTER_MAX_ARRAYS for p in parts):
+        raise ValueError(f"scatter_from_root: {len(parts)} parts for {size} ranks, at most "
+                         f"{SCATTER_MAX_ARRAYS} arrays each")
+    reqs, keep = [], []
+    for r in range(1, size):
+        arrays = [np.ascontiguousarray(a).reshape(-1) for a in parts[r]]
+        h = np.zeros(1 + 2 * SCATTER_MAX_ARRAYS, np.int64)
+        h[0] = len(arrays)
+        for i, a in enumerate(arrays):
+            h[1 + 2 * i], h[2 + 2 * i] = ord(a.dtype.char), a.size
+        keep.append(h)
+        reqs.append(comm.Isend(h, dest=r, tag=SCATTER_TAG))
+        for a in arrays:
+            for piece in _chunks(a):
+                keep.append(piece)
+                reqs.append(comm.Isend(piece, dest=r, tag=SCATTER_TAG))
+    return PostedScatter(reqs, keep)
 
 
 def _chunks(a: np.ndarray) -> list[np.ndarray]:
@@ -167,25 +189,20 @@ def read_only(w: np.ndarray) -> np.ndarray:
     return v
 
 
-def _initial_params(algorithm, config) -> np.ndarray:
-    w0 = algorithm.init_params(np.random.default_rng(config.seed))
-    w0 = np.asarray(w0)
-    if w0.ndim != 1 or w0.dtype != np.float32 or w0.size == 0:
-        raise ConfigError(f"{type(algorithm).__name__}.init_params must return a non-empty 1-D float32 array, "
-                          f"got {w0.dtype} {w0.shape}")
-    return w0
-
-
 def _initial_params_of_rank(algorithm, config, comm, serving: bool) -> np.ndarray:
     """The initial parameters on a serving rank (one process, a server shard). A worker rank
     receives them with its hello's answer, so it learns only their number from rank 0 and holds
     zeros until then: at K 100, V 50k every worker drew 5M gamma variates for nothing (0.2 s a
-    rank, on the cores rank 0 then needed to start serving)."""
+    rank, on the cores rank 0 then needed to start serving). ConfigError (on every rank) unless
+    ``init_params`` gives a non-empty 1-D float32 array."""
     w0 = error = None
     if serving:
         try:
-            w0 = _initial_params(algorithm, config)
-        except ConfigError as e:
+            w0 = np.asarray(algorithm.init_params(np.random.default_rng(config.seed)))
+            if w0.ndim != 1 or w0.dtype != np.float32 or w0.size == 0:
+                raise ConfigError(f"{type(algorithm).__name__}.init_params must return a non-empty 1-D float32 "
+                                  f"array, got {w0.dtype} {w0.shape}")
+        except ConfigError as e:  # the algorithm's own, or the check's: every rank stops
             error = e
     if comm is None:
         if error is not None:

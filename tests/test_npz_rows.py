@@ -68,34 +68,24 @@ def test_counts_too_large_for_16_bits_stay_float32(tmp_path):
     sp.save_npz(p, X)
     full = C.read_npz(str(p)).X
     ids = np.arange(40)
-    _assert_same_counts(NpzRows.open(str(p), block=7).csr(ids), full)
+    r, [(_, A)] = NpzRows.read_groups(str(p), lambda n: [ids], block=7)
+    _assert_same_counts(A, full)
+    _assert_same_counts(r.csr(ids), full)  # the reader's own pass (CorpusPlan's fallback)
     for got_ids, A in NpzRows.read_groups(str(p), lambda n: [ids[:30], ids[30:]])[1]:
         # every group is widened once a block holding such a count is read (here one block holds the file)
         _assert_same_counts(A, full[got_ids], compact=False)
     small = ids[:30]  # without the large count: compact
-    assert NpzRows.open(str(p), block=7).csr(small).dtype == np.uint16
+    assert r.csr(small).dtype == np.uint16
     X.data[3] = 2.5
     sp.save_npz(p, X)
-    r = NpzRows.open(str(p))
-    assert r is None or pytest.raises(C.CorpusError, r.csr, ids)
-
-
-def test_rows_equal_read_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    for X, p, full in _trial_files(tmp_path, rng):
-        r = NpzRows.open(str(p), block=int(rng.integers(1, 9)))  # blocks cut through the rows
-        if full is None:  # e.g. no word at all: read_npz reports it
-            assert r is None
-            continue
-        assert r is not None and r.n_docs == full.n_docs
-        ids = rng.permutation(full.n_docs)[: int(rng.integers(0, full.n_docs + 1))]
-        A, B = r.csr(ids), full.X[ids]
-        _assert_same_counts(A, B)
+    assert NpzRows.read_groups(str(p), lambda n: [ids]) is None  # read_npz rejects it
 
 
 def test_read_groups_equals_read_npz(tmp_path):
-    """One process's reader: every group's rows equal read_npz's, in the groups' order; a file it
-    does not take (explicit zeros, bad counts, no words) is left to read_npz (None)."""
+    """One process's reader: every group's rows equal read_npz's, in the groups' order, whatever
+    the blocks it inflates at a time (small ones cut through the rows); a file it does not take
+    (explicit zeros, bad counts, no words) is left to read_npz (None). The reader's own pass over
+    the file (``csr``) gives the same rows."""
     rng = np.random.default_rng(6)
     for X, p, full in _trial_files(tmp_path, rng):
         drawn = []
@@ -106,7 +96,7 @@ def test_read_groups_equals_read_npz(tmp_path):
             drawn.extend([n_docs, perm[:k], perm[k:]])
             return drawn[1:]
 
-        got = NpzRows.read_groups(str(p), groups)
+        got = NpzRows.read_groups(str(p), groups, block=int(rng.integers(1, 9)))
         if full is None or (X.data == 0).any():
             assert got is None
             continue
@@ -115,6 +105,50 @@ def test_read_groups_equals_read_npz(tmp_path):
         for (got_ids, A), ids in zip(parts, drawn[1:]):
             assert np.array_equal(got_ids, ids)
             _assert_same_counts(A, full.X[ids], compact=full.X.nnz == 0 or full.X.data.max() <= C.COMPACT_MAX)
+            _assert_same_counts(r.csr(ids), full.X[ids])
+
+
+def test_groups_sent_block_by_block_are_put_together_equal(tmp_path):
+    """Under mpiexec rank 0 sends the other ranks' rows as it reads the file (``fill`` with
+    ``sent``): each receiving rank's row set, built from the plan and the pieces alone, gives the
+    same CSR as reading the group here; rank 0 holds none of their entries; a file the reader does
+    not take gives None after the pieces sent so far."""
+    from algorithms.dpsvi.npz_rows import _RowSet
+
+    rng = np.random.default_rng(8)
+    for X, p, full in _trial_files(tmp_path, rng):
+        block = int(rng.integers(1, 9))
+
+        def groups(n_docs):
+            perm = rng.permutation(n_docs)
+            cut = np.sort(rng.integers(0, n_docs + 1, 2))
+            return [perm[:cut[0]], perm[cut[0]:cut[1]], perm[cut[1]:]]
+
+        opened = NpzRows.open_groups(str(p), groups, block=block, sent=(1, 2))
+        if full is None:
+            assert opened is None or NpzRows.read_groups(str(p), groups) is None
+            continue
+        r, sets = opened
+        assert sets[1].data.size == sets[2].data.size == 0  # nothing of theirs held here
+        receivers = {g: _RowSet.from_plan(sets[g].ids, sets[g].plan(r.data_dtype)) for g in (1, 2)}
+        shipped = []
+
+        def ship(pieces):
+            assert set(pieces) == {1, 2}
+            for g, (q0, d, ix) in pieces.items():
+                receivers[g].copy_from(q0, d.copy(), ix.copy())
+            shipped.append(1)
+
+        parts = r.fill(sets, sent=(1, 2), ship=ship)
+        if (X.data == 0).any():
+            assert parts is None
+            continue
+        assert parts is not None and len(shipped) == -(-int(r.indptr[-1]) // block)  # one a block
+        assert parts[1][1] is None and parts[2][1] is None
+        got = [parts[0][1], *(receivers[g].matrix(full.X.shape[1], str(p)) for g in (1, 2))]
+        for want, A in zip(sets, got):
+            if want.ids.size:
+                _assert_same_counts(A, full.X[want.ids])
 
 
 @pytest.mark.parametrize("bad", ["negative", "nan", "fraction", "index", "coo"])
@@ -130,7 +164,7 @@ def test_bad_files_go_to_read_npz(tmp_path, bad):
         X.indices[0] = 7  # saved without scipy's check
     p = tmp_path / "bad.npz"
     sp.save_npz(p, X.tocoo() if bad == "coo" else X)
-    assert NpzRows.open(str(p)) is None
+    assert NpzRows.read_groups(str(p), lambda n: [np.arange(n)]) is None
     if bad != "coo":
         with pytest.raises(C.CorpusError):
             C.read_npz(str(p))
@@ -201,24 +235,6 @@ def test_corpus_plan_shards_without_the_whole_corpus(tmp_path, monkeypatch):
     assert docs(bh).shape[0] == whole.heldout_ids.size  # every held-out document, once
 
 
-def test_npmi_streams_the_top_words_columns(tmp_path):
-    """NPMI with the reader as its reference equals NPMI with the whole matrix in memory."""
-    from algorithms.dpsvi.evaluate import npmi
-
-    rng = np.random.default_rng(4)
-    X = _raw_csr(rng, 120, 30, np.float32, True)
-    p = tmp_path / "c.npz"
-    sp.save_npz(p, X)
-    r = NpzRows.open(str(p), block=7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        full = C.read_npz(str(p))
-    beta = rng.dirichlet(np.full(30, 0.3), 6)
-    assert npmi(beta, r, 5) == pytest.approx(npmi(beta, full.X, 5), abs=1e-12)
-    B = r.columns([3, 0, 7])
-    assert B.shape == (full.n_docs, 3) and np.array_equal(B.toarray(), (full.X[:, [3, 0, 7]] > 0).toarray())
-
-
 PLAN_PROG = """
 import json, sys
 from types import SimpleNamespace
@@ -248,10 +264,11 @@ with open(sys.argv[1] + str(rank), "w") as f:  # (the ranks' stdout interleaves)
 def test_rank_0_reads_once_and_sends_every_rank_its_documents(tmp_path, mpi):
     """Under mpiexec rank 0 reads the corpus once, whatever its format, and sends each worker rank
     its shard: every worker's rows equal those one process reads (duplicates summed, uint16 counts)
-    and only rank 0 has the words - for a .npz, one the row reader does not accept (a row of
-    explicit zeros, which would renumber the documents: read whole), a UCI file and a text file; a
-    file rank 0 cannot read raises on every rank (rank 0 the reader's message) instead of leaving
-    the others waiting."""
+    and only rank 0 has the words - for a .npz (sent as it is read), one the row reader gives up on
+    half-way (a row of explicit zeros, which would renumber the documents: read whole and sent
+    then), a UCI file and a text file; a file rank 0 cannot read raises on every rank (rank 0 the
+    reader's message) instead of leaving the others waiting, also when that turns up half-way
+    through sending a .npz."""
     from types import SimpleNamespace
 
     from algorithms.dpsvi.cli import CorpusPlan, _shard_ids
@@ -263,6 +280,9 @@ def test_rank_0_reads_once_and_sends_every_rank_its_documents(tmp_path, mpi):
     Z = X.copy()
     Z.data[Z.indptr[7]:Z.indptr[8]] = 0
     sp.save_npz(tmp_path / "zeros.npz", Z)
+    F = X.copy()
+    F.data[F.indptr[50]] = 2.5  # found when rank 0 has sent most of the rows
+    sp.save_npz(tmp_path / "fraction.npz", F)
     Y = sp.csr_matrix(X.toarray())
     Y[5] = 0  # a document without lines
     Y.eliminate_zeros()
@@ -274,7 +294,8 @@ def test_rank_0_reads_once_and_sends_every_rank_its_documents(tmp_path, mpi):
     (tmp_path / "vocab.bad.txt").write_text("".join(f"w{i}\n" for i in range(30)))
     words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "forest"]
     (tmp_path / "docs.txt").write_text("\n".join(" ".join(rng.choice(words, 6)) for _ in range(50)) + "\n")
-    names = [str(tmp_path / f) for f in ("good.npz", "zeros.npz", "docword.c.txt", "docs.txt", "docword.bad.txt")]
+    names = [str(tmp_path / f) for f in ("good.npz", "zeros.npz", "docword.c.txt", "docs.txt", "docword.bad.txt",
+                                         "fraction.npz")]
     prog = tmp_path / "prog.py"
     prog.write_text(PLAN_PROG)
     out = mpi(3, [prog, tmp_path / "rank", *names])  # (the tests run with the project on PYTHONPATH)
@@ -292,5 +313,6 @@ def test_rank_0_reads_once_and_sends_every_rank_its_documents(tmp_path, mpi):
             assert (rows, nnz, indices, data, indptr) == (R.shape[0], R.nnz, R.indices.tolist(),
                                                            R.data.astype(float).tolist(), R.indptr.tolist())
         assert got[0][name] == [True, ref.n_docs, ref.n_words, True]
-    assert got[0][names[4]].startswith("error: ") and "rank 0" not in got[0][names[4]]
-    assert got[1][names[4]] == got[2][names[4]] == "error: rank 0 could not read it (see its message)"
+    for bad in names[4:]:
+        assert got[0][bad].startswith("error: ") and "rank 0" not in got[0][bad]
+        assert got[1][bad] == got[2][bad] == "error: rank 0 could not read it (see its message)"

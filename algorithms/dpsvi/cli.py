@@ -206,8 +206,10 @@ class CorpusPlan:
         got = None
         if ranks > 1:
             # rank 0 reads the corpus once, whatever its format, and sends every rank its documents
+            # (a scipy .npz as it reads it; another format once it is read)
             got = _scatter_documents(self.path, lambda groups_of: self._read_groups(groups_of, by_rows, whole=True),
-                                     lambda n: _rank_ids(*_split_ids(n, args.holdout, seed), ranks, n_servers))
+                                     lambda n: _rank_ids(*_split_ids(n, args.holdout, seed), ranks, n_servers),
+                                     self._open_npz if by_rows else None)
         elif self.uci is not None or by_rows:
             got = self._read_groups(lambda n: list(_split_ids(n, args.holdout, seed)), by_rows)
         if got is not None:
@@ -229,8 +231,6 @@ class CorpusPlan:
         pass over the file; None for another format or a .npz the row reader does not accept, unless
         ``whole``: then that corpus is loaded whole (``load_corpus``, which reports what is wrong)
         and the groups' rows copied out of it. Sets :attr:`vocab` (and :attr:`npz`)."""
-        import warnings
-
         import numpy as np
 
         from . import corpus as C
@@ -252,14 +252,35 @@ class CorpusPlan:
             full = C.load_corpus(self.path, vocab=self.args.vocab, **_cv_options(self.args))
             self.vocab = full.vocab
             return full.n_docs, len(self.vocab), [(ids, _nonempty_rows(full.X, ids)) for ids in groups_of(full.n_docs)]
-        self.npz, parts = got
+        self._took_npz(got[0])
+        return self.npz.n_docs, self.npz.shape[1], got[1]
+
+    def _open_npz(self, groups_of, sent):
+        """On rank 0 under mpiexec: the row reader of a scipy .npz and the row sets of every rank's
+        documents ``groups_of(n_docs)`` (``sent``: the other ranks', sent as the file is read,
+        :func:`_stream_documents`), or None when the row reader does not take the file."""
+        from .npz_rows import NpzRows
+
+        got = NpzRows.open_groups(self.path, groups_of, sent=sent)
+        if got is not None:
+            self._took_npz(got[0])
+        return got
+
+    def _took_npz(self, reader) -> None:
+        """The row reader of the corpus: its vocabulary (checked) and a word on its empty documents."""
+        import warnings
+
+        import numpy as np
+
+        from . import corpus as C
+
+        self.npz = reader
         vocab_path = C.npz_vocab_path(self.path, self.args.vocab)
-        self.vocab = C.check_vocab(C.read_vocab(vocab_path) if vocab_path else None, self.npz.shape[1], self.path)
-        if self.npz.n_docs < self.npz.shape[0]:
-            empty = np.setdiff1d(np.arange(self.npz.shape[0]), self.npz.rows)
+        self.vocab = C.check_vocab(C.read_vocab(vocab_path) if vocab_path else None, reader.shape[1], self.path)
+        if reader.n_docs < reader.shape[0]:
+            empty = np.setdiff1d(np.arange(reader.shape[0]), reader.rows)
             warnings.warn(f"{self.path}: skipped {empty.size} document(s) with no words "
-                          f"(after the vocabulary filters), e.g. {empty[:5].tolist()}", stacklevel=3)
-        return self.npz.n_docs, self.npz.shape[1], parts
+                          f"(after the vocabulary filters), e.g. {empty[:5].tolist()}", stacklevel=4)
 
     def _rows(self, ids):
         """CSR of the documents ``ids`` (indices of the input, in that order), empty ones removed."""
@@ -304,13 +325,16 @@ class CorpusPlan:
         return ((Xo, Xt) if Xo.shape[0] else None), HeldoutDocuments(Xo, Xt, rest)
 
 
-def _scatter_documents(path: str, read, groups_of):
-    """Under mpiexec, every rank calling it: rank 0 reads the corpus once, ``read(groups_of)`` ->
-    (documents, words, [(ids, CSR)] of each rank's documents ``groups_of(n_docs)``) or None, and
-    sends every rank its CSR; returns (documents, words, [(ids, CSR)] of this rank), or None on
-    every rank when ``read`` gave None. A CorpusError on rank 0 is raised there and a short one on
-    the others. One reading of the file instead of one a rank (100k documents, V 50k, three ranks
-    on two cores: rank 0 read for 2.1-2.4 s while every rank inflated the whole .npz, 1.5 s now)."""
+def _scatter_documents(path: str, read, groups_of, open_stream=None):
+    """Under mpiexec, every rank calling it: rank 0 reads the corpus once and sends every rank its
+    documents (the groups ``groups_of(n_docs)``, one a rank); returns (documents, words, [(ids, CSR)]
+    of this rank), or None on every rank when the corpus is not read this way. ``open_stream``
+    (rank 0): ``open_stream(groups_of, sent)`` -> (row reader, row sets) of a .npz whose rows are
+    sent as it is read (:func:`_stream_documents`), or None; else, and when a bad count or index
+    turns up on the way, ``read(groups_of)`` -> (documents, words, [(ids, CSR)] of every rank) or
+    None, and each rank's CSR is sent once it is read. A CorpusError on rank 0 is raised there and
+    a short one on the others. One reading of the file instead of one a rank (100k documents, V 50k,
+    three ranks on two cores: rank 0 read for 2.1-2.4 s while every rank inflated the whole .npz)."""
     import numpy as np
 
     import scipy.sparse as sp
@@ -320,23 +344,32 @@ def _scatter_documents(path: str, read, groups_of):
     from .corpus import CorpusError
 
     comm = get_comm()
-    rank = comm.Get_rank() if comm is not None else 0
-    info = np.full(2, -1, np.int64)  # documents, words; -1: not read, -2: rank 0's CorpusError
-    got = error = None
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    # documents, words, 1: streamed / 0: sent once read; -1: not read, -2: rank 0's CorpusError
+    info = np.full(3, -1, np.int64)
+    got = opened = error = None
     if rank == 0:
         try:
-            got = read(groups_of)
+            opened = open_stream(groups_of, range(1, size)) if open_stream is not None and size > 1 else None
+            if opened is not None:
+                info[:] = opened[0].n_docs, opened[0].shape[1], 1
+            else:
+                got = read(groups_of)
+                if got is not None:
+                    info[:] = got[0], got[1], 0
         except CorpusError as e:
             error, info[0] = e, -2
-        else:
-            if got is not None:
-                info[:] = got[0], got[1]
     info = broadcast_from_root(info)
     if info[0] == -2:
         raise error if error is not None else CorpusError(f"{path}: rank 0 could not read it (see its message)")
     if info[0] == -1:
         return None
     n_docs, n_words = int(info[0]), int(info[1])
+    if info[2] == 1:
+        mine = _stream_documents(path, opened, np.asarray(groups_of(n_docs)[rank]), n_words)
+        if mine is None:  # a bad count or index on the way: rank 0 loads it whole, which reports it
+            return _scatter_documents(path, read, groups_of)
+        return n_docs, n_words, mine
     parts = None
     if rank == 0:
         parts = [[X.indptr, X.data, X.indices] for _, X in got[2]]
@@ -348,6 +381,61 @@ def _scatter_documents(path: str, read, groups_of):
     if X.shape[0] > ids.size:
         raise ValueError(f"{path}: rank {rank} received {X.shape[0]} documents, at most {ids.size} expected")
     return n_docs, n_words, [(ids, X)]
+
+
+#: the states of a message of :func:`_stream_documents`
+_PIECE, _END, _ABORT = 1, 0, -1
+
+
+def _stream_documents(path: str, opened, ids, n_words: int):
+    """Every rank calling it: rank 0 reads the .npz with the row reader and row sets ``opened``
+    and, block by block, sends every other rank its documents' entries as it goes (the plan of
+    its rows first); each of them puts its CSR together from the pieces. Rank 0 thus never holds
+    the other ranks' documents (its peak: its own, held out, and a block; node 0 needs no more
+    memory than the others) and the sending is spread over the reading instead of coming after
+    it. Returns [(ids, CSR)] of this rank, or None on every rank when rank 0 found a bad count or
+    index (or explicit zeros) on the way."""
+    import numpy as np
+
+    import scipy.sparse as sp
+
+    from dpsgd.runner import get_comm, post_scatter, scatter_from_root
+
+    from .npz_rows import _RowSet
+
+    size = get_comm().Get_size()
+    if opened is not None:  # rank 0
+        reader, sets = opened
+        sent = range(1, size)
+        scatter_from_root([[]] + [sets[r].plan(reader.data_dtype) for r in sent])
+        posted = []
+
+        def ship(pieces):
+            # this block's pieces go while the next one is read; the block before's must be gone
+            # before its buffers are written again (NpzRows.fill)
+            posted.append(post_scatter([[]] + [[np.array([_PIECE, pieces[r][0]], np.int64), *pieces[r][1:]]
+                                               for r in sent]))
+            if len(posted) > 1:
+                posted.pop(0).wait()
+
+        try:
+            parts = reader.fill(sets, sent, ship)
+        finally:
+            for p in posted:
+                p.wait()
+        scatter_from_root([[]] + [[np.array([_END if parts is not None else _ABORT, 0], np.int64)] for _ in sent])
+        return None if parts is None else [parts[0]]
+    want = _RowSet.from_plan(ids, scatter_from_root(None))
+    while True:
+        msg = scatter_from_root(None)
+        state, q0 = int(msg[0][0]), int(msg[0][1])
+        if state == _PIECE:
+            want.copy_from(q0, msg[1], msg[2])
+        elif state == _ABORT:
+            return None
+        else:
+            X = want.matrix(n_words, path) if ids.size else sp.csr_matrix((0, n_words), dtype=np.float32)
+            return [(ids, X)]
 
 
 def _eval_threads(size: int) -> int:

@@ -276,9 +276,7 @@ def _topic_cooccurrence(indptr, indices, data, pos_of, slot_ptr, slots, tops_pos
 
 def npmi(beta, X_ref, n: int = 10) -> float:
     """Mean NPMI of the top-``n`` word pairs of every topic, with document co-occurrence in X_ref
-    (a documents x words matrix, or a list of them whose documents are pooled; or a reader with
-    ``columns(words)`` and ``n_docs``, such as :class:`npz_rows.NpzRows`, that streams a corpus
-    too large to hold).
+    (a documents x words matrix, or a list of them whose documents are pooled).
 
     NPMI(i, j) = log(p_ij / (p_i p_j)) / -log(p_ij); pairs that never co-occur score -1. Only the
     columns of the topics' top words are read (no copy of the whole reference matrix). Documents
@@ -311,12 +309,9 @@ def cooccurrence(tops, X_ref) -> tuple[np.ndarray, int]:
     # ~3x as long: 0.67-0.84 against 0.22-0.27 s on the 100k-document V 50k corpus, K 100)
     counts, D = np.zeros((K, n, n)), 0
     for X in parts:
-        if hasattr(X, "columns"):  # a streaming reader: the words' presence, column j = words[j]
-            X, cols = X.columns(words), np.arange(words.size)
-        else:
-            X, cols = (X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)), words
+        X = X if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array) else sp.csr_matrix(X)
         pos_of = np.full(X.shape[1], -1, np.int64)
-        pos_of[cols] = np.arange(words.size)
+        pos_of[words] = np.arange(words.size)
         _topic_cooccurrence(X.indptr, X.indices, X.data, pos_of, slot_ptr, places, tops_pos, counts)
         D += X.shape[0]
     return counts, D

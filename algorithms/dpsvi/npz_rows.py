@@ -13,7 +13,7 @@ the rows with at least one non-zero count, in file order; sorted and summed indi
 counts as uint16 when every one read fits in 16 bits (:func:`corpus.compact_counts`: 6 instead of
 8 bytes an entry), float32 otherwise. Anything unusual - a damaged archive, a bad count, an index out of range, another sparse
 format - is left to :func:`corpus.read_npz`, which reads the whole file and raises its message
-(:meth:`NpzRows.open` returns None where ``read_npz`` is the reader to use).
+(:meth:`NpzRows.read_groups` returns None where ``read_npz`` is the reader to use).
 """
 
 from __future__ import annotations
@@ -60,68 +60,85 @@ def _blocks(f, dtype, n: int, block: int):
 class NpzRows:
     """The non-empty documents of a CSR ``.npz`` (count ``n_docs``), read by row on demand."""
 
-    def __init__(self, path: str, shape, indptr: np.ndarray, data_dtype, index_dtype, block: int = BLOCK,
-                 rows: np.ndarray | None = None):
+    def __init__(self, path: str, shape, indptr: np.ndarray, data_dtype, index_dtype, rows: np.ndarray,
+                 block: int = BLOCK):
         self.path = path
         self.shape = shape
         self.indptr = indptr
         self.data_dtype = data_dtype
         self.index_dtype = index_dtype
-        self.block = int(block)
-        if rows is None:
-            rows = np.flatnonzero(self._nonzeros_per_row() > 0)
         #: file row of each document (rows with a non-zero count)
         self.rows = rows
+        self.block = int(block)
 
     @classmethod
-    def open(cls, path: str, block: int = BLOCK) -> "NpzRows | None":
-        """The reader of ``path`` if it is a well-formed CSR ``save_npz`` file whose counts pass the
-        checks of :func:`corpus.check_counts`; else None (``read_npz`` then reads it and reports).
-        Finding the documents decompresses the whole file once (checking every count and index)."""
-        head = cls._header(path)
-        if head is None:
-            return None
-        try:
-            r = cls(path, *head, block)
-        except (ValueError, CorpusError):  # a bad count or index: read_npz names the document
-            return None
-        if r.rows.size == 0:
-            return None
-        return r
-
-    @classmethod
-    def read_groups(cls, path: str, groups) -> "tuple[NpzRows, list[tuple[np.ndarray, sp.csr_matrix]]] | None":
+    def read_groups(cls, path: str, groups, block: int = BLOCK
+                    ) -> "tuple[NpzRows, list[tuple[np.ndarray, sp.csr_matrix]]] | None":
         """The reader and, for each group of documents ``groups(n_docs)`` returns (e.g. the held-out and
         the training ids; under mpiexec every rank's), (its ids, its CSR), in one pass over the file:
         its two big members are inflated a block at a time, by two threads while the rows of the
         block before are checked and copied (compiled, without the GIL), so the peak holds the
         groups and a few blocks, never a whole member; the counts are uint16 while all of them fit
         in 16 bits (the training rows of 90k documents, V 50k: 123 instead of 164 MB). None
-        (``read_npz`` then reads it and reports) for anything :meth:`open` would not accept, and
-        for explicit zeros (which would renumber the documents)."""
+        (``read_npz`` then reads it and reports) for a file that is not a well-formed CSR
+        ``save_npz`` one, for a bad count or index, and for explicit zeros (which would renumber
+        the documents). ``block``: entries inflated at a time (small ones in tests cut through the
+        rows). :meth:`open_groups` and :meth:`fill` are its two steps."""
+        got = cls.open_groups(path, groups, block)
+        if got is None:
+            return None
+        r, sets = got
+        parts = r.fill(sets)
+        return None if parts is None else (r, parts)
+
+    @classmethod
+    def open_groups(cls, path: str, groups, block: int = BLOCK, sent=()) -> "tuple[NpzRows, list[_RowSet]] | None":
+        """The reader of ``path`` (its ``indptr`` read) and an empty row set for each group of
+        documents ``groups(n_docs)`` returns (``sent``: the groups :meth:`fill` sends away, which
+        hold no arrays here); None where :meth:`read_groups` gives None before reading the counts."""
         head = cls._header(path)
         if head is None:
             return None
-        shape, indptr, ddt, idt = head
-        rows = _rows_with_entries(indptr)
+        rows = _rows_with_entries(head[1])
         if rows.size == 0:
             return None
-        r = cls(path, *head, rows=rows)
-        sets = [r._row_set(ids, rows[ids]) for ids in (np.asarray(g, np.int64) for g in groups(int(rows.size)))]
+        r = cls(path, *head, rows=rows, block=block)
+        groups = [np.asarray(g, np.int64) for g in groups(int(rows.size))]
+        return r, [r._row_set(ids, rows[ids], g not in sent) for g, ids in enumerate(groups)]
+
+    def fill(self, sets, sent=(), ship=None) -> "list[tuple[np.ndarray, sp.csr_matrix | None]] | None":
+        """Read the file once into the row sets of :meth:`open_groups`: [(ids, CSR)] of each, or None
+        where :meth:`read_groups` gives None. ``sent``: groups copied out instead, block by block:
+        ``ship({group: (q0, data, indices)})`` once a block with each one's entries of the block in
+        file order (``q0``: how many of them came before; :meth:`_RowSet.take`); the arrays are
+        written again two blocks later, so ``ship`` may go on sending them until its next call
+        returns. Their CSR is None here (the receiving rank's :meth:`_RowSet.from_plan` puts them
+        together)."""
+        out = {g: [(np.empty(self.block, self.data_dtype), np.empty(self.block, np.int32)) for _ in range(2)]
+               for g in sent}
+        n_cols = self.shape[1]
         try:
-            for p0, d, ix in r._entries(ahead=True):
-                bad, largest, zeros = _block_stats(d, ix, shape[1])
+            for k, (p0, d, ix) in enumerate(self._entries(ahead=True)):
+                bad, largest, zeros = _block_stats(d, ix, n_cols)
                 if bad or zeros:  # zeros: read_npz numbers the documents
                     return None
-                for want in sets:
+                pieces = {}
+                for g, want in enumerate(sets):
+                    if g in out:
+                        buf_d, buf_ix = out[g][k % 2]
+                        q0, n = want.take(p0, d, ix, buf_d, buf_ix)
+                        pieces[g] = (q0, buf_d[:n], buf_ix[:n])
+                        continue
                     if largest > COMPACT_MAX:
                         want.widen()
                     want.copy_from(p0, d, ix, largest)
+                if pieces:
+                    ship(pieces)
         except (ValueError, OSError, zipfile.BadZipFile, EOFError):  # read_npz says what is wrong
             return None
         try:
-            return r, [(want.ids, want.matrix(shape[1], path) if want.ids.size
-                        else sp.csr_matrix((0, shape[1]), dtype=np.float32)) for want in sets]
+            return [(want.ids, None if g in out else want.matrix(n_cols, self.path) if want.ids.size
+                     else sp.csr_matrix((0, n_cols), dtype=np.float32)) for g, want in enumerate(sets)]
         except CorpusError:
             return None
 
@@ -185,29 +202,10 @@ class NpzRows:
     def n_docs(self) -> int:
         return int(self.rows.size)
 
-    def _nonzeros_per_row(self) -> np.ndarray:
-        """Non-zero counts of every file row, checking every count and index on the way (ValueError
-        on the first bad one, as check_counts and check_format would reject it)."""
-        ip = self.indptr
-        # cum[i] = non-zeros among data[:ip[i]] (boundaries at 0, before the first entry, stay 0)
-        cum = np.zeros(ip.size, np.int64)
-        done = 0
-        for p0, d, ix in self._entries():
-            bad, _, _ = _block_stats(d, ix, self.shape[1])
-            if bad:
-                raise ValueError("bad count or index")
-            cs = np.cumsum(d != 0)
-            p1 = p0 + d.size
-            # the row boundaries inside (p0, p1]
-            a, b = np.searchsorted(ip, [p0, p1], side="right")
-            cum[a:b] = done + cs[ip[a:b] - p0 - 1]
-            done += int(cs[-1])
-        return np.diff(cum)
-
-    def _row_set(self, ids: np.ndarray, file_rows: np.ndarray) -> "_RowSet":
+    def _row_set(self, ids: np.ndarray, file_rows: np.ndarray, allocate: bool = True) -> "_RowSet":
         """An empty :class:`_RowSet` of the documents ``ids`` (file rows ``file_rows``), counts
         float32 (float64 for integer counts, as check_counts takes them)."""
-        return _RowSet(ids, file_rows, self.indptr, np.float32 if self.data_dtype.kind == "f" else np.float64)
+        return _RowSet(ids, file_rows, self.indptr, _wide_dtype(self.data_dtype), allocate)
 
     def csr(self, ids) -> sp.csr_matrix:
         """CSR (canonical; uint16 counts when all of them fit, else float32) of the documents ``ids``
@@ -220,28 +218,6 @@ class NpzRows:
         for p0, d, ix in self._entries():
             want.copy_from(p0, d, ix)
         return want.matrix(V, self.path)
-
-    def columns(self, words) -> sp.csr_matrix:
-        """Presence (1.0 where the count is > 0) of the words ``words`` in every document:
-        n_docs x len(words), streamed - NPMI's reference is the whole corpus, but only the columns
-        of the topics' top words (:func:`evaluate.npmi` takes this reader in place of a matrix)."""
-        words = np.asarray(words, np.int64)
-        col = np.full(self.shape[1], -1, np.int64)
-        col[words] = np.arange(words.size)
-        doc_of_row = np.full(self.shape[0], -1, np.int64)
-        doc_of_row[self.rows] = np.arange(self.rows.size)
-        ip = self.indptr
-        rows_out, cols_out = [], []
-        for p0, d, ix in self._entries():
-            c = col[ix]
-            hit = np.flatnonzero((c >= 0) & (d > 0))
-            rows_out.append(doc_of_row[np.searchsorted(ip, p0 + hit, side="right") - 1])
-            cols_out.append(c[hit])
-        r = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
-        c = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
-        B = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(self.n_docs, words.size))
-        B.data[:] = 1.0  # a word repeated within a document counts once
-        return B
 
 
 def take_groups(corpus, row_groups, source: str) -> list:
@@ -267,6 +243,11 @@ def take_groups(corpus, row_groups, source: str) -> list:
     return [want.matrix(n_cols, source) for want in sets]
 
 
+def _wide_dtype(data_dtype) -> type:
+    """What counts of ``data_dtype`` are kept as once one does not fit 16 bits (check_counts' type)."""
+    return np.float32 if np.dtype(data_dtype).kind == "f" else np.float64
+
+
 def _rows_with_entries(indptr: np.ndarray) -> np.ndarray:
     """File rows with at least one entry: the documents, unless a row holds explicit zeros only
     (which only a scan of the counts finds)."""
@@ -277,20 +258,70 @@ class _RowSet:
     """Rows of the file being copied, block by block, into a CSR matrix (documents ``ids``, file
     rows ``file_rows``, in the order of ids)."""
 
-    def __init__(self, ids, file_rows, indptr, dtype):
+    def __init__(self, ids, file_rows, indptr, dtype, allocate: bool = True):
         self.ids, self.file_rows = ids, file_rows
-        lengths = indptr[file_rows + 1] - indptr[file_rows]
-        self.ptr = np.zeros(ids.size + 1, np.int64)
+        #: the rows in file order, for one sequential read
+        self.order = np.argsort(file_rows, kind="stable")
+        self._place(indptr[file_rows + 1] - indptr[file_rows], indptr[file_rows[self.order]], dtype, allocate)
+
+    def _place(self, lengths, starts, dtype, allocate: bool = True) -> None:
+        """The rows' ``lengths`` (in the order of ids) and ``starts`` (in file order: where their
+        entries begin in the stream read)."""
+        self.ptr = np.zeros(self.ids.size + 1, np.int64)
         np.cumsum(lengths, out=self.ptr[1:])
         #: the counts' dtype when they do not fit in 16 bits; while they do, they are stored as
         #: uint16 (what corpus.compact_counts would make of them, without the float32 copy first)
         self.wide = dtype
-        self.data = np.empty(int(self.ptr[-1]), np.uint16)
-        self.indices = np.empty(int(self.ptr[-1]), np.int32)
-        order = np.argsort(file_rows, kind="stable")  # the rows in file order, for one sequential read
-        self.starts, self.ends = indptr[file_rows[order]], indptr[file_rows[order] + 1]
-        self.dest = self.ptr[:-1][order]
+        n = int(self.ptr[-1]) if allocate else 0
+        self.data = np.empty(n, np.uint16)
+        self.indices = np.empty(n, np.int32)
+        self.starts = starts
+        self.ends = starts + lengths[self.order]
+        self.dest = self.ptr[:-1][self.order]
         self.lo = 0  # first row (in file order) not yet copied completely
+        self.stream_starts = None  # (see take)
+
+    def plan(self, data_dtype) -> list[np.ndarray]:
+        """What a rank needs to put these rows together from :meth:`take`'s pieces
+        (:meth:`from_plan`): their lengths (in the order of ids), their file order, their file
+        rows (for messages) and, as an empty array, the file's count dtype."""
+        return [np.diff(self.ptr), self.order, self.file_rows, np.zeros(0, data_dtype)]
+
+    @classmethod
+    def from_plan(cls, ids, plan) -> "_RowSet":
+        """The row set of a :meth:`plan`, filled by ``copy_from(q0, data, indices)`` with the
+        pieces :meth:`take` cut on the reading rank: its entries are numbered in the order they are
+        read (the rows in file order, one after the other)."""
+        lengths, order, file_rows, counts = plan
+        want = cls.__new__(cls)
+        want.ids, want.file_rows, want.order = ids, np.asarray(file_rows, np.int64), np.asarray(order, np.int64)
+        lengths = np.asarray(lengths, np.int64)
+        if lengths.size != ids.size or want.order.size != ids.size:
+            raise ValueError(f"a plan of {lengths.size} rows for {ids.size} documents")
+        starts = np.zeros(ids.size, np.int64)
+        np.cumsum(lengths[want.order][:-1], out=starts[1:])
+        want._place(lengths, starts, _wide_dtype(counts.dtype))
+        return want
+
+    def take(self, p0: int, d: np.ndarray, ix: np.ndarray, out_data: np.ndarray, out_indices: np.ndarray
+             ) -> tuple[int, int]:
+        """On the reading rank, for rows sent away (:meth:`NpzRows.open_groups`' ``sent``): copy their
+        entries that lie in the block p0 .. p0 + d.size into ``out_*``, in file order. Returns
+        (q0, n): the rows' entries read before this block, and this block's."""
+        if self.stream_starts is None:  # where each row's entries begin among the rows' entries
+            self.stream_starts = np.zeros(self.starts.size + 1, np.int64)
+            np.cumsum(self.ends - self.starts, out=self.stream_starts[1:])
+        q0 = self._stream_position(p0)
+        self.lo = _copy_block(d, ix, p0, self.starts, self.ends, self.stream_starts, self.lo, out_data,
+                              out_indices, True, q0)[0]
+        return q0, self._stream_position(p0 + d.size) - q0
+
+    def _stream_position(self, p: int) -> int:
+        """The rows' entries before file position ``p`` (rows before :attr:`lo` are complete)."""
+        lo = self.lo
+        if lo >= self.starts.size:
+            return int(self.stream_starts[-1])
+        return int(self.stream_starts[lo]) + max(0, p - int(self.starts[lo]))
 
     def copy_from(self, p0: int, d: np.ndarray, ix: np.ndarray, largest: float | None = None) -> None:
         """Copy the pieces of the rows that lie in the block of entries p0 .. p0 + d.size (its
@@ -336,18 +367,19 @@ def _copy_rows(src, starts, lengths, dst, dst_ptr):
 
 
 @njit(nogil=True, cache=True)
-def _copy_block(d, ix, p0, starts, ends, dest, lo, out_data, out_indices, copy):
+def _copy_block(d, ix, p0, starts, ends, dest, lo, out_data, out_indices, copy, base=0):
     """Copy into ``out_*`` the pieces of the rows (``starts``/``ends``: their entries in the file,
-    in file order; ``dest``: where each goes) that lie in the block of entries p0 .. p0 + d.size,
-    from row ``lo`` (the first not copied completely); returns (the first row not complete after
-    this block, the largest count of the pieces). ``copy`` False: only that largest count."""
+    in file order; ``dest``: where each goes, less ``base``) that lie in the block of entries
+    p0 .. p0 + d.size, from row ``lo`` (the first not copied completely); returns (the first row
+    not complete after this block, the largest count of the pieces). ``copy`` False: only that
+    largest count."""
     p1 = p0 + d.size
     r = lo
     largest = 0.0
     while r < starts.size and starts[r] < p1:
         s = max(starts[r], p0)
         e = min(ends[r], p1)
-        o = dest[r] + (s - starts[r])
+        o = dest[r] - base + (s - starts[r])
         if copy:
             for j in range(e - s):
                 out_data[o + j] = d[s - p0 + j]
