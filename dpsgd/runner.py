@@ -20,7 +20,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import transport as T
-from .config import ConfigError, TrainConfig, default_threads, ranks_on_this_node
+from .config import ConfigError, TrainConfig, available_cores, default_threads, ranks_on_this_node
 from .rules import all_finite
 from .server import FatalRunError, ServerCore, serve
 from .worker import LocalChannel, MPIChannel, Worker
@@ -464,6 +464,8 @@ def _train_mpi(comm, algorithm, config, handed: list, meta, n_servers, block) ->
     size, rank = comm.Get_size(), comm.Get_rank()
     n_workers, is_root, n = size - n_servers, rank == 0, w0.size
     rank_map = _announce_ranks(comm, n_servers)
+    local = ranks_on_this_node(size)
+    T.set_spin(local * (config.threads or default_threads(local)) <= available_cores())
     bounds = T.shard_bounds(n, n_servers, int(block or 1))
     stats = np.zeros(len(WORKER_STATS), np.float64)
     core = hk = None
