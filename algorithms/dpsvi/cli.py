@@ -250,7 +250,7 @@ class CorpusPlan:
             if not whole:
                 return None
             full = C.load_corpus(self.path, vocab=self.args.vocab, **_cv_options(self.args))
-            self.vocab = full.vocab
+            self.npz, self.vocab = None, full.vocab  # (a row reader that gave up half-way is dropped)
             return full.n_docs, len(self.vocab), [(ids, _nonempty_rows(full.X, ids)) for ids in groups_of(full.n_docs)]
         self._took_npz(got[0])
         return self.npz.n_docs, self.npz.shape[1], got[1]
