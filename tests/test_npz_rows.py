@@ -149,6 +149,29 @@ def test_groups_sent_block_by_block_are_put_together_equal(tmp_path):
         for want, A in zip(sets, got):
             if want.ids.size:
                 _assert_same_counts(A, full.X[want.ids])
+    # counts beyond 16 bits in a late block: sent wide from there on, the receiving group widened
+    X = sp.csr_matrix(rng.poisson(2.0, (40, 30)).astype(np.float32))
+    X.data[X.data == 0] = 1
+    X.data[-3] = C.COMPACT_MAX + 1
+    p = tmp_path / "big.npz"
+    sp.save_npz(p, X)
+    full = C.read_npz(str(p)).X
+    r, sets = NpzRows.open_groups(str(p), lambda n: [np.arange(0, n, 3), np.arange(1, n, 3), np.arange(2, n, 3)],
+                                  block=7, sent=(1, 2))
+    receivers = {g: _RowSet.from_plan(sets[g].ids, sets[g].plan(r.data_dtype)) for g in (1, 2)}
+    kinds = set()
+
+    def ship(pieces):
+        for g, (q0, d, ix) in pieces.items():
+            kinds.add(d.dtype)
+            receivers[g].copy_from(q0, d.copy(), ix.copy())
+
+    parts = r.fill(sets, sent=(1, 2), ship=ship)
+    assert kinds == {np.dtype(np.uint16), np.dtype(np.float32)}
+    for g in (1, 2):
+        A = receivers[g].matrix(30, str(p))
+        _assert_same_counts(A, full[sets[g].ids], compact=full[sets[g].ids].data.max() <= C.COMPACT_MAX)
+    _assert_same_counts(parts[0][1], full[sets[0].ids])
 
 
 @pytest.mark.parametrize("bad", ["negative", "nan", "fraction", "index", "coo"])

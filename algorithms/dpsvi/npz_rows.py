@@ -114,8 +114,9 @@ class NpzRows:
         written again two blocks later, so ``ship`` may go on sending them until its next call
         returns. Their CSR is None here (the receiving rank's :meth:`_RowSet.from_plan` puts them
         together)."""
-        out = {g: [(np.empty(self.block, self.data_dtype), np.empty(self.block, np.int32)) for _ in range(2)]
-               for g in sent}
+        # two sets of buffers a group sent (see ship); the counts go as uint16 where a block's fit
+        out = {g: [(np.empty(self.block, np.uint16), np.empty(self.block, self.data_dtype),
+                    np.empty(self.block, np.int32)) for _ in range(2)] for g in sent}
         n_cols = self.shape[1]
         try:
             for k, (p0, d, ix) in enumerate(self._entries(ahead=True)):
@@ -125,7 +126,8 @@ class NpzRows:
                 pieces = {}
                 for g, want in enumerate(sets):
                     if g in out:
-                        buf_d, buf_ix = out[g][k % 2]
+                        small, wide, buf_ix = out[g][k % 2]
+                        buf_d = small if largest <= COMPACT_MAX else wide
                         q0, n = want.take(p0, d, ix, buf_d, buf_ix)
                         pieces[g] = (q0, buf_d[:n], buf_ix[:n])
                         continue
