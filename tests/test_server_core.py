@@ -88,3 +88,17 @@ def test_backoff_sleeps_grow_to_max_sleep_but_never_oversleep_a_short_wait(monke
     b.reset()
     b.idle()
     assert len(slept) == n  # reset: yields again before it sleeps
+
+
+def test_spin_is_long_where_a_rank_has_cores_of_its_own(monkeypatch):
+    """set_spin: 1 ms of yielding before a waiting rank sleeps where the node's ranks x threads fit
+    its cores, 100 us where they share them; DPSGD_SPIN_SECONDS wins; a new Backoff takes it up."""
+    from dpsgd import transport as T
+
+    monkeypatch.setattr(T, "SPIN_SECONDS", T.SPIN_SECONDS)  # restored afterwards
+    monkeypatch.delenv("DPSGD_SPIN_SECONDS", raising=False)
+    assert T.set_spin(True) == T.SPIN_DEDICATED == 1e-3 and T.Backoff().spin == 1e-3
+    assert T.set_spin(False) == T.SPIN_SHARED == 1e-4 and T.Backoff().spin == 1e-4
+    assert T.Backoff(spin=0.5).spin == 0.5
+    monkeypatch.setenv("DPSGD_SPIN_SECONDS", "0")
+    assert T.set_spin(True) == 1e-4  # the environment's value stands (read at import, here 1e-4)
