@@ -430,6 +430,8 @@ class _Simulation:
         computed its next updates on its buffer, which now takes the answer (``merge_pull``)."""
         from .hogwild import merge_pull
 
+        if self.local_steps == 1 and self.opts[m].name == "sgd":
+            return self._apply_pipelined_direct(m)
         if self.pending[m] is None:  # its first push: computed on the model of its first pull
             self._start_push(m, self._local_updates(m, self.local[m], int(self.pulled_total[m])))
         self._serve(m, *self.pending[m])  # (never dropped: overlap excludes max_staleness)
@@ -438,6 +440,35 @@ class _Simulation:
         merge_pull(self.local[m], self.copies[m], self.w, self.snaps[m])
         self.pull(m)
         self._start_push(m, lr_next)
+
+    def _apply_pipelined_direct(self, m):
+        """:meth:`_apply_pipelined` for one plain SGD step a push, as the worker's
+        ``_push_pipelined_direct`` makes it: the update computed while the push was in flight is
+        applied to the answer and pushed as it is."""
+        from .hogwild import sgd_update
+
+        def update(known_total):  # computed on the buffer, not yet applied
+            ctx = self.ctxs[m]
+            ctx.lr = lr_at(self.sched, known_total)
+            g = checked_update(self.alg.compute_update(self.local[m], self.states[m], ctx), self.n, self.alg)
+            ctx.step += 1
+            return g, ctx.lr
+
+        def push(g, lr):
+            if lr <= 0:
+                self.pending[m] = (np.zeros(self.n, np.float32), lr)
+                return
+            sgd_update(self.local[m], g, lr)
+            dense = as_dense(g, self.n)
+            self.pending[m] = (dense.copy() if dense is g else dense, lr)
+
+        if self.pending[m] is None:  # its first push: computed on the model of its first pull
+            push(*update(int(self.pulled_total[m])))
+        self._serve(m, *self.pending[m])  # (never dropped: overlap excludes max_staleness)
+        g, lr = update(int(self.pulled_total[m]) + 1)  # while the push was in flight
+        self.pull(m)
+        self.local[m] = self.w  # the buffer takes the answer, then the update
+        push(g, lr)
 
     def run_asynchronous(self, delay, delay_param, slowdown):
         """The event queue of finish times (or a replayed push order) decides who pushes next."""

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import transport as T
 from .config import TrainConfig, lr_at
-from .hogwild import LocalOptimizer, merge_pull, snapshot_delta
+from .hogwild import LocalOptimizer, merge_pull, sgd_update, snapshot_delta
 from .plugin import ThreadContext, checked_update
 
 
@@ -225,7 +225,7 @@ class _Exchanger:
             if job is None:
                 return
             try:
-                answer = self.channel.exchange(*job, self.w_new)
+                answer = self.channel.exchange(*job[:4], self.w_new, *job[4:])  # (a payload may follow)
             except BaseException as e:  # handed to the computing thread by wait()
                 answer = e
             self.answers.put(answer)
@@ -258,6 +258,11 @@ class Worker:
         n = w0.size
         #: the update computed is the push itself (see the module docstring)
         self.direct = (not config.overlap and config.local_steps == 1 and config.local_optimizer == "sgd")
+        #: one thread with ``overlap``: a communication thread carries the exchange (see run)
+        self.pipelined = bool(config.overlap) and self.n_threads == 1
+        #: pipelined with one plain SGD step a push: the update is pushed as computed (see
+        #: :meth:`_push_pipelined_direct`), without the snapshot and merge passes
+        self.pipelined_direct = self.pipelined and config.local_steps == 1 and config.local_optimizer == "sgd"
         if self.direct:
             # one buffer: the model last pulled, where the answers land and the thread computes
             self.w = channel.direct_buffer(w0)
@@ -268,7 +273,7 @@ class Worker:
             self.w = np.array(w0, np.float32, copy=True)  # the rank's shared Hogwild buffer
             # the model last pulled, and where the next answer lands (written by the exchange only)
             self.w_start, self.w_new = channel.model_buffers(self.w)
-            self.snap = np.empty(n, np.float32)
+            self.snap = None if self.pipelined_direct else np.empty(n, np.float32)
         self.opt = LocalOptimizer(config.local_optimizer, n, config.rms_alpha, config.adam_betas, config.opt_eps)
         self.seed_offset = 0
         self.version = 0
@@ -296,10 +301,11 @@ class Worker:
         self.fatal = False
         #: seconds the computing thread(s) spent in push/pull or waiting for an answer
         self.wait_seconds = 0.0
-        #: one thread with ``overlap``: the communication thread and the kind of the exchange in flight
-        self.pipelined = bool(config.overlap) and self.n_threads == 1
+        #: a pipelined worker's communication thread and the kind of the exchange in flight
         self._exchanger: _Exchanger | None = None
         self._in_flight = None
+        self._discard_next = False  # the last answer rejected or dropped the push: the next update goes too
+        self._push_copy = None  # a pipelined direct worker's copy of a sparse update under way
 
     # ------------------------------------------------------------------ schedule
     def _updates_done(self) -> int:
@@ -332,6 +338,11 @@ class Worker:
             self.rejected_seen += 1
         if self.direct:
             pass  # the answer landed in the rank's buffer: nothing to merge or start over from
+        elif self.pipelined_direct:
+            # the buffer becomes the server's model; the update computed meanwhile is applied to it
+            # next (or dropped, as the local updates of a rejected push are: _push_pipelined_direct)
+            np.copyto(self.w, self.w_new)
+            self._discard_next = bool(flags & (T.FLAG_REJECTED | T.FLAG_DROPPED_STALE))
         elif kind == T.KIND_HELLO or flags & (T.FLAG_REJECTED | T.FLAG_DROPPED_STALE):
             # start over from the server's model: the local updates are discarded
             self.w[:] = self.w_new
@@ -398,6 +409,41 @@ class Worker:
         self._in_flight = T.KIND_PUSH
         self.wait_seconds += time.perf_counter() - t0
 
+    def _push_pipelined_direct(self, g, lr):
+        """Pipelined worker with one plain SGD step a push (``local_steps`` 1, ``overlap``): the
+        update ``g`` (step size ``lr``) was computed while the last push was in flight; its answer
+        replaces the buffer (:meth:`_end_exchange`), ``g`` is applied to it, and ``g`` itself goes
+        to the communication thread - what the snapshot and merge of :meth:`_push_pipelined` give
+        (``w = answer + (w - snap)``, the push ``(w_start - snap) / lr``) to rounding, without their
+        model-sized passes, and sparse as computed (a SparseBlocks update is copied out: the
+        algorithm writes its next one into the same buffer). After a rejected or dropped push the
+        update is dropped and zeros go, as the merge after such an answer would push."""
+        self._land()
+        if self.stop.is_set():
+            return
+        if lr <= 0 or self._discard_next:
+            g, lr = None, self.last_lr  # zeros at the last step size, as a snapshot of an unchanged buffer
+        else:
+            sgd_update(self.w, g, lr)
+        t0 = time.perf_counter()
+        payload = None
+        if isinstance(g, T.SparseBlocks):
+            used = g.nb * (g.block + 1)
+            if self._push_copy is None or self._push_copy.size < used:
+                self._push_copy = np.empty(g.payload.size, np.float32)
+            self._push_copy[:used] = g.payload[:used]
+            payload = T.SparseBlocks(self._push_copy, g.nb, g.block)
+        else:
+            for s, (lo, hi) in enumerate(zip(self.channel.bounds[:-1], self.channel.bounds[1:])):
+                buf = self.channel.push_buffers[s][: hi - lo]
+                buf[:] = 0.0 if g is None else g[lo:hi]
+        with self.count_lock:
+            self.since_push -= 1
+            self.pushing = 1
+        self._exchanger.submit((T.KIND_PUSH, self.version, 1, lr, payload))
+        self._in_flight = T.KIND_PUSH
+        self.wait_seconds += time.perf_counter() - t0
+
     def _claim(self) -> bool:
         """Reserve the next update of the budget (always granted with several workers: the
         server's STOP ends those runs)."""
@@ -459,9 +505,10 @@ class Worker:
                         self.in_flight -= 1
                     raise
                 checked_update(g, n, self.alg, WorkerError)
-                if isinstance(g, T.SparseBlocks) and not (self.direct and self.channel.takes_sparse):
+                as_is = self.direct or self.pipelined_direct  # the update is pushed as it is
+                if isinstance(g, T.SparseBlocks) and not (as_is and self.channel.takes_sparse):
                     g = densifier.dense(g)  # zeroed again after its push or local step
-                if not self.direct:
+                if not as_is:
                     self.opt.step(self.w, g, ctx.lr, self.local_updates + 1)
                     densifier.release()
                 lr = ctx.lr
@@ -474,6 +521,9 @@ class Worker:
                     self.local_updates += 1
                 if self.direct:
                     self._push_direct(g, lr, base_version)
+                    densifier.release()
+                elif self.pipelined_direct and self._exchanger is not None:
+                    self._push_pipelined_direct(g, lr)
                     densifier.release()
                 else:
                     self._maybe_push()

@@ -243,8 +243,8 @@ def test_lda_sparse_pushes_carry_the_minibatch_words(tmp_path, mpi, sparse):
 @pytest.mark.parametrize("ranks,extra", [(4, ["--n-servers", 2]), (3, ["--overlap"])])
 def test_lda_sparse_updates_where_a_dense_one_is_needed(tmp_path, mpi, ranks, extra):
     """A worker thread's update comes as dpsgd.SparseBlocks; with two server shards (each takes its
-    slice) or a pipelined worker (a local step, a snapshot) the worker scatters it into a dense
-    one first: every push arrives, sparse, and the model learns."""
+    slice) the worker scatters it into a dense one first, a pipelined worker (--overlap) applies
+    it to its buffer and sends it as it is: every push arrives, sparse, and the model learns."""
     out = tmp_path / "out"
     r = mpi(ranks, ["-m", "dpsgd.launch", "lda", "--corpus", ROOT / "benchmarks/data/pydoc.npz", "--topics", 5,
                     "--passes", 0.2, "--batch-size", 64, "--out", out, "--threads", 1, "--no-progress", "--quiet",

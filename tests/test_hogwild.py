@@ -302,11 +302,14 @@ def test_direct_worker_pushes_its_update_and_computes_on_the_servers_model():
     w2._push_direct(np.full(4, 1.0, np.float32), 0.5, base_version=0)  # computed while the first was pushed
     np.testing.assert_array_equal(core2.w, np.zeros(4))
     assert core2.staleness_hist[0] == 1 and core2.staleness_hist[1] == 1 and w2.version == 2
-    # any other layout keeps its own buffer and snapshots
-    for kw in ({"overlap": True}, {"local_steps": 2}, {"local_optimizer": "rmsprop"}):
+    # any other layout keeps its own buffer; a pipelined one with one SGD step a push pushes its
+    # update as it is (no snapshot), the others snapshot
+    for kw in ({"overlap": True}, {"local_steps": 2}, {"local_optimizer": "rmsprop"},
+               {"overlap": True, "local_steps": 2}):
         c = dpsgd.TrainConfig(**{**dict(rule=dpsgd.RuleConfig("asgd"), threads=1), **kw})
         other = Worker(LS(), c, LocalChannel(ServerCore(np.ones(4, np.float32), c, 1)), 0, 1, np.ones(4, np.float32))
-        assert not other.direct and other.snap is not None
+        assert not other.direct and other.w is not other.w_new
+        assert other.pipelined_direct == (kw == {"overlap": True}) and (other.snap is None) == other.pipelined_direct
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
