@@ -11,6 +11,8 @@ when they are done (``w = w_new + (w - snap)``, as for the other threads' update
 push's updates were thus computed on the model of one exchange earlier (one more version of
 staleness than the server logs for it). The merge happens only between updates, so a pipelined
 one-process run stays deterministic for a seed, and ``simulate(..., overlap=True)`` replays it.
+With one plain SGD step a push the merge needs no snapshot: the answer replaces the buffer, the
+update computed meanwhile is applied to it and pushed as it is (``_push_pipelined_direct``).
 
 Push: ``g = (w_start - snap) / lr`` where ``snap`` is a copy of the buffer taken now and
 ``w_start`` the model last pulled; the server applies ``w -= lr * rule(g)``. Pull:
