@@ -20,19 +20,6 @@ def sgd_step(w, g, lr):
 
 
 @njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
-def sgd_step_blocks(w, payload, nb, block, lr):
-    """:func:`sgd_step` of a sparse update (``transport.SparseBlocks``: nb block indices, then their
-    values), on its blocks only: the same arithmetic where the dense update is non-zero, nothing
-    where it is zero."""
-    ids = payload[:nb].view(np.int32)
-    for k in range(nb):
-        wb = w[ids[k] * block:(ids[k] + 1) * block]
-        gb = payload[nb + k * block:nb + (k + 1) * block]
-        for j in range(block):
-            wb[j] -= lr * gb[j]
-
-
-@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def rmsprop_step(w, g, sq, lr, alpha, eps):
     """RMSprop with the square statistics ``sq`` shared by all threads (A3C's shared RMSprop)."""
     one_m = 1.0 - alpha
@@ -99,12 +86,14 @@ def merge_pull(w, w_start, w_new, snap):
 
 
 def sgd_update(w: np.ndarray, g, lr) -> None:
-    """``w -= lr * g`` for a dense update or a ``transport.SparseBlocks`` one (its blocks only): the
-    local step of a pipelined worker with plain SGD, and the simulator's of it (bit for bit)."""
+    """``w -= lr * g`` for a dense update or a ``transport.SparseBlocks`` one (its blocks only, with
+    the server's kernel for them): the local step of a pipelined worker with plain SGD, and the
+    simulator's of it (bit for bit)."""
+    from .rules import _plain_blocks_kernel
     from .transport import SparseBlocks
 
     if isinstance(g, SparseBlocks):
-        sgd_step_blocks(w, g.payload, g.nb, g.block, np.float32(lr))
+        _plain_blocks_kernel(w, g.payload, g.nb, g.block, np.float32(lr))
     else:
         sgd_step(w, g, np.float32(lr))
 
